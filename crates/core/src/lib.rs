@@ -1,1 +1,17 @@
-//! placeholder
+//! Berth's core: the vocabulary of the ledger and every allocation decision, as pure functions.
+//!
+//! Nothing in this crate performs I/O. The ledger adapters store the records defined here, and the
+//! allocator drives the decisions made here against a ledger. Keeping the decisions pure is what lets
+//! them be property-tested without etcd, Kubernetes or a kernel.
+
+pub mod addr;
+pub mod audit;
+pub mod binding;
+pub mod block;
+pub mod pool;
+
+pub use addr::{AddrRange, Family};
+pub use audit::{audit, Violation};
+pub use binding::{Binding, BindingKind, Owner, PodRef};
+pub use block::Block;
+pub use pool::{PoolError, PoolSpec, PoolUse, Route, SubnetSpec};

@@ -1,0 +1,235 @@
+//! Ledger invariants, checked over a snapshot. `berth audit` prints these and exits non-zero.
+
+use crate::addr::Family;
+use crate::binding::{Binding, BindingKind};
+use crate::block::Block;
+use crate::pool::PoolSpec;
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+
+/// One broken invariant found in a ledger snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// Two bindings for one address.
+    AddressBoundTwice {
+        /// The address.
+        address: IpAddr,
+        /// Container IDs of the holders.
+        holders: Vec<String>,
+    },
+    /// One attachment holds two addresses of the same family in one network: a leak.
+    AttachmentBoundTwice {
+        /// Network, container ID and interface.
+        attachment: String,
+        /// The family.
+        family: Family,
+        /// The addresses.
+        addresses: Vec<IpAddr>,
+    },
+    /// A binding names a pool the ledger does not have.
+    UnknownPool {
+        /// The address.
+        address: IpAddr,
+        /// The pool it names.
+        pool: String,
+    },
+    /// A binding's address is outside every subnet of its pool, or not usable there.
+    OutsidePool {
+        /// The address.
+        address: IpAddr,
+        /// The pool.
+        pool: String,
+    },
+    /// A dynamic binding whose block is missing, does not contain it, or belongs to another node.
+    OutsideBlock {
+        /// The address.
+        address: IpAddr,
+        /// The block it names.
+        block: IpNet,
+        /// Why.
+        reason: String,
+    },
+    /// A fixed binding outside the pool's reserved ranges.
+    FixedNotReserved {
+        /// The address.
+        address: IpAddr,
+        /// The pool.
+        pool: String,
+    },
+    /// A block whose pool is gone or that lies outside the pool's subnets.
+    OrphanBlock {
+        /// The block.
+        block: IpNet,
+        /// Its pool.
+        pool: String,
+        /// Owning node.
+        node: String,
+    },
+    /// Two blocks overlap.
+    BlocksOverlap {
+        /// First block.
+        a: IpNet,
+        /// Second block.
+        b: IpNet,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::AddressBoundTwice { address, holders } => {
+                write!(f, "address {address} is bound twice (containers {holders:?})")
+            }
+            Violation::AttachmentBoundTwice {
+                attachment,
+                family,
+                addresses,
+            } => write!(
+                f,
+                "attachment {attachment} holds several {family} addresses {addresses:?} (leak)"
+            ),
+            Violation::UnknownPool { address, pool } => {
+                write!(f, "binding {address} names pool {pool:?}, which the ledger does not have")
+            }
+            Violation::OutsidePool { address, pool } => {
+                write!(f, "binding {address} is not a usable address of pool {pool:?}")
+            }
+            Violation::OutsideBlock {
+                address,
+                block,
+                reason,
+            } => write!(f, "binding {address} is outside its block {block}: {reason}"),
+            Violation::FixedNotReserved { address, pool } => write!(
+                f,
+                "fixed binding {address} is outside the reserved ranges of pool {pool:?}"
+            ),
+            Violation::OrphanBlock { block, pool, node } => write!(
+                f,
+                "block {block} (node {node}) is orphaned: pool {pool:?} is missing or does not contain it"
+            ),
+            Violation::BlocksOverlap { a, b } => write!(f, "blocks {a} and {b} overlap"),
+        }
+    }
+}
+
+/// Check every ledger invariant over a snapshot; an empty result means the ledger is sound.
+pub fn audit(pools: &[PoolSpec], blocks: &[Block], bindings: &[Binding]) -> Vec<Violation> {
+    let mut out = vec![];
+    let pools_by_name: HashMap<&str, &PoolSpec> =
+        pools.iter().map(|p| (p.name.as_str(), p)).collect();
+
+    let mut by_addr: BTreeMap<IpAddr, Vec<&Binding>> = BTreeMap::new();
+    let mut by_attachment: BTreeMap<(String, Family), Vec<IpAddr>> = BTreeMap::new();
+    for b in bindings {
+        by_addr.entry(b.address).or_default().push(b);
+        let key = format!(
+            "{}/{}/{}",
+            b.owner.network, b.owner.container_id, b.owner.ifname
+        );
+        by_attachment
+            .entry((key, Family::of(b.address)))
+            .or_default()
+            .push(b.address);
+    }
+    for (address, holders) in &by_addr {
+        if holders.len() > 1 {
+            out.push(Violation::AddressBoundTwice {
+                address: *address,
+                holders: holders
+                    .iter()
+                    .map(|b| b.owner.container_id.clone())
+                    .collect(),
+            });
+        }
+    }
+    for ((attachment, family), addresses) in by_attachment {
+        if addresses.len() > 1 {
+            out.push(Violation::AttachmentBoundTwice {
+                attachment,
+                family,
+                addresses,
+            });
+        }
+    }
+
+    let blocks_by_cidr: HashMap<(&str, IpNet), &Block> = blocks
+        .iter()
+        .map(|b| ((b.pool.as_str(), b.cidr), b))
+        .collect();
+    for b in bindings {
+        let Some(pool) = pools_by_name.get(b.pool.as_str()) else {
+            out.push(Violation::UnknownPool {
+                address: b.address,
+                pool: b.pool.clone(),
+            });
+            continue;
+        };
+        let Some(subnet) = pool.subnet_of(b.address).filter(|s| s.is_usable(b.address)) else {
+            out.push(Violation::OutsidePool {
+                address: b.address,
+                pool: b.pool.clone(),
+            });
+            continue;
+        };
+        match &b.kind {
+            BindingKind::Fixed => {
+                if !subnet.allows_fixed(b.address) {
+                    out.push(Violation::FixedNotReserved {
+                        address: b.address,
+                        pool: b.pool.clone(),
+                    });
+                }
+            }
+            BindingKind::Dynamic { block } => {
+                let reason = match blocks_by_cidr.get(&(b.pool.as_str(), *block)) {
+                    None => Some("no such block in the ledger".to_string()),
+                    Some(_) if !block.contains(&b.address) => {
+                        Some("the block does not contain it".to_string())
+                    }
+                    Some(blk) if blk.node != b.node => Some(format!(
+                        "the block belongs to node {:?}, the binding to node {:?}",
+                        blk.node, b.node
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(reason) = reason {
+                    out.push(Violation::OutsideBlock {
+                        address: b.address,
+                        block: *block,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    let mut sorted: Vec<&Block> = blocks.iter().collect();
+    sorted.sort_by_key(|b| {
+        (
+            Family::of(b.cidr.addr()),
+            crate::addr::to_u128(b.cidr.network()),
+        )
+    });
+    for w in sorted.windows(2) {
+        let (a, b) = (w[0].cidr, w[1].cidr);
+        if a.contains(&b.network()) || b.contains(&a.network()) {
+            out.push(Violation::BlocksOverlap { a, b });
+        }
+    }
+    for b in blocks {
+        let inside = pools_by_name
+            .get(b.pool.as_str())
+            .map(|p| p.subnets.iter().any(|s| s.cidr.contains(&b.cidr)))
+            .unwrap_or(false);
+        if !inside {
+            out.push(Violation::OrphanBlock {
+                block: b.cidr,
+                pool: b.pool.clone(),
+                node: b.node.clone(),
+            });
+        }
+    }
+    out
+}

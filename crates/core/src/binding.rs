@@ -1,0 +1,82 @@
+//! Bindings: the live use of one address by one workload instance.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// A pod, as far as the ledger needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID, when known: it tells a replacement pod of the same name from the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// Who holds a binding: one network attachment of one container.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    /// The CNI network name.
+    pub network: String,
+    /// The runtime's container (sandbox) ID.
+    pub container_id: String,
+    /// The interface name inside the container.
+    pub ifname: String,
+    /// The pod, when the runtime passed Kubernetes arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+}
+
+impl Owner {
+    /// Whether two owners denote the same attachment. Release is checked against this, so a stale
+    /// or different owner never frees an address someone else holds.
+    pub fn same_attachment(&self, other: &Owner) -> bool {
+        self.network == other.network
+            && self.container_id == other.container_id
+            && self.ifname == other.ifname
+    }
+}
+
+/// How a binding's address was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum BindingKind {
+    /// Picked inside one of the node's blocks.
+    Dynamic {
+        /// The block it was picked from.
+        block: IpNet,
+    },
+    /// Asked for explicitly (runtime `ips`, `IP=` argument, annotation).
+    Fixed,
+}
+
+/// The live use of an address. At most one exists per address: the ledger keys bindings by address
+/// and creates them with compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The address.
+    pub address: IpAddr,
+    /// Prefix length of the subnet it came from (what the workload configures).
+    pub prefix_len: u8,
+    /// The pool it came from.
+    pub pool: String,
+    /// The node where the workload runs.
+    pub node: String,
+    /// Who holds it.
+    pub owner: Owner,
+    /// How it was chosen.
+    #[serde(flatten)]
+    pub kind: BindingKind,
+    /// Seconds since the Unix epoch when it was made; GC grace periods count from here.
+    pub since: u64,
+}
+
+impl Binding {
+    /// The ledger name of a binding: the address itself.
+    pub fn name(&self) -> String {
+        self.address.to_string()
+    }
+}

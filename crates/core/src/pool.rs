@@ -1,0 +1,331 @@
+//! Pools: named sets of addresses with the rules for handing them out.
+
+use crate::addr::{net_bounds, to_u128, AddrRange, Family};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// What a pool's addresses are for. Only `pod` pools are carved into blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolUse {
+    /// Pod interface addresses handed out by the CNI IPAM plugin.
+    #[default]
+    Pod,
+    /// Service LoadBalancer / external IPs.
+    Service,
+    /// Public addresses attached inside pods.
+    Attachment,
+}
+
+/// A route handed to the workload with its address (CNI `routes`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Route {
+    /// Destination network.
+    pub dst: IpNet,
+    /// Next hop; `None` means the subnet's gateway (or on-link when there is none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<IpAddr>,
+}
+
+/// One subnet of a pool: where its dynamic and reserved (fixed) addresses lie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetSpec {
+    /// The subnet; handed-out addresses carry its prefix length.
+    pub cidr: IpNet,
+    /// Where dynamic addresses come from (kube-ipam `rangeStart`..`rangeEnd`). Empty: the whole subnet
+    /// except the reserved ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<AddrRange>,
+    /// Reserved for fixed requests only (kube-ipam `fixedStart`..`fixedEnd`); never handed out dynamically.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fixed: Vec<AddrRange>,
+    /// Never handed out at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<IpNet>,
+    /// The workload's default gateway; never handed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    /// Routes handed to the workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// Prefix length of the node blocks this subnet is carved into.
+    pub block_prefix: u8,
+    /// Allow fixed requests anywhere in the subnet, not only in `fixed`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed_anywhere: bool,
+}
+
+/// A named pool: the unit an operator configures and the ledger records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSpec {
+    /// Pool name; unique in the ledger.
+    pub name: String,
+    /// What the addresses are for.
+    #[serde(rename = "use", default)]
+    pub use_: PoolUse,
+    /// Subnets, tried in order within a family.
+    pub subnets: Vec<SubnetSpec>,
+}
+
+/// Why a pool specification is unusable. Each variant names the field and value at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// A pool needs at least one subnet.
+    #[error("pool {pool:?} has no subnet: give `subnet` or `ranges`")]
+    NoSubnet {
+        /// The pool.
+        pool: String,
+    },
+    /// An address belongs to a different family or lies outside the subnet.
+    #[error(
+        "{field} {value} is not inside subnet {subnet}: move it into the subnet or fix the subnet"
+    )]
+    OutsideSubnet {
+        /// The configuration field.
+        field: &'static str,
+        /// The offending value.
+        value: String,
+        /// The subnet it must lie in.
+        subnet: IpNet,
+    },
+    /// A block prefix that does not fit the subnet or is too large to scan.
+    #[error("block size /{prefix} does not fit {family} subnet {subnet}: use a prefix between /{min} and /{max}")]
+    BlockSize {
+        /// The requested prefix length.
+        prefix: u8,
+        /// The subnet.
+        subnet: IpNet,
+        /// Its family.
+        family: Family,
+        /// Smallest allowed prefix length.
+        min: u8,
+        /// Largest allowed prefix length.
+        max: u8,
+    },
+    /// A range whose start is after its end.
+    #[error("{field} start {start} is after end {end}: swap them")]
+    Reversed {
+        /// The configuration field.
+        field: &'static str,
+        /// Range start.
+        start: IpAddr,
+        /// Range end.
+        end: IpAddr,
+    },
+    /// Dynamic and reserved ranges overlap, so a fixed address could be handed out dynamically.
+    #[error("dynamic range {dynamic} overlaps reserved range {fixed} in subnet {subnet}: make them disjoint")]
+    Overlap {
+        /// The dynamic range.
+        dynamic: AddrRange,
+        /// The reserved range.
+        fixed: AddrRange,
+        /// The subnet.
+        subnet: IpNet,
+    },
+    /// Two subnets of one pool overlap.
+    #[error("subnets {a} and {b} of pool {pool:?} overlap: list each address once")]
+    SubnetsOverlap {
+        /// The pool.
+        pool: String,
+        /// First subnet.
+        a: IpNet,
+        /// Second subnet.
+        b: IpNet,
+    },
+}
+
+/// Largest number of addresses in one block: a block is scanned address by address.
+pub const MAX_BLOCK_BITS: u8 = 16;
+
+/// Default node block size for IPv4 (64 addresses, as Calico).
+pub const DEFAULT_BLOCK_V4: u8 = 26;
+/// Default node block size for IPv6 (64 addresses, as Calico).
+pub const DEFAULT_BLOCK_V6: u8 = 122;
+
+impl SubnetSpec {
+    /// A subnet with defaults: whole subnet dynamic, default block size.
+    pub fn new(cidr: IpNet) -> Self {
+        let cidr = cidr.trunc();
+        let block_prefix = match Family::of(cidr.addr()) {
+            Family::V4 => DEFAULT_BLOCK_V4,
+            Family::V6 => DEFAULT_BLOCK_V6,
+        }
+        .max(cidr.prefix_len());
+        SubnetSpec {
+            cidr,
+            ranges: vec![],
+            fixed: vec![],
+            excludes: vec![],
+            gateway: None,
+            routes: vec![],
+            block_prefix,
+            fixed_anywhere: false,
+        }
+    }
+
+    /// The subnet's family.
+    pub fn family(&self) -> Family {
+        Family::of(self.cidr.addr())
+    }
+
+    /// Check the subnet is self-consistent; every error names the field and value.
+    pub fn validate(&self) -> Result<(), PoolError> {
+        let fam = self.family();
+        let inside = |field: &'static str, ip: IpAddr| {
+            if self.cidr.contains(&ip) {
+                Ok(())
+            } else {
+                Err(PoolError::OutsideSubnet {
+                    field,
+                    value: ip.to_string(),
+                    subnet: self.cidr,
+                })
+            }
+        };
+        for r in &self.ranges {
+            inside("rangeStart", r.start)?;
+            inside("rangeEnd", r.end)?;
+            if r.bounds().0 > r.bounds().1 {
+                return Err(PoolError::Reversed {
+                    field: "rangeStart/rangeEnd",
+                    start: r.start,
+                    end: r.end,
+                });
+            }
+        }
+        for r in &self.fixed {
+            inside("fixedStart", r.start)?;
+            inside("fixedEnd", r.end)?;
+            if r.bounds().0 > r.bounds().1 {
+                return Err(PoolError::Reversed {
+                    field: "fixedStart/fixedEnd",
+                    start: r.start,
+                    end: r.end,
+                });
+            }
+            for d in &self.ranges {
+                let (a, b) = d.bounds();
+                let (c, e) = r.bounds();
+                if a <= e && c <= b {
+                    return Err(PoolError::Overlap {
+                        dynamic: *d,
+                        fixed: *r,
+                        subnet: self.cidr,
+                    });
+                }
+            }
+        }
+        if let Some(gw) = self.gateway {
+            inside("gateway", gw)?;
+        }
+        for ex in &self.excludes {
+            if Family::of(ex.addr()) != fam {
+                return Err(PoolError::OutsideSubnet {
+                    field: "exclude",
+                    value: ex.to_string(),
+                    subnet: self.cidr,
+                });
+            }
+        }
+        let max = fam.bits();
+        let min = self
+            .cidr
+            .prefix_len()
+            .max(max.saturating_sub(MAX_BLOCK_BITS));
+        if self.block_prefix < min || self.block_prefix > max {
+            return Err(PoolError::BlockSize {
+                prefix: self.block_prefix,
+                subnet: self.cidr,
+                family: fam,
+                min,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `ip` may be handed to a workload at all: inside the subnet, not the network or
+    /// (IPv4) broadcast address, not the gateway, not excluded.
+    pub fn is_usable(&self, ip: IpAddr) -> bool {
+        if !self.cidr.contains(&ip) {
+            return false;
+        }
+        let (first, last) = net_bounds(&self.cidr);
+        let v = to_u128(ip);
+        let host_bits = self.family().bits() - self.cidr.prefix_len();
+        if host_bits > 1 && (v == first || (self.family() == Family::V4 && v == last)) {
+            return false;
+        }
+        if self.gateway == Some(ip) {
+            return false;
+        }
+        !self.excludes.iter().any(|ex| ex.contains(&ip))
+    }
+
+    /// Whether `ip` is reserved for fixed requests.
+    pub fn is_reserved(&self, ip: IpAddr) -> bool {
+        self.fixed.iter().any(|r| r.contains(ip))
+    }
+
+    /// Whether `ip` may be handed out dynamically.
+    pub fn is_dynamic(&self, ip: IpAddr) -> bool {
+        self.is_usable(ip)
+            && !self.is_reserved(ip)
+            && (self.ranges.is_empty() || self.ranges.iter().any(|r| r.contains(ip)))
+    }
+
+    /// Whether a fixed request for `ip` is allowed in this subnet.
+    pub fn allows_fixed(&self, ip: IpAddr) -> bool {
+        self.is_usable(ip) && (self.is_reserved(ip) || self.fixed_anywhere)
+    }
+
+    /// The ranges dynamic addresses come from, explicit or implied.
+    pub fn dynamic_ranges(&self) -> Vec<AddrRange> {
+        if self.ranges.is_empty() {
+            vec![AddrRange::of_net(&self.cidr)]
+        } else {
+            self.ranges.clone()
+        }
+    }
+}
+
+impl PoolSpec {
+    /// Check every subnet, and that subnets do not overlap.
+    pub fn validate(&self) -> Result<(), PoolError> {
+        if self.subnets.is_empty() {
+            return Err(PoolError::NoSubnet {
+                pool: self.name.clone(),
+            });
+        }
+        for (i, s) in self.subnets.iter().enumerate() {
+            s.validate()?;
+            for t in &self.subnets[..i] {
+                if s.cidr.contains(&t.cidr.network()) || t.cidr.contains(&s.cidr.network()) {
+                    return Err(PoolError::SubnetsOverlap {
+                        pool: self.name.clone(),
+                        a: t.cidr,
+                        b: s.cidr,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The families this pool serves, in first-subnet order.
+    pub fn families(&self) -> Vec<Family> {
+        let mut out: Vec<Family> = vec![];
+        for s in &self.subnets {
+            if !out.contains(&s.family()) {
+                out.push(s.family());
+            }
+        }
+        out
+    }
+
+    /// The subnet that contains `ip`, if any.
+    pub fn subnet_of(&self, ip: IpAddr) -> Option<&SubnetSpec> {
+        self.subnets.iter().find(|s| s.cidr.contains(&ip))
+    }
+}

@@ -1,0 +1,201 @@
+//! Property tests of the pure allocation decisions.
+
+use berth_core::addr::{from_u128, to_u128};
+use berth_core::block::{block_of, candidate_blocks};
+use berth_core::{
+    audit, AddrRange, Binding, BindingKind, Block, Family, Owner, PoolSpec, SubnetSpec,
+};
+use ipnet::IpNet;
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// A random IPv4 or IPv6 subnet with random dynamic/reserved ranges, gateway and exclude.
+fn subnet_strategy() -> impl Strategy<Value = SubnetSpec> {
+    (
+        any::<bool>(),
+        any::<u32>(),
+        20u8..=28,
+        0u8..=4,
+        any::<u64>(),
+    )
+        .prop_map(|(v6, seed, host_bits_raw, extra, r)| {
+            let (cidr, fam): (IpNet, Family) = if v6 {
+                let base: u128 = 0x2001_0db8_u128 << 96 | (u128::from(seed) << 32);
+                let prefix = 128 - (host_bits_raw - 16);
+                (
+                    IpNet::new(from_u128(base, Family::V6), prefix)
+                        .unwrap()
+                        .trunc(),
+                    Family::V6,
+                )
+            } else {
+                let prefix = 32 - (host_bits_raw - 16);
+                let base = 0xC612_0000_u128 | (u128::from(seed) & 0xffff);
+                (
+                    IpNet::new(from_u128(base, Family::V4), prefix)
+                        .unwrap()
+                        .trunc(),
+                    Family::V4,
+                )
+            };
+            let mut s = SubnetSpec::new(cidr);
+            s.block_prefix = (cidr.prefix_len() + extra).min(fam.bits());
+            let (first, last) = (to_u128(cidr.network()), to_u128(cidr.broadcast()));
+            let size = last - first + 1;
+            // reserved: the first quarter, dynamic: the rest (sometimes implied).
+            let q = size / 4;
+            if q > 2 && r % 2 == 0 {
+                s.fixed =
+                    vec![
+                        AddrRange::new(from_u128(first + 1, fam), from_u128(first + q, fam))
+                            .unwrap(),
+                    ];
+                s.ranges =
+                    vec![
+                        AddrRange::new(from_u128(first + q + 1, fam), from_u128(last, fam))
+                            .unwrap(),
+                    ];
+            }
+            if r % 3 == 0 {
+                s.gateway = Some(from_u128(first + 1, fam));
+            }
+            if r % 5 == 0 && size >= 16 {
+                s.excludes = vec![IpNet::new(from_u128(first + size / 2, fam), fam.bits() - 2)
+                    .unwrap()
+                    .trunc()];
+            }
+            s
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Candidate blocks are aligned, inside the subnet, overlap a dynamic range, and are all distinct.
+    #[test]
+    fn candidate_blocks_are_distinct_and_inside(s in subnet_strategy(), node in "[a-z]{1,8}") {
+        prop_assert!(s.validate().is_ok(), "{:?}", s.validate());
+        let blocks: Vec<IpNet> = candidate_blocks(&s, &node).take(5000).collect();
+        let set: BTreeSet<IpNet> = blocks.iter().copied().collect();
+        prop_assert_eq!(set.len(), blocks.len());
+        for b in &blocks {
+            prop_assert_eq!(b.prefix_len(), s.block_prefix);
+            prop_assert_eq!(b.trunc(), *b);
+            prop_assert!(s.cidr.contains(b));
+            let overlaps = s.dynamic_ranges().iter().any(|r| {
+                let (a, z) = r.bounds();
+                to_u128(b.network()) <= z && a <= to_u128(b.broadcast())
+            });
+            prop_assert!(overlaps);
+        }
+    }
+
+    /// Filling every candidate block yields distinct, dynamic, usable addresses and exactly the
+    /// subnet's dynamic capacity: nothing reserved, excluded, gateway, network or broadcast leaks out.
+    #[test]
+    fn filling_blocks_hands_out_each_dynamic_address_once(s in subnet_strategy()) {
+        let mut used: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut blocks = 0;
+        for cidr in candidate_blocks(&s, "node-a") {
+            blocks += 1;
+            if blocks > 300 { break; }
+            let b = Block { pool: "p".into(), cidr, node: "node-a".into() };
+            let mut last = None;
+            while let Some(ip) = b.next_free(&s, |ip| used.contains(&ip), last) {
+                prop_assert!(s.is_dynamic(ip));
+                prop_assert!(s.is_usable(ip));
+                prop_assert!(!s.is_reserved(ip));
+                prop_assert!(s.gateway != Some(ip));
+                prop_assert!(cidr.contains(&ip));
+                prop_assert_eq!(block_of(&s, ip), Some(cidr));
+                prop_assert!(used.insert(ip), "handed out twice: {}", ip);
+                last = Some(ip);
+            }
+            prop_assert_eq!(b.capacity(&s) as usize, used.iter().filter(|ip| cidr.contains(*ip)).count());
+        }
+    }
+
+    /// After a release, the next pick does not reuse the released address while others are free.
+    #[test]
+    fn release_is_not_reused_immediately(s in subnet_strategy()) {
+        let Some(cidr) = candidate_blocks(&s, "n").find(|c| {
+            Block { pool: "p".into(), cidr: *c, node: "n".into() }.capacity(&s) >= 3
+        }) else { return Ok(()); };
+        let b = Block { pool: "p".into(), cidr, node: "n".into() };
+        let first = b.next_free(&s, |_| false, None).unwrap();
+        let second = b.next_free(&s, |ip| ip == first, Some(first)).unwrap();
+        // `first` released; cursor is at `second`.
+        let third = b.next_free(&s, |ip| ip == second, Some(second)).unwrap();
+        prop_assert_ne!(third, first);
+    }
+
+    /// The audit finds a duplicated address and a binding outside its block, and nothing in a sound ledger.
+    #[test]
+    fn audit_detects_duplicates(s in subnet_strategy()) {
+        let pool = PoolSpec { name: "p".into(), use_: Default::default(), subnets: vec![s.clone()] };
+        let cidr = candidate_blocks(&s, "n").next().unwrap();
+        let block = Block { pool: "p".into(), cidr, node: "n".into() };
+        let Some(ip) = block.next_free(&s, |_| false, None) else { return Ok(()); };
+        let mk = |cid: &str| Binding {
+            address: ip, prefix_len: s.cidr.prefix_len(), pool: "p".into(), node: "n".into(),
+            owner: Owner { network: "net".into(), container_id: cid.into(), ifname: "eth0".into(), pod: None },
+            kind: BindingKind::Dynamic { block: cidr }, since: 0,
+        };
+        prop_assert!(audit(&[pool.clone()], &[block.clone()], &[mk("a")]).is_empty());
+        let v = audit(&[pool.clone()], &[block.clone()], &[mk("a"), mk("b")]);
+        prop_assert_eq!(v.len(), 1, "{:?}", v);
+        let mut other = block.clone();
+        other.node = "m".into();
+        prop_assert_eq!(audit(&[pool.clone()], &[other], &[mk("a")]).len(), 1);
+        prop_assert_eq!(audit(&[], &[block], &[mk("a")]).len(), 2);
+    }
+}
+
+#[test]
+fn kube_ipam_example_pool_validates_and_keeps_fixed_apart() {
+    let mut s = SubnetSpec::new("10.188.0.0/16".parse().unwrap());
+    s.fixed = vec![AddrRange::new(
+        "10.188.0.10".parse().unwrap(),
+        "10.188.0.255".parse().unwrap(),
+    )
+    .unwrap()];
+    s.ranges = vec![AddrRange::new(
+        "10.188.1.0".parse().unwrap(),
+        "10.188.255.254".parse().unwrap(),
+    )
+    .unwrap()];
+    s.gateway = Some("10.188.0.1".parse().unwrap());
+    assert!(s.validate().is_ok());
+    assert!(s.allows_fixed("10.188.0.216".parse().unwrap()));
+    assert!(!s.allows_fixed("10.188.1.5".parse().unwrap()));
+    assert!(!s.is_dynamic("10.188.0.216".parse().unwrap()));
+    let first = candidate_blocks(&s, "x").next().unwrap();
+    assert!(first.network() >= "10.188.1.0".parse::<IpAddr>().unwrap());
+    s.ranges = vec![AddrRange::new(
+        "10.188.0.200".parse().unwrap(),
+        "10.188.0.250".parse().unwrap(),
+    )
+    .unwrap()];
+    let err = s.validate().unwrap_err().to_string();
+    assert!(err.contains("overlaps reserved range"), "{err}");
+    s.ranges.clear();
+    s.block_prefix = 8;
+    assert!(s
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("block size /8"));
+}
+
+#[test]
+fn ipv6_candidates_do_not_walk_the_whole_subnet() {
+    let mut s = SubnetSpec::new("2001:db8::/64".parse().unwrap());
+    s.ranges = vec![AddrRange::new(
+        "2001:db8::1:0".parse().unwrap(),
+        "2001:db8::1:ff".parse().unwrap(),
+    )
+    .unwrap()];
+    let blocks: Vec<IpNet> = candidate_blocks(&s, "n").collect();
+    assert_eq!(blocks.len(), 4); // 256 addresses in /122 blocks
+}
