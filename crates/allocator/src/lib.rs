@@ -1,1 +1,522 @@
-//! placeholder
+//! The allocator: Berth's allocation decisions (from `berth-core`) carried out against a ledger.
+//!
+//! One [`Allocator`] serves one node. It keeps a cache of the ledger's blocks and bindings so that a
+//! node picks addresses inside its own blocks without scanning the cluster; the ledger stays the only
+//! truth because every binding and block claim is a compare-and-swap create, and a lost race simply
+//! marks the address or block as taken and tries the next. The CNI plugin uses it directly (a fresh
+//! allocator per invocation) and the node agent keeps one alive, so both paths run the same code.
+
+mod error;
+mod snapshot;
+mod state;
+
+pub use error::AllocError;
+pub use snapshot::{snapshot, Snapshot};
+
+use berth_core::block::candidate_blocks;
+use berth_core::{Binding, BindingKind, Block, Family, Owner, PoolSpec, SubnetSpec};
+use berth_ledger::{Kind, Ledger, LedgerError, Records, Stored};
+use ipnet::IpNet;
+use state::State;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How many candidate blocks beyond the known ones a claim looks at before calling a pool full.
+const CLAIM_SCAN: usize = 4096;
+/// How many lost races one allocation tolerates before giving up with "try again".
+const MAX_RACES: usize = 256;
+
+/// What an ADD asks for.
+#[derive(Debug, Clone)]
+pub struct AddRequest {
+    /// The pool to allocate from.
+    pub pool: PoolSpec,
+    /// The attachment that will hold the addresses.
+    pub owner: Owner,
+    /// Explicitly requested addresses, at most one per family.
+    pub fixed: Vec<IpAddr>,
+}
+
+/// Allocates for one node against one ledger.
+pub struct Allocator {
+    ledger: Arc<dyn Ledger>,
+    node: String,
+    state: Mutex<State>,
+    claiming: tokio::sync::Mutex<()>,
+}
+
+/// Seconds since the epoch, for binding timestamps.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+impl Allocator {
+    /// An allocator for `node`; nothing is read until the first request or [`Allocator::reload`].
+    pub fn new(ledger: Arc<dyn Ledger>, node: impl Into<String>) -> Self {
+        Allocator {
+            ledger,
+            node: node.into(),
+            state: Mutex::new(State::default()),
+            claiming: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The node this allocator serves.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The ledger it writes to.
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-read blocks and bindings from the ledger, e.g. after an agent restart.
+    pub async fn reload(&self) -> Result<(), AllocError> {
+        let r = Records(self.ledger.as_ref());
+        let blocks: Vec<Stored<Block>> = r.list(Kind::Block).await?;
+        let bindings: Vec<Stored<Binding>> = r.list(Kind::Binding).await?;
+        self.state().load(blocks, bindings);
+        Ok(())
+    }
+
+    async fn ensure_loaded(&self) -> Result<(), AllocError> {
+        if !self.state().loaded {
+            self.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// Record the pool in the ledger (the configuration is authoritative), unless it is already there.
+    async fn ensure_pool(&self, pool: &PoolSpec) -> Result<(), AllocError> {
+        if self.state().pools.get(&pool.name) == Some(pool) {
+            return Ok(());
+        }
+        let r = Records(self.ledger.as_ref());
+        for _ in 0..MAX_RACES {
+            let res = match r.get::<PoolSpec>(Kind::Pool, &pool.name).await? {
+                Some(s) if &s.value == pool => Ok(s.version),
+                Some(s) => r.update(Kind::Pool, &pool.name, pool, &s.version).await,
+                None => r.create(Kind::Pool, &pool.name, pool).await,
+            };
+            match res {
+                Ok(_) => {
+                    self.state().pools.insert(pool.name.clone(), pool.clone());
+                    return Ok(());
+                }
+                Err(LedgerError::Exists { .. } | LedgerError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AllocError::Contended {
+            what: format!("pool {}", pool.name),
+        })
+    }
+
+    /// ADD: the attachment's addresses, one per family of the pool. Repeating an ADD for the same
+    /// attachment returns the same addresses. On failure nothing stays allocated.
+    pub async fn add(&self, req: &AddRequest) -> Result<Vec<Binding>, AllocError> {
+        req.pool.validate()?;
+        let families = req.pool.families();
+        let mut seen = HashSet::new();
+        for ip in &req.fixed {
+            let fam = Family::of(*ip);
+            if !families.contains(&fam) {
+                return Err(AllocError::FamilyNotServed {
+                    address: *ip,
+                    pool: req.pool.name.clone(),
+                });
+            }
+            if !seen.insert(fam) {
+                return Err(AllocError::TwoFixedOfOneFamily { family: fam });
+            }
+        }
+        self.ensure_loaded().await?;
+        self.ensure_pool(&req.pool).await?;
+        // A repeated ADD: confirm what the cache remembers against the ledger, since another node
+        // (or GC) may have released it meanwhile. New attachments, the common case, skip this read.
+        let mut existing = vec![];
+        let remembered = self.state().held_by(&req.owner);
+        for b in remembered {
+            if let Some(cur) = self.refresh_binding(b.value.address).await? {
+                if cur.owner.same_attachment(&req.owner) {
+                    existing.push(cur);
+                }
+            }
+        }
+        let mut out = vec![];
+        let mut created = vec![];
+        for fam in families {
+            let fixed = req.fixed.iter().copied().find(|ip| Family::of(*ip) == fam);
+            if let Some(b) = existing.iter().find(|b| Family::of(b.address) == fam) {
+                if let Some(ip) = fixed.filter(|ip| *ip != b.address) {
+                    self.rollback(&created).await;
+                    return Err(AllocError::ConflictingRequest {
+                        requested: ip,
+                        held: b.address,
+                        owner: describe(&req.owner),
+                    });
+                }
+                out.push(b.clone());
+                continue;
+            }
+            let res = match fixed {
+                Some(ip) => self.bind_fixed(&req.pool, &req.owner, ip).await,
+                None => self.bind_dynamic(&req.pool, fam, &req.owner).await,
+            };
+            match res {
+                Ok(b) => {
+                    created.push(b.clone());
+                    out.push(b);
+                }
+                Err(e) => {
+                    self.rollback(&created).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn rollback(&self, created: &[Binding]) {
+        for b in created {
+            if let Err(e) = self.release_one(b.address, &b.owner).await {
+                tracing::warn!(address = %b.address, error = %e, "could not roll back a partial ADD; GC will release it");
+            }
+        }
+    }
+
+    fn binding(
+        &self,
+        pool: &PoolSpec,
+        subnet: &SubnetSpec,
+        owner: &Owner,
+        address: IpAddr,
+        kind: BindingKind,
+    ) -> Binding {
+        Binding {
+            address,
+            prefix_len: subnet.cidr.prefix_len(),
+            pool: pool.name.clone(),
+            node: self.node.clone(),
+            owner: owner.clone(),
+            kind,
+            since: now_secs(),
+        }
+    }
+
+    async fn bind_fixed(
+        &self,
+        pool: &PoolSpec,
+        owner: &Owner,
+        ip: IpAddr,
+    ) -> Result<Binding, AllocError> {
+        let subnet = pool.subnet_of(ip).ok_or_else(|| AllocError::NotInPool {
+            address: ip,
+            pool: pool.name.clone(),
+        })?;
+        if !subnet.allows_fixed(ip) {
+            return Err(AllocError::FixedNotAllowed {
+                address: ip,
+                pool: pool.name.clone(),
+                reserved: subnet.fixed.iter().map(|r| r.to_string()).collect(),
+            });
+        }
+        let b = self.binding(pool, subnet, owner, ip, BindingKind::Fixed);
+        self.state().pending.insert(ip);
+        let res = Records(self.ledger.as_ref())
+            .create(Kind::Binding, &b.name(), &b)
+            .await;
+        self.state().pending.remove(&ip);
+        match res {
+            Ok(version) => {
+                self.state().insert_binding(Stored {
+                    value: b.clone(),
+                    version,
+                });
+                Ok(b)
+            }
+            Err(LedgerError::Exists { .. }) => {
+                let held = self.refresh_binding(ip).await?;
+                match held {
+                    Some(h) if h.owner.same_attachment(owner) => Ok(h),
+                    Some(h) => Err(AllocError::AddressHeld {
+                        address: ip,
+                        holder: describe(&h.owner),
+                        node: h.node,
+                    }),
+                    None => Err(AllocError::Contended {
+                        what: format!("address {ip}"),
+                    }),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Re-read one binding into the cache after losing a race for it.
+    async fn refresh_binding(&self, ip: IpAddr) -> Result<Option<Binding>, AllocError> {
+        let got = Records(self.ledger.as_ref())
+            .get::<Binding>(Kind::Binding, &ip.to_string())
+            .await?;
+        let mut st = self.state();
+        match got {
+            Some(s) => {
+                let b = s.value.clone();
+                st.insert_binding(s);
+                Ok(Some(b))
+            }
+            None => {
+                st.remove_binding(ip);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn bind_dynamic(
+        &self,
+        pool: &PoolSpec,
+        fam: Family,
+        owner: &Owner,
+    ) -> Result<Binding, AllocError> {
+        for _ in 0..MAX_RACES {
+            let pick = self.state().reserve_free(&self.node, pool, fam);
+            let Some((ip, subnet, block)) = pick else {
+                if !self.claim_block(pool, fam).await? {
+                    return Err(AllocError::Exhausted {
+                        pool: pool.name.clone(),
+                        family: fam,
+                    });
+                }
+                continue;
+            };
+            let b = self.binding(pool, &subnet, owner, ip, BindingKind::Dynamic { block });
+            let res = Records(self.ledger.as_ref())
+                .create(Kind::Binding, &b.name(), &b)
+                .await;
+            self.state().pending.remove(&ip);
+            match res {
+                Ok(version) => {
+                    self.state().insert_binding(Stored {
+                        value: b.clone(),
+                        version,
+                    });
+                    return Ok(b);
+                }
+                Err(LedgerError::Exists { .. }) => {
+                    // Someone else (a fixed request, a stale cache) holds it: learn and move on.
+                    self.refresh_binding(ip).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AllocError::Contended {
+            what: format!("{fam} addresses of pool {}", pool.name),
+        })
+    }
+
+    /// Claim one more block of `pool` for this node. False when no candidate block is left.
+    async fn claim_block(&self, pool: &PoolSpec, fam: Family) -> Result<bool, AllocError> {
+        let _one_at_a_time = self.claiming.lock().await;
+        if self.state().has_free(&self.node, pool, fam) {
+            return Ok(true); // another task claimed while we waited
+        }
+        let r = Records(self.ledger.as_ref());
+        for subnet in pool.subnets.iter().filter(|s| s.family() == fam) {
+            let known = self.state().block_count();
+            let candidates: Vec<IpNet> = {
+                let st = self.state();
+                candidate_blocks(subnet, &self.node)
+                    .take(known + CLAIM_SCAN)
+                    .filter(|c| !st.block_known(&pool.name, c))
+                    .collect()
+            };
+            for cidr in candidates {
+                let block = Block {
+                    pool: pool.name.clone(),
+                    cidr,
+                    node: self.node.clone(),
+                };
+                if block.capacity(subnet) == 0 {
+                    continue;
+                }
+                match r.create(Kind::Block, &block.name(), &block).await {
+                    Ok(version) => {
+                        tracing::info!(block = %cidr, pool = %pool.name, node = %self.node, "claimed block");
+                        self.state().insert_block(Stored {
+                            value: block,
+                            version,
+                        });
+                        return Ok(true);
+                    }
+                    Err(LedgerError::Exists { .. }) => {
+                        if let Some(s) = r.get::<Block>(Kind::Block, &block.name()).await? {
+                            let mine = s.value.node == self.node;
+                            self.state().insert_block(s);
+                            if mine {
+                                return Ok(true);
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Owner-checked release of one address: freed only if the ledger still shows this attachment
+    /// holding it. Returns the released binding.
+    async fn release_one(&self, ip: IpAddr, owner: &Owner) -> Result<Option<Binding>, AllocError> {
+        let r = Records(self.ledger.as_ref());
+        for _ in 0..MAX_RACES {
+            let Some(cur) = r.get::<Binding>(Kind::Binding, &ip.to_string()).await? else {
+                self.state().remove_binding(ip);
+                return Ok(None);
+            };
+            if !cur.value.owner.same_attachment(owner) {
+                // Someone else holds it now: nothing of ours to free.
+                self.state().insert_binding(cur);
+                return Ok(None);
+            }
+            match self
+                .ledger
+                .delete(Kind::Binding, &ip.to_string(), &cur.version)
+                .await
+            {
+                Ok(()) => {
+                    self.state().remove_binding(ip);
+                    return Ok(Some(cur.value));
+                }
+                Err(LedgerError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AllocError::Contended {
+            what: format!("address {ip}"),
+        })
+    }
+
+    /// DEL: release every address the attachment holds. Releasing an unknown attachment succeeds.
+    pub async fn release(&self, owner: &Owner) -> Result<Vec<Binding>, AllocError> {
+        self.ensure_loaded().await?;
+        let held = self.state().held_by(owner);
+        let mut out = vec![];
+        for b in held {
+            if let Some(released) = self.release_one(b.value.address, owner).await? {
+                out.push(released);
+            }
+        }
+        Ok(out)
+    }
+
+    /// CHECK: the attachment's bindings as the ledger has them now; empty when it holds none.
+    pub async fn held(&self, owner: &Owner) -> Result<Vec<Binding>, AllocError> {
+        self.ensure_loaded().await?;
+        let cached = self.state().held_by(owner);
+        let mut out = vec![];
+        for b in cached {
+            if let Some(cur) = self.refresh_binding(b.value.address).await? {
+                if cur.owner.same_attachment(owner) {
+                    out.push(cur);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// GC: release this node's bindings in `network` whose attachment is not in `valid`
+    /// (container ID, interface). Fails closed: the ledger is re-read first, and bindings made
+    /// after this call started, or being made right now, are kept.
+    pub async fn gc(
+        &self,
+        network: &str,
+        valid: &[(String, String)],
+    ) -> Result<Vec<Binding>, AllocError> {
+        let started = now_secs();
+        self.reload().await?;
+        let valid: HashSet<(&str, &str)> = valid
+            .iter()
+            .map(|(c, i)| (c.as_str(), i.as_str()))
+            .collect();
+        let stale: Vec<Binding> = {
+            let st = self.state();
+            st.bindings
+                .values()
+                .map(|s| &s.value)
+                .filter(|b| b.node == self.node && b.owner.network == network)
+                .filter(|b| {
+                    !valid.contains(&(b.owner.container_id.as_str(), b.owner.ifname.as_str()))
+                })
+                .filter(|b| b.since + 1 < started && !st.pending.contains(&b.address))
+                .cloned()
+                .collect()
+        };
+        let mut out = vec![];
+        for b in stale {
+            if let Some(released) = self.release_one(b.address, &b.owner).await? {
+                tracing::info!(address = %released.address, container = %released.owner.container_id, "GC released");
+                out.push(released);
+            }
+        }
+        Ok(out)
+    }
+
+    /// STATUS: the ledger answers and the pool can still hand out an address of every family.
+    pub async fn status(&self, pool: &PoolSpec) -> Result<(), AllocError> {
+        pool.validate()?;
+        self.ledger.get(Kind::Pool, &pool.name).await?;
+        self.ensure_loaded().await?;
+        for fam in pool.families() {
+            let st = self.state();
+            if st.has_free(&self.node, pool, fam) {
+                continue;
+            }
+            let claimable = pool.subnets.iter().filter(|s| s.family() == fam).any(|s| {
+                candidate_blocks(s, &self.node)
+                    .take(st.block_count() + CLAIM_SCAN)
+                    .filter(|c| !st.block_known(&pool.name, c))
+                    .any(|c| {
+                        Block {
+                            pool: pool.name.clone(),
+                            cidr: c,
+                            node: self.node.clone(),
+                        }
+                        .capacity(s)
+                            > 0
+                    })
+            });
+            if !claimable {
+                return Err(AllocError::Exhausted {
+                    pool: pool.name.clone(),
+                    family: fam,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A human description of an owner for error messages: pod if known, else container and interface.
+pub fn describe(owner: &Owner) -> String {
+    match &owner.pod {
+        Some(p) => format!(
+            "pod {}/{} (container {}, interface {})",
+            p.namespace, p.name, owner.container_id, owner.ifname
+        ),
+        None => format!(
+            "container {} interface {}",
+            owner.container_id, owner.ifname
+        ),
+    }
+}
