@@ -484,14 +484,16 @@ fn merge_sets(sets: Vec<(String, Vec<Entry>)>) -> Result<Vec<SubnetSpec>, CniErr
             s.fixed.extend(e.fixed);
             if let Some(gw) = e.gateway {
                 match s.gateway {
-                    Some(old) if old != gw => return Err(CniError::config(format!(
+                    Some(old) if old != gw => {
+                        return Err(CniError::config(format!(
                         "{} {:?} conflicts with {} {:?} for subnet {}: give one gateway per subnet",
                         join(&e.path, "gateway"),
                         gw.to_string(),
                         join(&gw_from[idx], "gateway"),
                         old.to_string(),
                         s.cidr
-                    ))),
+                    )))
+                    }
                     _ => {
                         s.gateway = Some(gw);
                         gw_from[idx] = e.path.clone();

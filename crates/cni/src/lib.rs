@@ -14,10 +14,13 @@ pub mod dns;
 pub mod env;
 pub mod error;
 mod json;
+pub mod result;
+pub mod socket;
 pub mod version;
 
 pub use config::{parse_config, Attachment, IpamConfig, Store};
 pub use dns::{parse_resolv_conf, Dns};
 pub use env::{parse_args, parse_env, CniArgs, CniEnv, Command};
 pub use error::CniError;
+pub use result::{build_result, parse_prev_result, IpamResult, PrevIp};
 pub use version::CniVersion;
