@@ -391,14 +391,14 @@ fn parse_entry(o: &Obj<'_>) -> Result<Option<Entry>, CniError> {
         (None, None) => None,
         (Some(s), Some(e)) => Some(mk("fixedStart", "fixedEnd", s, e)?),
         (Some(_), None) | (None, Some(_)) => {
-            let (given, missing) = if fstart.is_some() {
-                ("fixedStart", "fixedEnd")
-            } else {
-                ("fixedEnd", "fixedStart")
+            let (given, value, missing) = match (fstart, fend) {
+                (Some(v), _) => ("fixedStart", v, "fixedEnd"),
+                (_, v) => ("fixedEnd", v.unwrap_or(first_usable), "fixedStart"),
             };
             return Err(CniError::config(format!(
-                "{} is given without {}: give both ends of the reserved range",
+                "{} {:?} is given without {}: give both ends of the reserved range",
                 o.name(given),
+                value.to_string(),
                 o.name(missing)
             )));
         }

@@ -39,8 +39,7 @@ fn corrected_seed_parses_to_the_expected_pool() {
     assert_eq!(cfg.cni_version, CniVersion::V0_3_1);
     let mut subnet = SubnetSpec::new("10.188.0.0/16".parse().expect("cidr"));
     subnet.fixed = vec![AddrRange::new(ip("10.188.0.10"), ip("10.188.0.255")).expect("range")];
-    subnet.ranges =
-        vec![AddrRange::new(ip("10.188.1.0"), ip("10.188.255.254")).expect("range")];
+    subnet.ranges = vec![AddrRange::new(ip("10.188.1.0"), ip("10.188.255.254")).expect("range")];
     subnet.gateway = Some(ip("10.188.0.1"));
     subnet.routes = vec![Route {
         dst: "0.0.0.0/0".parse().expect("cidr"),
