@@ -298,6 +298,14 @@ impl IpamConfig {
         Ok(())
     }
 
+    /// The node this plugin runs on: `ipam.nodeName`, else `hostname` (which the caller reads, as
+    /// this crate does no I/O).
+    pub fn node_name_or(&self, hostname: &str) -> String {
+        self.node_name
+            .clone()
+            .unwrap_or_else(|| hostname.to_string())
+    }
+
     /// The requested fixed address of `family`, if any.
     pub fn requested(&self, family: Family) -> Option<IpAddr> {
         self.requested_ips

@@ -9,6 +9,8 @@
 //! - [`result`]: results per spec version, and `prevResult` parsing.
 //! - [`socket`]: the wire format between the thin plugin and the node agent.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod dns;
 pub mod env;

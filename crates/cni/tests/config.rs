@@ -792,3 +792,23 @@ fn malformed_json_is_code_6_with_position() {
     let err = parse_config(b"").expect_err("empty");
     assert_eq!(err.code, 6);
 }
+
+#[test]
+fn peek_version_and_node_name() {
+    use berth_cni::config::peek_version;
+    use berth_cni::CniVersion;
+    assert_eq!(
+        peek_version(b"{\"cniVersion\": \"0.4.0\", \"name\": 5}"),
+        Some(CniVersion::V0_4_0)
+    );
+    assert_eq!(peek_version(b"{\"cniVersion\": \"0.2.0\"}"), None);
+    assert_eq!(peek_version(b"{"), None);
+    let cfg = ok(&with_ipam(
+        json!({"type": "berth-ipam", "subnet": "10.1.0.0/24"}),
+    ));
+    assert_eq!(cfg.node_name_or("host-a"), "host-a");
+    let cfg = ok(&with_ipam(
+        json!({"type": "berth-ipam", "subnet": "10.1.0.0/24", "nodeName": "n9"}),
+    ));
+    assert_eq!(cfg.node_name_or("host-a"), "n9");
+}

@@ -20,6 +20,7 @@ fn seed_as_printed_is_a_decode_error_with_position() {
     assert!(err.msg.contains("line 12"), "{}", err.msg);
     assert!(err.msg.contains("column"), "{}", err.msg);
     assert!(err.msg.contains("network configuration"), "{}", err.msg);
+    eprintln!("seed: {}", err.to_json_string(None));
 }
 
 #[test]
