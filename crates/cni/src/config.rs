@@ -4,7 +4,7 @@
 //! Unknown top-level and `ipam` fields are ignored: real configurations carry plugin-specific keys
 //! (`master`, `etcdConfig.kubeConfig`, ...).
 
-use crate::env::{parse_ip_maybe_prefix, CniArgs};
+use crate::env::{parse_ip_maybe_prefix, CniArgs, Command};
 use crate::error::CniError;
 use crate::json::{elem_str, join, parse_cidr, parse_ip, show, wrong_type, Obj};
 use crate::version::CniVersion;
@@ -295,6 +295,18 @@ impl IpamConfig {
                 .map(|ip| (*ip, "requested ips".to_string())),
         );
         self.requested_ips = check_requests(&self.pool, all)?;
+        Ok(())
+    }
+
+    /// Check `command` may run with this configuration: the version gate of
+    /// [`crate::version::check_command`] (code 1), and CHECK's required `prevResult` (code 7).
+    pub fn check_command(&self, command: Command) -> Result<(), CniError> {
+        crate::version::check_command(command, self.cni_version)?;
+        if command == Command::Check && self.prev_result.is_none() {
+            return Err(CniError::config(
+                "prevResult is missing but CHECK needs it: the runtime must pass the result of the previous ADD",
+            ));
+        }
         Ok(())
     }
 

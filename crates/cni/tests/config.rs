@@ -812,3 +812,36 @@ fn peek_version_and_node_name() {
     ));
     assert_eq!(cfg.node_name_or("host-a"), "n9");
 }
+
+#[test]
+fn command_checks_on_config() {
+    use berth_cni::Command;
+    let v = |ver: &str, prev: bool| {
+        let mut c = json!({"cniVersion": ver, "name": "n", "type": "t",
+            "ipam": {"type": "berth-ipam", "subnet": "10.1.0.0/24"}});
+        if prev {
+            c["prevResult"] = json!({"cniVersion": ver, "ips": []});
+        }
+        ok(&c)
+    };
+    assert!(v("0.4.0", true).check_command(Command::Check).is_ok());
+    assert_eq!(
+        v("0.3.1", true)
+            .check_command(Command::Check)
+            .map_err(|e| e.code),
+        Err(1)
+    );
+    let e = v("1.0.0", false)
+        .check_command(Command::Check)
+        .expect_err("no prev");
+    assert_eq!(e.code, 7);
+    assert!(e.msg.contains("prevResult"), "{}", e.msg);
+    assert!(v("1.0.0", false).check_command(Command::Del).is_ok());
+    assert_eq!(
+        v("1.0.0", false)
+            .check_command(Command::Gc)
+            .map_err(|e| e.code),
+        Err(1)
+    );
+    assert!(v("1.1.0", false).check_command(Command::Status).is_ok());
+}
