@@ -3,7 +3,7 @@
 //!
 //! - [`version`]: supported spec versions and which commands each allows.
 //! - [`error`]: [`CniError`] with the spec's codes and its JSON form.
-//! - [`env`]: `CNI_*` variables and `CNI_ARGS`.
+//! - [`env`](mod@env): `CNI_*` variables and `CNI_ARGS`.
 //! - [`config`]: the network configuration (kube-ipam and host-local forms) into an [`IpamConfig`].
 //! - [`dns`]: the `dns` object and a `resolv.conf` parser.
 //! - [`result`]: results per spec version, and `prevResult` parsing.
