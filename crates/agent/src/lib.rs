@@ -1,1 +1,8 @@
-//! placeholder
+//! The node agent: one per node. It owns the node's blocks through one long-lived allocator, serves
+//! `berth-ipam` over a Unix socket so a CNI ADD costs no cluster scan, and on start re-reads the
+//! ledger so a restart (even after `kill -9`) changes no address.
+
+pub mod admin;
+mod server;
+
+pub use server::{bind, serve, AgentError};

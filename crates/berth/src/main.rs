@@ -1,4 +1,9 @@
 //! `berth`: one binary for every long-running role and the operator CLI.
+
+mod agent;
+mod inspect;
+mod ledger_args;
+
 use clap::{Parser, Subcommand};
 
 /// Command line of the `berth` binary.
@@ -16,14 +21,37 @@ struct Cli {
 /// The roles and operator commands `berth` offers.
 #[derive(Subcommand)]
 enum Command {
-    /// Placeholder until the roles land.
-    Version,
+    /// Run the node agent: serve berth-ipam on a Unix socket and own this node's blocks.
+    Agent(agent::AgentArgs),
+    /// List pools with their subnets and use.
+    Pools(inspect::InspectArgs),
+    /// List blocks and the node owning each.
+    Blocks(inspect::InspectArgs),
+    /// List bindings: address, owner, container, interface, node.
+    Bindings(inspect::InspectArgs),
+    /// Check the ledger's invariants; exits 1 and prints each violation when one is broken.
+    Audit(inspect::InspectArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Version => println!("berth {}", env!("CARGO_PKG_VERSION")),
-    }
-    Ok(())
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Agent(a) => agent::run(a).await,
+            Command::Pools(a) => inspect::pools(a).await,
+            Command::Blocks(a) => inspect::blocks(a).await,
+            Command::Bindings(a) => inspect::bindings(a).await,
+            Command::Audit(a) => inspect::audit(a).await,
+        }
+    })
 }

@@ -1,5 +1,6 @@
-//! Berth's CNI spec layer: everything between the bytes and variables a container runtime hands
-//! the `berth-ipam` plugin and Berth's pure types, with no allocation and no I/O of its own.
+//! Berth's CNI layer: everything between the bytes and variables a container runtime hands the
+//! `berth-ipam` plugin and Berth's allocator. The spec modules are pure parsing and formatting; the
+//! [`handler`] carries out a command with an allocator, for the plugin's direct path and the agent alike.
 //!
 //! - [`version`]: supported spec versions and which commands each allows.
 //! - [`error`]: [`CniError`] with the spec's codes and its JSON form.
@@ -8,6 +9,8 @@
 //! - [`dns`]: the `dns` object and a `resolv.conf` parser.
 //! - [`result`]: results per spec version, and `prevResult` parsing.
 //! - [`socket`]: the wire format between the thin plugin and the node agent.
+//! - [`handler`]: one command carried out against an allocator.
+//! - [`plugin`]: the `berth-ipam` process: agent socket first, else the ledger directly.
 
 #![warn(missing_docs)]
 
@@ -15,7 +18,9 @@ pub mod config;
 pub mod dns;
 pub mod env;
 pub mod error;
+pub mod handler;
 mod json;
+pub mod plugin;
 pub mod result;
 pub mod socket;
 pub mod version;

@@ -142,12 +142,13 @@ proptest! {
             owner: Owner { network: "net".into(), container_id: cid.into(), ifname: "eth0".into(), pod: None },
             kind: BindingKind::Dynamic { block: cidr }, since: 0,
         };
-        prop_assert!(audit(&[pool.clone()], &[block.clone()], &[mk("a")]).is_empty());
-        let v = audit(&[pool.clone()], &[block.clone()], &[mk("a"), mk("b")]);
+        let (pools, blocks) = (vec![pool.clone()], vec![block.clone()]);
+        prop_assert!(audit(&pools, &blocks, &[mk("a")]).is_empty());
+        let v = audit(&pools, &blocks, &[mk("a"), mk("b")]);
         prop_assert_eq!(v.len(), 1, "{:?}", v);
         let mut other = block.clone();
         other.node = "m".into();
-        prop_assert_eq!(audit(&[pool.clone()], &[other], &[mk("a")]).len(), 1);
+        prop_assert_eq!(audit(&pools, &[other], &[mk("a")]).len(), 1);
         prop_assert_eq!(audit(&[], &[block], &[mk("a")]).len(), 2);
     }
 }

@@ -1,0 +1,37 @@
+//! Read-only requests the `berth` CLI sends over the agent socket, so an operator can inspect an
+//! embedded ledger while the agent holds its lock.
+
+use serde::{Deserialize, Serialize};
+
+/// An operator request. Told apart from CNI requests by its `admin` field.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminRequest {
+    /// What to do; only `snapshot` exists today.
+    pub admin: AdminCommand,
+}
+
+/// The operator requests the agent answers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminCommand {
+    /// The whole ledger: pools, blocks, bindings.
+    Snapshot,
+}
+
+/// The agent's answer to a snapshot request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotReply {
+    /// The node the agent serves.
+    pub node: String,
+    /// The ledger it uses.
+    pub ledger: String,
+    /// Pools.
+    pub pools: Vec<serde_json::Value>,
+    /// Blocks.
+    pub blocks: Vec<serde_json::Value>,
+    /// Bindings.
+    pub bindings: Vec<serde_json::Value>,
+    /// An error instead of data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

@@ -1,0 +1,145 @@
+//! The socket server: one request line in, one response line out, per connection.
+
+use crate::admin::{AdminCommand, AdminRequest, SnapshotReply};
+use berth_allocator::{snapshot, Allocator};
+use berth_cni::handler::{handle, Invocation};
+use berth_cni::socket::{Request, RequestConfig, Response, MAX_FRAME};
+use berth_cni::{parse_config, CniError};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Why the agent could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Another agent already serves this socket.
+    #[error(
+        "socket {0} is already served by a running agent: stop it first or choose another --socket"
+    )]
+    InUse(String),
+    /// The socket could not be created.
+    #[error("cannot listen on {path}: {reason}")]
+    Listen {
+        /// The socket path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Bind the agent socket, replacing a stale socket file left by a crashed agent but never one that
+/// a live agent still serves.
+pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
+    let listen_err = |e: std::io::Error| AgentError::Listen {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(listen_err)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(AgentError::InUse(path.display().to_string()));
+        }
+        std::fs::remove_file(path).map_err(listen_err)?;
+    }
+    let l = UnixListener::bind(path).map_err(listen_err)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
+    Ok(l)
+}
+
+/// Serve requests until the listener fails. Each connection is handled on its own task, so slow
+/// ledger writes of one pod never hold up another.
+pub async fn serve(listener: UnixListener, alloc: Arc<Allocator>) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let alloc = Arc::clone(&alloc);
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, &alloc).await {
+                tracing::debug!(error = %e, "agent connection ended early");
+            }
+        });
+    }
+}
+
+async fn connection(stream: UnixStream, alloc: &Allocator) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read).take(MAX_FRAME as u64);
+    let mut line = String::new();
+    if reader.read_line(&mut line).await? == 0 {
+        return Ok(());
+    }
+    let reply = if let Ok(admin) = serde_json::from_str::<AdminRequest>(&line) {
+        serde_json::to_vec(&admin_reply(admin, alloc).await)
+    } else {
+        serde_json::to_vec(&cni_reply(&line, alloc).await)
+    };
+    let mut reply = reply.map_err(std::io::Error::other)?;
+    reply.push(b'\n');
+    write.write_all(&reply).await?;
+    write.shutdown().await
+}
+
+async fn cni_reply(line: &str, alloc: &Allocator) -> Response {
+    let req: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return Response::from(Err(CniError::decode("agent request", &e))),
+    };
+    let cfg = match &req.config {
+        RequestConfig::Raw(raw) => match parse_config(raw.as_bytes()) {
+            Ok(c) => c,
+            Err(e) => return Response::from(Err(e)),
+        },
+        RequestConfig::Parsed(c) => (**c).clone(),
+    };
+    let inv = Invocation {
+        command: req.command,
+        container_id: req.container_id.clone(),
+        ifname: req.ifname.clone(),
+        args: req.args.clone(),
+    };
+    let res = handle(alloc, &inv, &cfg).await;
+    match &res {
+        Ok(_) => tracing::debug!(command = ?req.command, container = ?req.container_id, "served"),
+        Err(e) => {
+            tracing::info!(command = ?req.command, container = ?req.container_id, code = e.code, msg = %e.msg, "refused")
+        }
+    }
+    Response::from(res)
+}
+
+async fn admin_reply(req: AdminRequest, alloc: &Allocator) -> SnapshotReply {
+    let AdminCommand::Snapshot = req.admin;
+    let mut reply = SnapshotReply {
+        node: alloc.node().to_string(),
+        ledger: alloc.ledger().describe(),
+        pools: vec![],
+        blocks: vec![],
+        bindings: vec![],
+        error: None,
+    };
+    match snapshot(alloc.ledger().as_ref()).await {
+        Ok(s) => {
+            let to = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
+            reply.pools = s
+                .pools
+                .iter()
+                .map(|p| to(serde_json::to_value(p)))
+                .collect();
+            reply.blocks = s
+                .blocks
+                .iter()
+                .map(|b| to(serde_json::to_value(b)))
+                .collect();
+            reply.bindings = s
+                .bindings
+                .iter()
+                .map(|b| to(serde_json::to_value(b)))
+                .collect();
+        }
+        Err(e) => reply.error = Some(e.to_string()),
+    }
+    reply
+}

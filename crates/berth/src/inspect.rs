@@ -1,0 +1,252 @@
+//! The inspection CLI: pools, blocks, bindings and the audit, from the ledger or, when an agent
+//! holds an embedded ledger's lock, through the agent's socket.
+
+use crate::ledger_args::LedgerArgs;
+use anyhow::{bail, Context};
+use berth_agent::admin::{AdminCommand, AdminRequest, SnapshotReply};
+use berth_allocator::Snapshot;
+use berth_core::{audit as check, Binding, BindingKind, Block, PoolSpec};
+use berth_ledger::{LedgerError, LedgerSpec};
+use clap::Args;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Options shared by the inspection commands.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Agent socket to ask when the embedded ledger is locked by a running agent.
+    #[arg(long, default_value = "/run/berth/agent.sock")]
+    pub socket: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: Vec<serde_json::Value>) -> serde_json::Result<Vec<T>> {
+    v.into_iter().map(serde_json::from_value).collect()
+}
+
+fn from_agent(socket: &Path) -> anyhow::Result<Snapshot> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "the ledger is locked and no agent answers on {}",
+            socket.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_vec(&AdminRequest {
+        admin: AdminCommand::Snapshot,
+    })?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    let reply: SnapshotReply =
+        serde_json::from_str(&answer).context("decoding the agent's snapshot")?;
+    if let Some(e) = reply.error {
+        bail!(
+            "the agent could not read its ledger ({}): {e}",
+            reply.ledger
+        );
+    }
+    Ok(Snapshot {
+        pools: decode(reply.pools)?,
+        blocks: decode(reply.blocks)?,
+        bindings: decode(reply.bindings)?,
+    })
+}
+
+async fn load(args: &InspectArgs) -> anyhow::Result<Snapshot> {
+    let spec = args.ledger.spec()?;
+    let ledger = match &spec {
+        LedgerSpec::Embedded { dir } => {
+            match berth_ledger::embedded::Embedded::open(dir, Duration::from_millis(300)) {
+                Ok(l) => std::sync::Arc::new(l) as std::sync::Arc<dyn berth_ledger::Ledger>,
+                Err(LedgerError::Unavailable { .. }) => return from_agent(&args.socket),
+                Err(e) => return Err(e).context("opening the embedded ledger"),
+            }
+        }
+        _ => berth_ledger::open(&spec)
+            .await
+            .context("opening the ledger")?,
+    };
+    Ok(berth_allocator::snapshot(ledger.as_ref()).await?)
+}
+
+fn table(rows: Vec<Vec<String>>) {
+    let widths: Vec<usize> = (0..rows.first().map_or(0, |r| r.len()))
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `berth pools`.
+pub async fn pools(args: InspectArgs) -> anyhow::Result<()> {
+    let s = load(&args).await?;
+    if args.json {
+        return json(&s.pools);
+    }
+    let mut used: HashMap<&str, usize> = HashMap::new();
+    for b in &s.bindings {
+        *used.entry(b.pool.as_str()).or_default() += 1;
+    }
+    let mut blocks: HashMap<&str, usize> = HashMap::new();
+    for b in &s.blocks {
+        *blocks.entry(b.pool.as_str()).or_default() += 1;
+    }
+    let mut rows = vec![vec![
+        "NAME".into(),
+        "USE".into(),
+        "SUBNETS".into(),
+        "BLOCK".into(),
+        "BLOCKS".into(),
+        "USED".into(),
+    ]];
+    for p in &s.pools {
+        rows.push(vec![
+            p.name.clone(),
+            format!("{:?}", p.use_).to_lowercase(),
+            p.subnets
+                .iter()
+                .map(|s| s.cidr.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            p.subnets
+                .iter()
+                .map(|s| format!("/{}", s.block_prefix))
+                .collect::<Vec<_>>()
+                .join(","),
+            blocks
+                .get(p.name.as_str())
+                .copied()
+                .unwrap_or(0)
+                .to_string(),
+            used.get(p.name.as_str()).copied().unwrap_or(0).to_string(),
+        ]);
+    }
+    table(rows);
+    Ok(())
+}
+
+/// `berth blocks`.
+pub async fn blocks(args: InspectArgs) -> anyhow::Result<()> {
+    let s = load(&args).await?;
+    if args.json {
+        return json(&s.blocks);
+    }
+    let pools: HashMap<&str, &PoolSpec> = s.pools.iter().map(|p| (p.name.as_str(), p)).collect();
+    let mut rows = vec![vec![
+        "POOL".into(),
+        "BLOCK".into(),
+        "NODE".into(),
+        "USED".into(),
+        "CAPACITY".into(),
+    ]];
+    for b in &s.blocks {
+        let used = s
+            .bindings
+            .iter()
+            .filter(|x| matches!(&x.kind, BindingKind::Dynamic { block } if *block == b.cidr))
+            .count();
+        let cap = pools
+            .get(b.pool.as_str())
+            .and_then(|p| p.subnets.iter().find(|sn| sn.cidr.contains(&b.cidr)))
+            .map(|sn| Block::capacity(b, sn).to_string())
+            .unwrap_or_else(|| "orphan".into());
+        rows.push(vec![
+            b.pool.clone(),
+            b.cidr.to_string(),
+            b.node.clone(),
+            used.to_string(),
+            cap,
+        ]);
+    }
+    table(rows);
+    Ok(())
+}
+
+fn pod(b: &Binding) -> String {
+    b.owner
+        .pod
+        .as_ref()
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `berth bindings`.
+pub async fn bindings(args: InspectArgs) -> anyhow::Result<()> {
+    let s = load(&args).await?;
+    if args.json {
+        return json(&s.bindings);
+    }
+    let mut rows = vec![vec![
+        "ADDRESS".into(),
+        "POOL".into(),
+        "NODE".into(),
+        "KIND".into(),
+        "NETWORK".into(),
+        "CONTAINER".into(),
+        "IFNAME".into(),
+        "POD".into(),
+    ]];
+    for b in &s.bindings {
+        let kind = match &b.kind {
+            BindingKind::Fixed => "fixed".to_string(),
+            BindingKind::Dynamic { block } => format!("block {block}"),
+        };
+        let cid: String = b.owner.container_id.chars().take(16).collect();
+        rows.push(vec![
+            format!("{}/{}", b.address, b.prefix_len),
+            b.pool.clone(),
+            b.node.clone(),
+            kind,
+            b.owner.network.clone(),
+            cid,
+            b.owner.ifname.clone(),
+            pod(b),
+        ]);
+    }
+    table(rows);
+    Ok(())
+}
+
+/// `berth audit`: exits 1 when an invariant is broken.
+pub async fn audit(args: InspectArgs) -> anyhow::Result<()> {
+    let s = load(&args).await?;
+    let violations = check(&s.pools, &s.blocks, &s.bindings);
+    if args.json {
+        json(&violations.iter().map(|v| v.to_string()).collect::<Vec<_>>())?;
+    } else {
+        for v in &violations {
+            println!("VIOLATION: {v}");
+        }
+    }
+    if !violations.is_empty() {
+        eprintln!("audit: {} violation(s)", violations.len());
+        std::process::exit(1);
+    }
+    eprintln!(
+        "audit clean: {} pools, {} blocks, {} bindings",
+        s.pools.len(),
+        s.blocks.len(),
+        s.bindings.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! Carrying out a CNI command with an allocator. The node agent and the plugin's direct path both
+//! call [`handle`], so the two paths cannot drift apart.
+
+use crate::config::IpamConfig;
+use crate::dns::{parse_resolv_conf, Dns};
+use crate::env::{CniArgs, Command};
+use crate::error::CniError;
+use crate::result::{build_result, parse_prev_result};
+use berth_allocator::{describe, AddRequest, AllocError, Allocator};
+use berth_core::Owner;
+use berth_ledger::LedgerError;
+use serde_json::Value;
+
+/// Error code for an exhausted pool (plugin-specific range).
+pub const POOL_EXHAUSTED: u32 = CniError::PLUGIN_SPECIFIC + 10;
+
+/// The parts of one invocation the handler needs, wherever it came from.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// `CNI_COMMAND`.
+    pub command: Command,
+    /// `CNI_CONTAINERID`.
+    pub container_id: Option<String>,
+    /// `CNI_IFNAME`.
+    pub ifname: Option<String>,
+    /// `CNI_ARGS`.
+    pub args: CniArgs,
+}
+
+impl Invocation {
+    fn owner(&self, network: &str) -> Result<Owner, CniError> {
+        let need = |v: &Option<String>, name: &str| {
+            v.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
+                CniError::env(format!(
+                    "{name} is required for {}: the runtime must set it",
+                    self.command.as_str()
+                ))
+            })
+        };
+        Ok(Owner {
+            network: network.to_string(),
+            container_id: need(&self.container_id, "CNI_CONTAINERID")?,
+            ifname: need(&self.ifname, "CNI_IFNAME")?,
+            pod: self.args.pod(),
+        })
+    }
+}
+
+/// Map an allocation error to the spec's error codes.
+pub fn cni_error(e: AllocError) -> CniError {
+    let code = match &e {
+        e if e.is_transient() => CniError::TRY_AGAIN_LATER,
+        AllocError::Exhausted { .. } => POOL_EXHAUSTED,
+        AllocError::Ledger(LedgerError::Config(_)) => CniError::INVALID_NETWORK_CONFIG,
+        AllocError::Ledger(_) => CniError::IO_FAILURE,
+        _ => CniError::INVALID_NETWORK_CONFIG,
+    };
+    CniError::new(code, e.to_string())
+}
+
+/// Map a ledger error met while opening the store.
+pub fn ledger_error(e: LedgerError) -> CniError {
+    cni_error(AllocError::Ledger(e))
+}
+
+fn read_dns(cfg: &IpamConfig) -> Result<Option<Dns>, CniError> {
+    let Some(path) = &cfg.resolv_conf else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CniError::new(
+            CniError::IO_FAILURE,
+            format!(
+                "ipam.resolvConf {:?} cannot be read: {e}: point it at a readable resolv.conf or remove it",
+                path.display().to_string()
+            ),
+        )
+    })?;
+    let dns = parse_resolv_conf(&text);
+    Ok((!dns.is_empty()).then_some(dns))
+}
+
+/// Carry out one command. ADD returns the result JSON; the others return nothing on success.
+///
+/// The version gate applies to every command; `CNI_ARGS` `IP=` requests count for ADD only, so a
+/// DEL always gets through to release what the attachment holds.
+pub async fn handle(
+    alloc: &Allocator,
+    inv: &Invocation,
+    cfg: &IpamConfig,
+) -> Result<Option<Value>, CniError> {
+    cfg.check_command(inv.command)?;
+    match inv.command {
+        Command::Add => {
+            let mut cfg = cfg.clone();
+            cfg.merge_env_ips(&inv.args)?;
+            let cfg = &cfg;
+            let dns = read_dns(cfg)?;
+            let req = AddRequest {
+                pool: cfg.pool.clone(),
+                owner: inv.owner(&cfg.network)?,
+                fixed: cfg.requested_ips.clone(),
+            };
+            let bindings = alloc.add(&req).await.map_err(cni_error)?;
+            let result = build_result(cfg.cni_version, &bindings, &cfg.pool, dns)?;
+            Ok(Some(result.to_value()))
+        }
+        Command::Del => {
+            alloc
+                .release(&inv.owner(&cfg.network)?)
+                .await
+                .map_err(cni_error)?;
+            Ok(None)
+        }
+        Command::Check => {
+            let owner = inv.owner(&cfg.network)?;
+            let held = alloc.held(&owner).await.map_err(cni_error)?;
+            if held.is_empty() {
+                return Err(CniError::new(
+                    CniError::UNKNOWN_CONTAINER,
+                    format!(
+                        "{} holds no address in network {:?}: run ADD again",
+                        describe(&owner),
+                        cfg.network
+                    ),
+                ));
+            }
+            if let Some(prev) = &cfg.prev_result {
+                for ip in parse_prev_result(prev)? {
+                    if !held.iter().any(|b| b.address == ip.address.addr()) {
+                        return Err(CniError::new(
+                            CniError::INVALID_NETWORK_CONFIG,
+                            format!(
+                                "prevResult lists {} but {} holds {:?} in the ledger: re-run ADD",
+                                ip.address,
+                                describe(&owner),
+                                held.iter()
+                                    .map(|b| b.address.to_string())
+                                    .collect::<Vec<_>>()
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(None)
+        }
+        Command::Gc => {
+            let valid: Vec<(String, String)> = cfg
+                .valid_attachments
+                .iter()
+                .map(|a| (a.container_id.clone(), a.ifname.clone()))
+                .collect();
+            alloc.gc(&cfg.network, &valid).await.map_err(cni_error)?;
+            Ok(None)
+        }
+        Command::Status => {
+            alloc.status(&cfg.pool).await.map_err(|e| {
+                let e = cni_error(e);
+                CniError::new(CniError::PLUGIN_NOT_AVAILABLE, e.msg)
+            })?;
+            Ok(None)
+        }
+        Command::Version => Ok(Some(
+            serde_json::from_str(&crate::version::version_reply()).unwrap_or_default(),
+        )),
+    }
+}
