@@ -1,1 +1,39 @@
-//! placeholder
+//! `berth-testbed`: the test world for Berth's integration tests.
+//!
+//! Why this crate exists: the ledger, CNI plugin and node agent must be tested against the real
+//! things they meet in production (etcd, network namespaces, bridges, CNI runtimes), on one
+//! shared machine, in parallel, without ever touching the host's network. This crate starts and
+//! tears down those things under strict rules:
+//!
+//! - daemons run under `setsid`, are tracked by PID, and are killed on Drop (also on panic) and
+//!   when the test process dies (parent-death signal);
+//! - namespaces, temp dirs and cluster tokens carry the PID and a counter, so cargo test threads
+//!   and nextest processes never collide; ports are always found free, never fixed;
+//! - test links live only inside namespaces the harness created; addresses come only from
+//!   198.18.0.0/15 and 2001:db8::/32 (other addresses are refused).
+//!
+//! Start every integration test with [`require_root_and_tools`]: tests fail loudly, never skip.
+//!
+//! ```no_run
+//! use berth_testbed::{require_root_and_tools, EtcdCluster};
+//! require_root_and_tools();
+//! let etcd = EtcdCluster::start(3).unwrap();
+//! etcd.etcdctl_run(&["put", "k", "v"]).unwrap();
+//! let leader = etcd.leader_index().unwrap();
+//! etcd.kill_member(leader).unwrap();
+//! ```
+
+mod check;
+mod etcd;
+mod process;
+mod tls;
+mod util;
+
+pub use check::{require_root, require_root_and_tools, require_tools, DEFAULT_TOOLS};
+pub use etcd::{Etcd, EtcdBuilder, EtcdCluster};
+pub use process::Daemon;
+pub use tls::TlsFiles;
+pub use util::{
+    check_test_addr, find_tool, free_ports, is_test_addr, run, run_checked, tool, unique_name,
+    wait_for, NAME_PREFIX,
+};
