@@ -24,13 +24,19 @@
 //! ```
 
 mod check;
+mod cni;
 mod etcd;
+mod net;
 mod process;
 mod tls;
 mod util;
 
 pub use check::{require_root, require_root_and_tools, require_tools, DEFAULT_TOOLS};
+pub use cni::{
+    result_ips, with_prev_result, Cni, CniCommand, CniOutput, CniTarget, DEBIAN_CNI_DIR,
+};
 pub use etcd::{Etcd, EtcdBuilder, EtcdCluster};
+pub use net::{pod_netns, sweep_stale_netns, Fabric, Netns, FABRIC_BRIDGE};
 pub use process::Daemon;
 pub use tls::TlsFiles;
 pub use util::{
