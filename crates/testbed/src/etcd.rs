@@ -148,6 +148,7 @@ impl EtcdCluster {
         }
         tool("etcd");
         tool("etcdctl");
+        crate::util::sweep_stale_once();
         let token = unique_name("etcd");
         let dir = tempfile::Builder::new()
             .prefix(&format!("{token}-"))

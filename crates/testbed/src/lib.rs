@@ -36,10 +36,10 @@ pub use cni::{
     result_ips, with_prev_result, Cni, CniCommand, CniOutput, CniTarget, DEBIAN_CNI_DIR,
 };
 pub use etcd::{Etcd, EtcdBuilder, EtcdCluster};
-pub use net::{pod_netns, sweep_stale_netns, Fabric, Netns, FABRIC_BRIDGE};
+pub use net::{pod_netns, Fabric, Netns, FABRIC_BRIDGE};
 pub use process::Daemon;
 pub use tls::TlsFiles;
 pub use util::{
-    check_test_addr, find_tool, free_ports, is_test_addr, run, run_checked, tool, unique_name,
-    wait_for, NAME_PREFIX,
+    check_test_addr, find_tool, free_ports, is_test_addr, run, run_checked, sweep_stale, tool,
+    unique_name, wait_for, NAME_PREFIX,
 };

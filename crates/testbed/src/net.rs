@@ -4,13 +4,12 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::process::Daemon;
-use crate::util::{check_test_addr, run_checked, tool, unique_name, NAME_PREFIX};
+use crate::util::{check_test_addr, run_checked, tool, unique_name};
 
 /// A named network namespace (`ip netns add`), deleted on Drop.
 ///
@@ -27,7 +26,7 @@ impl Netns {
     /// Why: the bare namespace a CNI runtime hands to plugins as a pod; nodes use
     /// [`Fabric::node`] or call [`Netns::lo_up`] themselves.
     pub fn new(label: &str) -> Result<Netns> {
-        sweep_stale_once();
+        crate::util::sweep_stale_once();
         let name = unique_name(label);
         run_checked(Command::new(tool("ip")).args(["netns", "add", &name]))?;
         Ok(Netns { name })
@@ -357,51 +356,4 @@ impl Fabric {
     pub fn set_port(&self, port: &str, up: bool) -> Result<()> {
         self.ns.set_link(port, up)
     }
-}
-
-/// Deletes namespaces named `bt-<pid>-…` whose creating process no longer exists.
-///
-/// Why: a test process killed by SIGKILL (e.g. a nextest timeout) cannot run Drop; the next
-/// harness user in any process cleans up after it. Namespaces of live processes are never
-/// touched. Returns the names deleted.
-pub fn sweep_stale_netns() -> Vec<String> {
-    let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return removed;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(NAME_PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let ok = Command::new(tool("ip"))
-            .args(["netns", "del", &name])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if ok {
-            removed.push(name);
-        }
-    }
-    removed
-}
-
-fn sweep_stale_once() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let removed = sweep_stale_netns();
-        if !removed.is_empty() {
-            eprintln!(
-                "berth-testbed: removed {} stale namespace(s) of dead test processes",
-                removed.len()
-            );
-        }
-    });
 }

@@ -6,13 +6,13 @@ use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 /// Prefix of every kernel-visible name (namespaces, cluster tokens) the harness creates, so a
-/// leftover can be traced back to the harness and swept (see [`crate::sweep_stale_netns`]).
+/// leftover can be traced back to the harness and swept (see [`sweep_stale`]).
 pub const NAME_PREFIX: &str = "bt-";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -224,6 +224,74 @@ pub fn check_test_addr(s: &str) -> Result<IpAddr> {
     Ok(ip)
 }
 
+/// The PID encoded in a harness name `bt-<pid>-…`, if `name` is one.
+fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(NAME_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether the harness name `name` belongs to a process that no longer exists.
+fn owner_is_dead(name: &str) -> bool {
+    owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes what test processes that died without running Drop left behind: namespaces in
+/// `/run/netns` and directories in the temp dir named `bt-<pid>-…` whose `<pid>` no longer
+/// exists. Returns what was removed.
+///
+/// Why: a test process killed by SIGKILL (a nextest timeout, an OOM kill) cannot clean up; its
+/// daemons die with it (parent-death signal) but names and files stay. The next harness user in
+/// any process sweeps them. Anything of a live process is never touched.
+pub fn sweep_stale() -> Vec<String> {
+    let mut removed = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !owner_is_dead(&name) {
+                continue;
+            }
+            let ok = Command::new(tool("ip"))
+                .args(["netns", "del", &name])
+                .stdin(Stdio::null())
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                removed.push(format!("/run/netns/{name}"));
+            }
+        }
+    }
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir && owner_is_dead(&name) && std::fs::remove_dir_all(&path).is_ok() {
+                removed.push(path.display().to_string());
+            }
+        }
+    }
+    removed
+}
+
+/// Runs [`sweep_stale`] once per process, before the first namespace or cluster is created.
+pub(crate) fn sweep_stale_once() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let removed = sweep_stale();
+        if !removed.is_empty() {
+            eprintln!(
+                "berth-testbed: removed leftovers of dead test processes: {}",
+                removed.join(" ")
+            );
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +303,10 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with(&format!("bt-{}-", std::process::id())));
         assert!(unique_name("we/ird name!").ends_with("-weirdname"));
+        assert_eq!(owner_pid(&a), Some(std::process::id()));
+        assert!(!owner_is_dead(&a));
+        assert!(owner_is_dead("bt-4294967295-0-x"));
+        assert_eq!(owner_pid("other-1-2"), None);
     }
 
     #[test]

@@ -245,3 +245,31 @@ fn parallel_fabrics_do_not_collide() {
     );
     assert!(t.elapsed() < Duration::from_secs(60));
 }
+
+#[test]
+fn panicking_test_still_cleans_up() {
+    require_root_and_tools();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let fabric = Fabric::new("panic").unwrap();
+        let node = fabric.node("n", &["198.18.4.1/24"]).unwrap();
+        let d = node.spawn("sleep", ["600"], None).unwrap();
+        let etcd = berth_testbed::Etcd::start().unwrap();
+        tx.send((
+            fabric.netns().path(),
+            node.path(),
+            d.pid(),
+            etcd.member_pid(0).unwrap(),
+            etcd.dir().to_path_buf(),
+        ))
+        .unwrap();
+        panic!("deliberate panic with a live test world");
+    }));
+    assert!(r.is_err());
+    let (fabric_path, node_path, sleep_pid, etcd_pid, etcd_dir) = rx.recv().unwrap();
+    assert!(!fabric_path.exists() && !node_path.exists());
+    for pid in [sleep_pid, etcd_pid] {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+    assert!(!etcd_dir.exists());
+}
