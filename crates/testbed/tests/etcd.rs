@@ -94,6 +94,18 @@ fn three_members_survive_leader_kill() {
     )
     .unwrap();
     assert_eq!(got.trim(), "2");
+
+    // A clean stop of the leader (SIGTERM, waited for: etcd hands leadership over first).
+    let leader = etcd.wait_leader(Duration::from_secs(10)).unwrap();
+    let t = Instant::now();
+    etcd.stop_member(leader).unwrap();
+    eprintln!("SIGTERM stop of the leader took {:?}", t.elapsed());
+    assert!(!etcd.is_running(leader));
+    let t = Instant::now();
+    etcd.restart_member(leader).unwrap();
+    eprintln!("stopped leader back and healthy in {:?}", t.elapsed());
+    etcd.wait_healthy(Duration::from_secs(10)).unwrap();
+    etcd.etcdctl_run(&["put", "end", "3"]).unwrap();
 }
 
 #[test]
