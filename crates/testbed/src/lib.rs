@@ -1,1 +1,83 @@
-//! placeholder
+//! `berth-testbed`: the test world for Berth's integration tests.
+//!
+//! Why this crate exists: the ledger, CNI plugin and node agent must be tested against the real
+//! things they meet in production (etcd, network namespaces, bridges, CNI runtimes), on one
+//! shared machine, in parallel, without ever touching the host's network. This crate starts and
+//! tears down those things under strict rules:
+//!
+//! - daemons run under `setsid`, are tracked by PID, and are killed on Drop (also on panic) and
+//!   when the test process dies (parent-death signal);
+//! - namespaces, temp dirs and cluster tokens carry the PID and a counter, so cargo test threads
+//!   and nextest processes never collide; ports are always found free, never fixed;
+//! - test links live only inside namespaces the harness created; addresses come only from
+//!   198.18.0.0/15 and 2001:db8::/32 (other addresses are refused).
+//!
+//! Start every integration test with [`require_root_and_tools`]: tests fail loudly, never skip.
+//!
+//! ```no_run
+//! use berth_testbed::{require_root_and_tools, EtcdCluster};
+//! require_root_and_tools();
+//! let etcd = EtcdCluster::start(3).unwrap();          // or Etcd::start(), Etcd::start_tls()
+//! etcd.etcdctl_run(&["put", "k", "v"]).unwrap();
+//! let leader = etcd.leader_index().unwrap();
+//! etcd.kill_member(leader).unwrap();                 // SIGKILL; stop_member = SIGTERM + wait
+//! etcd.restart_member(leader).unwrap();              // same ports, same data dir
+//! ```
+//!
+//! A node with a pod, running a CNI plugin chain as a runtime would:
+//!
+//! ```no_run
+//! use berth_testbed::{pod_netns, Cni, CniTarget, Fabric};
+//! use serde_json::json;
+//! let fabric = Fabric::new("lan").unwrap();
+//! let node = fabric.node("node1", &["198.18.0.11/24"]).unwrap();
+//! let pod = pod_netns("pod").unwrap();
+//! // In another crate's integration test, put the freshly built plugin first:
+//! // Cni::debian().with_dir_first(Path::new(env!("CARGO_BIN_EXE_berth-ipam")).parent().unwrap())
+//! let cni = Cni::debian().in_node(&node);
+//! let conf = json!({"cniVersion": "1.0.0", "name": "net", "type": "bridge", "bridge": "cni0",
+//!     "isGateway": true,
+//!     "ipam": {"type": "host-local", "dataDir": "/tmp/some-test-dir",
+//!              "ranges": [[{"subnet": "198.18.10.0/24"}]]}});
+//! let target = CniTarget::new("ctr1", &pod, "eth0").with_k8s_pod("default", "web-0", "uid-1");
+//! let out = cni.add(&target, &conf).unwrap();
+//! let result = out.ok().unwrap();                    // parsed JSON; out.elapsed is the latency
+//! println!("{:?}", pod.addr_list("eth0").unwrap());   // ["198.18.10.2/24", "fe80::…/64"]
+//! ```
+
+mod check;
+mod cni;
+mod etcd;
+mod net;
+mod process;
+mod tls;
+mod util;
+
+pub use check::{require_root, require_root_and_tools, require_tools, DEFAULT_TOOLS};
+pub use cni::{
+    result_ips, with_prev_result, Cni, CniCommand, CniOutput, CniTarget, DEBIAN_CNI_DIR,
+};
+pub use etcd::{Etcd, EtcdBuilder, EtcdCluster};
+pub use net::{pod_netns, Fabric, Netns, FABRIC_BRIDGE};
+pub use process::Daemon;
+pub use tls::TlsFiles;
+pub use util::{
+    check_test_addr, find_tool, free_ports, is_test_addr, run, run_checked, sweep_stale, tool,
+    unique_name, wait_for, NAME_PREFIX,
+};
+
+#[cfg(test)]
+mod tests {
+    /// Harness objects are shared between test threads (e.g. one cluster per test binary).
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::EtcdCluster>();
+        check::<crate::Etcd>();
+        check::<crate::Netns>();
+        check::<crate::Fabric>();
+        check::<crate::Cni>();
+        fn check_send<T: Send>() {}
+        check_send::<crate::Daemon>();
+    }
+}

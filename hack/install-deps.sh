@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Installs Berth's test world on Debian 12 (bookworm), idempotently, as root.
+#
+# Why: the integration tests (crates/testbed) drive real etcd, iproute2, CNI plugins and routing
+# daemons; a fresh CI machine has none of them. Safe to run again: installed packages are
+# skipped (no apt run at all when nothing is missing), and Debian's own etcd/frr/bird/keepalived
+# system services are stopped and disabled so they never hold ports or routes beside the tests.
+#
+# Environment:
+#   BERTH_EXTRA_PKGS  extra Debian packages to install too (space separated), e.g. golang-go
+set -euo pipefail
+
+PKGS=(
+  etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins keepalived
+  iputils-arping iputils-ping tcpdump iproute2 iptables conntrack rsync protobuf-compiler
+  socat openssl jq
+)
+# shellcheck disable=SC2206
+EXTRA=(${BERTH_EXTRA_PKGS:-})
+PKGS+=("${EXTRA[@]}")
+
+# Debian services that packages above ship (and would start on install).
+SERVICES=(etcd frr bird keepalived gobgpd)
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then
+    log "not root: re-running under sudo"
+    exec sudo -n -E bash "$0" "$@"
+  fi
+  log "must run as root (no sudo found)"
+  exit 1
+fi
+
+if [[ ! -r /etc/debian_version ]]; then
+  log "this script targets Debian 12; /etc/debian_version not found"
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+APT_OPTS=(-y -q -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null; then
+    missing+=("$p")
+  fi
+done
+
+retry() {
+  local n=1
+  until "$@"; do
+    if ((n >= 3)); then
+      log "failed 3 times: $*"
+      return 1
+    fi
+    log "retrying in $((n * 10))s: $*"
+    sleep $((n * 10))
+    n=$((n + 1))
+  done
+}
+
+if ((${#missing[@]} > 0)); then
+  log "installing: ${missing[*]}"
+  # Keep package scripts from starting services while we install: invoke-rc.d honours
+  # policy-rc.d's exit code 101 ("action forbidden"). Restore whatever was there afterwards.
+  policy=/usr/sbin/policy-rc.d
+  backup=""
+  if [[ -e $policy ]]; then
+    backup=$(mktemp /tmp/policy-rc.d.XXXXXX)
+    cp -p "$policy" "$backup"
+  fi
+  restore_policy() {
+    if [[ -n $backup ]]; then
+      cp -p "$backup" "$policy" && rm -f "$backup"
+    else
+      rm -f "$policy"
+    fi
+  }
+  trap restore_policy EXIT
+  printf '#!/bin/sh\n# written by berth hack/install-deps.sh during package installation\nexit 101\n' >"$policy"
+  chmod 0755 "$policy"
+
+  retry apt-get "${APT_OPTS[@]}" update
+  retry apt-get "${APT_OPTS[@]}" install --no-install-recommends "${missing[@]}"
+
+  restore_policy
+  trap - EXIT
+else
+  log "all ${#PKGS[@]} packages already installed"
+fi
+
+# Make sure no Debian system service of these packages runs or starts at boot.
+# Nothing is killed by name: test instances of the same programs (other people's tests on this
+# machine) must survive. With systemd, units are stopped through their cgroup. Without it, a
+# system instance is recognised only by the pidfile or control socket the Debian service uses,
+# and stopped through that.
+alive_pidfile() { [[ -r $1 ]] && pid=$(cat "$1" 2>/dev/null) && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; }
+if [[ -d /run/systemd/system ]]; then
+  for svc in "${SERVICES[@]}"; do
+    if systemctl cat "${svc}.service" >/dev/null 2>&1; then
+      systemctl disable --now "${svc}.service" >/dev/null 2>&1 || true
+      log "systemd: ${svc} stopped and disabled"
+    fi
+  done
+else
+  if alive_pidfile /run/etcd.pid; then
+    log "stopping Debian's etcd service (pid $(cat /run/etcd.pid))"
+    /etc/init.d/etcd stop >/dev/null 2>&1 || log "warning: could not stop etcd"
+  fi
+  for f in /run/frr/*.pid; do
+    if alive_pidfile "$f"; then
+      log "stopping Debian's frr service"
+      /etc/init.d/frr stop >/dev/null 2>&1 || log "warning: could not stop frr"
+      break
+    fi
+  done
+  if [[ -S /run/bird/bird.ctl ]] && command -v birdc >/dev/null 2>&1; then
+    if birdc -s /run/bird/bird.ctl show status >/dev/null 2>&1; then
+      log "stopping Debian's bird service through /run/bird/bird.ctl"
+      birdc -s /run/bird/bird.ctl down >/dev/null 2>&1 || log "warning: could not stop bird"
+    fi
+  fi
+  if alive_pidfile /run/keepalived.pid; then
+    log "stopping Debian's keepalived service (pid $(cat /run/keepalived.pid))"
+    /etc/init.d/keepalived stop >/dev/null 2>&1 || log "warning: could not stop keepalived"
+  fi
+fi
+if command -v update-rc.d >/dev/null 2>&1; then
+  for svc in "${SERVICES[@]}"; do
+    [[ -x /etc/init.d/$svc ]] && { update-rc.d "$svc" disable >/dev/null 2>&1 || true; }
+  done
+fi
+
+# Facts the tests rely on.
+for f in /usr/bin/etcd /usr/bin/etcdctl /usr/lib/cni/bridge /usr/lib/cni/host-local; do
+  [[ -x $f ]] || { log "missing after install: $f"; exit 1; }
+done
+
+# Rust tooling: cargo, rustfmt, clippy come with the toolchain on these machines;
+# cargo-nextest ships too, else it is built from crates.io.
+if command -v cargo >/dev/null 2>&1; then
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest from crates.io"
+    retry cargo install cargo-nextest --locked
+  fi
+  for sub in fmt clippy; do
+    cargo "$sub" --version >/dev/null 2>&1 || log "warning: cargo $sub is missing (rustup component add)"
+  done
+else
+  log "warning: cargo not found in PATH; the Rust toolchain must be installed separately"
+fi
+
+log "done"
