@@ -52,7 +52,9 @@ fn main() -> anyhow::Result<()> {
         Some("demo") => {
             install_deps()?;
             let bins = release_bins()?;
-            sh(Command::new(bins.join("berth")).args(["lab", "demo"]).args(&args[1..]))
+            sh(Command::new(bins.join("berth"))
+                .args(["lab", "demo"])
+                .args(&args[1..]))
         }
         Some("bench") => bench::run(&args[1..]),
         _ => bail!("usage: cargo xtask test | demo [--keep] | bench ipam [--ops N]"),

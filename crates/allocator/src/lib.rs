@@ -260,8 +260,21 @@ impl Allocator {
                     }),
                 }
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.maybe_written(b, e)),
         }
+    }
+
+    /// A create that failed without a clear answer (timeout, lost connection) may still have been
+    /// applied. Remember the binding as possibly held, so the runtime's DEL for the failed ADD (or a
+    /// repeated ADD) checks the ledger for it instead of leaking it; both re-read before acting.
+    fn maybe_written(&self, b: Binding, e: LedgerError) -> AllocError {
+        if matches!(e, LedgerError::Unavailable { .. }) {
+            self.state().insert_binding(Stored {
+                value: b,
+                version: berth_ledger::Version(String::new()),
+            });
+        }
+        e.into()
     }
 
     /// Re-read one binding into the cache after losing a race for it.
@@ -317,7 +330,7 @@ impl Allocator {
                     // Someone else (a fixed request, a stale cache) holds it: learn and move on.
                     self.refresh_binding(ip).await?;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.maybe_written(b, e)),
             }
         }
         Err(AllocError::Contended {

@@ -16,6 +16,39 @@ use std::time::Duration;
 pub const DEFAULT_PREFIX: &str = "/berth/";
 /// Records fetched per page when listing, so a large ledger never exceeds gRPC message limits.
 const PAGE: i64 = 500;
+/// How many times a request that never reached a server is re-sent (the client then picks
+/// another endpoint), so one dead member of a cluster does not fail a share of all requests.
+const UNSENT_RETRIES: usize = 6;
+
+/// Whether an error proves the request never reached etcd (refused or failed connection), so
+/// re-sending it cannot apply a write twice.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(st) => {
+            st.code() == tonic::Code::Unavailable && st.message().contains("connect")
+        }
+        _ => false,
+    }
+}
+
+/// Run `op`, re-sending it while it fails without having reached a server.
+async fn resend<T, F, Fut>(mut op: F) -> std::result::Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Err(e) if never_sent(&e) && tries < UNSENT_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20 * tries as u64)).await;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// The etcd ledger.
 pub struct Etcd {
@@ -72,12 +105,14 @@ impl Etcd {
     }
 
     async fn cas(&self, kind: Kind, name: &str, cmp: Compare, op: TxnOp) -> Result<Version> {
-        let resp = self
-            .client
-            .kv_client()
-            .txn(Txn::new().when([cmp]).and_then([op]))
-            .await
-            .map_err(|e| self.err(e))?;
+        let txn = Txn::new().when([cmp]).and_then([op]);
+        let resp = resend(|| {
+            let txn = txn.clone();
+            let mut kv = self.client.kv_client();
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| self.err(e))?;
         if !resp.succeeded() {
             return Err(LedgerError::Conflict {
                 kind,
@@ -140,12 +175,14 @@ fn version_of(kind: Kind, name: &str, v: &Version) -> Result<i64> {
 #[async_trait]
 impl Ledger for Etcd {
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<Entry>> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(self.key(kind, name), None)
-            .await
-            .map_err(|e| self.err(e))?;
+        let key = self.key(kind, name);
+        let resp = resend(|| {
+            let mut kv = self.client.kv_client();
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await
+        .map_err(|e| self.err(e))?;
         Ok(resp.kvs().first().map(|kv| Entry {
             name: name.to_string(),
             value: kv.value().to_vec(),
@@ -163,16 +200,17 @@ impl Ledger for Etcd {
         let mut out = vec![];
         let mut revision = 0;
         loop {
-            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-            if revision != 0 {
-                opts = opts.with_revision(revision);
-            }
-            let resp = self
-                .client
-                .kv_client()
-                .get(from.clone(), Some(opts))
-                .await
-                .map_err(|e| self.err(e))?;
+            let resp = resend(|| {
+                let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+                if revision != 0 {
+                    opts = opts.with_revision(revision);
+                }
+                let mut kv = self.client.kv_client();
+                let from = from.clone();
+                async move { kv.get(from, Some(opts)).await }
+            })
+            .await
+            .map_err(|e| self.err(e))?;
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or_default();
             }
