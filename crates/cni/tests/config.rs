@@ -528,13 +528,13 @@ fn error_table() {
             "block size too large",
             base(json!({"type": "kube-ipam", "subnet": "10.0.0.0/8", "blockSize": 8})),
             7,
-            vec!["block size /8", "10.0.0.0/8", "/16"],
+            vec!["blockSize /8", "10.0.0.0/8", "16"],
         ),
         (
             "block size past family",
             k(json!({"blockSize": 33})),
             7,
-            vec!["block size /33", "10.1.2.0/24", "/32"],
+            vec!["blockSize /33", "10.1.2.0/24", "32"],
         ),
         (
             "block size not number",

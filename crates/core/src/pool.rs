@@ -90,7 +90,7 @@ pub enum PoolError {
         subnet: IpNet,
     },
     /// A block prefix that does not fit the subnet or is too large to scan.
-    #[error("block size /{prefix} does not fit {family} subnet {subnet}: use a prefix between /{min} and /{max}")]
+    #[error("blockSize /{prefix} does not fit {family} subnet {subnet}: use a prefix length between {min} and {max}")]
     BlockSize {
         /// The requested prefix length.
         prefix: u8,
@@ -114,7 +114,7 @@ pub enum PoolError {
         end: IpAddr,
     },
     /// Dynamic and reserved ranges overlap, so a fixed address could be handed out dynamically.
-    #[error("dynamic range {dynamic} overlaps reserved range {fixed} in subnet {subnet}: make them disjoint")]
+    #[error("dynamic range {dynamic} (rangeStart-rangeEnd) overlaps reserved range {fixed} (fixedStart-fixedEnd) in subnet {subnet}: make them disjoint")]
     Overlap {
         /// The dynamic range.
         dynamic: AddrRange,

@@ -186,7 +186,7 @@ fn kube_ipam_example_pool_validates_and_keeps_fixed_apart() {
         .validate()
         .unwrap_err()
         .to_string()
-        .contains("block size /8"));
+        .contains("blockSize /8"));
 }
 
 #[test]
