@@ -2,6 +2,7 @@
 
 mod agent;
 mod inspect;
+mod lab;
 mod ledger_args;
 
 use clap::{Parser, Subcommand};
@@ -31,10 +32,16 @@ enum Command {
     Bindings(inspect::InspectArgs),
     /// Check the ledger's invariants; exits 1 and prints each violation when one is broken.
     Audit(inspect::InspectArgs),
+    /// A small world of network namespaces to show and try Berth on one machine.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Lab(cmd) = cli.command {
+        return lab::run(cmd);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
@@ -52,6 +59,7 @@ fn main() -> anyhow::Result<()> {
             Command::Blocks(a) => inspect::blocks(a).await,
             Command::Bindings(a) => inspect::bindings(a).await,
             Command::Audit(a) => inspect::audit(a).await,
+            Command::Lab(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }

@@ -1,0 +1,295 @@
+//! `berth lab`: a small world of network namespaces to show and try Berth on one machine.
+//!
+//! `berth lab demo` plays a node with a few pods: a node namespace, pod namespaces attached to a
+//! bridge by Debian's `bridge` CNI plugin, `berth-ipam` as its IPAM talking to a `berth agent` on the
+//! embedded ledger. It prints each pod's addresses, pings between pods, shows the ledger with the
+//! inspection commands, and cleans everything up (unless `--keep`). Only 198.18.0.0/15 and
+//! 2001:db8::/32 are used, inside namespaces it creates.
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `berth lab` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// A node with pods on a bridge, addressed by berth-ipam through the agent on the embedded ledger.
+    Demo(DemoArgs),
+}
+
+/// Options of `berth lab demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where the embedded ledger lives (wiped at start).
+    #[arg(long, default_value = "/var/lib/berth/demo")]
+    pub data_dir: PathBuf,
+    /// Number of pods.
+    #[arg(long, default_value_t = 4)]
+    pub pods: usize,
+    /// Directory of Debian's CNI plugins.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    pub cni_dir: PathBuf,
+    /// Leave the namespaces and the agent running.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Run a lab command.
+pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
+    match cmd {
+        LabCommand::Demo(a) => demo(a),
+    }
+}
+
+/// Everything the demo created, torn down on drop unless kept.
+struct World {
+    namespaces: Vec<String>,
+    agent: Option<Child>,
+    keep: bool,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if self.keep {
+            println!(
+                "\nkept: namespaces {} and agent pid {:?}; remove with: ip -all netns delete (or ip netns delete NAME) and kill the agent",
+                self.namespaces.join(" "),
+                self.agent.as_ref().map(Child::id)
+            );
+            return;
+        }
+        if let Some(mut a) = self.agent.take() {
+            // SIGTERM so the agent removes its socket; it is our own child.
+            let _ = Command::new("kill").arg(a.id().to_string()).status();
+            let _ = a.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn own_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the berth binary")?;
+    Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// Run a CNI plugin as a runtime does, inside the node namespace.
+fn cni(
+    world: &World,
+    cni_path: &str,
+    plugin: &Path,
+    command: &str,
+    cid: &str,
+    pod_ns: &str,
+    args: &str,
+    conf: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let node = &world.namespaces[0];
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", node])
+        .arg(plugin)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path)
+        .env("CNI_ARGS", args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running the bridge plugin")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(conf.to_string().as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{command} {cid}: {}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if out.stdout.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn berth(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(std::env::current_exe()?).args(args).status()?;
+    if !status.success() {
+        bail!("berth {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    let bridge = a.cni_dir.join("bridge");
+    if !bridge.exists() {
+        bail!(
+            "{} is missing: install Debian's containernetworking-plugins (hack/install-deps.sh does)",
+            bridge.display()
+        );
+    }
+    let dir = own_dir()?;
+    if !dir.join("berth-ipam").exists() {
+        bail!(
+            "berth-ipam is not next to {}: build both binaries",
+            dir.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&a.data_dir);
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let socket = a.data_dir.join("agent.sock");
+    let prefix = format!("berth-demo-{}", std::process::id());
+    let mut world = World {
+        namespaces: vec![],
+        agent: None,
+        keep: a.keep,
+    };
+
+    println!("== a node namespace and {} pod namespaces", a.pods);
+    let node = format!("{prefix}-node");
+    ip(&["netns", "add", &node])?;
+    world.namespaces.push(node.clone());
+    ip(&["-n", &node, "link", "set", "lo", "up"])?;
+    let pods: Vec<String> = (1..=a.pods).map(|i| format!("{prefix}-pod{i}")).collect();
+    for p in &pods {
+        ip(&["netns", "add", p])?;
+        world.namespaces.push(p.clone());
+    }
+
+    println!(
+        "== berth agent on the embedded ledger {}",
+        a.data_dir.display()
+    );
+    let log = std::fs::File::create(a.data_dir.join("agent.log"))?;
+    let agent = Command::new(std::env::current_exe()?)
+        .args(["agent", "--node", "demo-node", "--socket"])
+        .arg(&socket)
+        .arg("--ledger")
+        .arg(format!("embedded:{}", a.data_dir.display()))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting berth agent")?;
+    world.agent = Some(agent);
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "the agent did not start; see {}",
+                a.data_dir.join("agent.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "demo", "type": "bridge",
+        "bridge": "berth0", "isGateway": true, "ipMasq": false,
+        "ipam": {
+            "type": "berth-ipam",
+            "ranges": [
+                [{"subnet": "198.18.0.0/24", "gateway": "198.18.0.1",
+                  "rangeStart": "198.18.0.64", "rangeEnd": "198.18.0.250",
+                  "fixedStart": "198.18.0.10", "fixedEnd": "198.18.0.19"}],
+                [{"subnet": "2001:db8:42::/64", "gateway": "2001:db8:42::1",
+                  "rangeStart": "2001:db8:42::100", "rangeEnd": "2001:db8:42::1ff"}]
+            ],
+            "blockSize": 28,
+            "agentSocket": socket,
+        }
+    });
+    let cni_path = format!("{}:{}", dir.display(), a.cni_dir.display());
+    println!("== ADD: Debian's bridge plugin with berth-ipam (the last pod asks for 198.18.0.15)");
+    let mut results = vec![];
+    for (i, p) in pods.iter().enumerate() {
+        let args = if i + 1 == pods.len() {
+            "IgnoreUnknown=1;IP=198.18.0.15"
+        } else {
+            "IgnoreUnknown=1"
+        };
+        let cid = format!("demo-ctr-{}", i + 1);
+        let t = Instant::now();
+        let r = cni(&world, &cni_path, &bridge, "ADD", &cid, p, args, &conf)?;
+        let ips: Vec<String> = r["ips"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|i| i["address"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("  {p}: {} ({:?})", ips.join(" "), t.elapsed());
+        results.push((cid, p.clone(), ips));
+    }
+    println!("== the pods' eth0 as the kernel has it");
+    for p in &pods {
+        print!(
+            "  {p}: {}",
+            ip(&["-n", p, "-br", "addr", "show", "dev", "eth0"])?
+        );
+    }
+    if let (Some(a0), Some(a1)) = (results.first(), results.get(1)) {
+        let target = a1.2[0].split('/').next().unwrap_or_default().to_string();
+        let ok = Command::new("ip")
+            .args([
+                "netns", "exec", &a0.1, "ping", "-c", "1", "-W", "2", &target,
+            ])
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        println!(
+            "== ping {} -> {target}: {}",
+            a0.1,
+            if ok { "ok" } else { "FAILED" }
+        );
+    }
+    let ledger = format!("embedded:{}", a.data_dir.display());
+    let sock = socket.display().to_string();
+    for what in ["pools", "blocks", "bindings", "audit"] {
+        println!("== berth {what} (read through the agent, which holds the ledger)");
+        berth(&[what, "--ledger", &ledger, "--socket", &sock])?;
+    }
+    if a.keep {
+        return Ok(());
+    }
+    println!("== DEL every pod");
+    for (cid, p, _) in &results {
+        cni(
+            &world,
+            &cni_path,
+            &bridge,
+            "DEL",
+            cid,
+            p,
+            "IgnoreUnknown=1",
+            &conf,
+        )?;
+    }
+    berth(&["audit", "--ledger", &ledger, "--socket", &sock])?;
+    println!("== done: namespaces and agent removed");
+    Ok(())
+}
