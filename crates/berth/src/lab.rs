@@ -92,47 +92,54 @@ fn own_dir() -> anyhow::Result<PathBuf> {
     Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
-/// Run a CNI plugin as a runtime does, inside the node namespace.
-fn cni(
-    world: &World,
-    cni_path: &str,
-    plugin: &Path,
-    command: &str,
-    cid: &str,
-    pod_ns: &str,
-    args: &str,
-    conf: &serde_json::Value,
-) -> anyhow::Result<serde_json::Value> {
-    let node = &world.namespaces[0];
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", node])
-        .arg(plugin)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", cni_path)
-        .env("CNI_ARGS", args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running the bridge plugin")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(conf.to_string().as_bytes())?;
+/// A container runtime's view of one network: which plugin, where, with what configuration.
+struct Runtime<'a> {
+    node: &'a str,
+    cni_path: &'a str,
+    plugin: &'a Path,
+    conf: &'a serde_json::Value,
+}
+
+impl Runtime<'_> {
+    /// Run the plugin as a runtime does, inside the node namespace.
+    fn exec(
+        &self,
+        command: &str,
+        cid: &str,
+        pod_ns: &str,
+        args: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let (node, cni_path, plugin, conf) = (self.node, self.cni_path, self.plugin, self.conf);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", node])
+            .arg(plugin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", cni_path)
+            .env("CNI_ARGS", args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running the bridge plugin")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(conf.to_string().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "{command} {cid}: {}{}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        if out.stdout.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{command} {cid}: {}{}",
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    if out.stdout.is_empty() {
-        return Ok(serde_json::Value::Null);
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 fn berth(args: &[&str]) -> anyhow::Result<()> {
@@ -223,6 +230,12 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         }
     });
     let cni_path = format!("{}:{}", dir.display(), a.cni_dir.display());
+    let runtime = Runtime {
+        node: &node,
+        cni_path: &cni_path,
+        plugin: &bridge,
+        conf: &conf,
+    };
     println!("== ADD: Debian's bridge plugin with berth-ipam (the last pod asks for 198.18.0.15)");
     let mut results = vec![];
     for (i, p) in pods.iter().enumerate() {
@@ -233,7 +246,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         };
         let cid = format!("demo-ctr-{}", i + 1);
         let t = Instant::now();
-        let r = cni(&world, &cni_path, &bridge, "ADD", &cid, p, args, &conf)?;
+        let r = runtime.exec("ADD", &cid, p, args)?;
         let ips: Vec<String> = r["ips"]
             .as_array()
             .map(|v| {
