@@ -291,16 +291,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
     }
     println!("== DEL every pod");
     for (cid, p, _) in &results {
-        cni(
-            &world,
-            &cni_path,
-            &bridge,
-            "DEL",
-            cid,
-            p,
-            "IgnoreUnknown=1",
-            &conf,
-        )?;
+        runtime.exec("DEL", cid, p, "IgnoreUnknown=1")?;
     }
     berth(&["audit", "--ledger", &ledger, "--socket", &sock])?;
     println!("== done: namespaces and agent removed");
