@@ -32,6 +32,8 @@ enum Command {
     Bindings(inspect::InspectArgs),
     /// Check the ledger's invariants; exits 1 and prints each violation when one is broken.
     Audit(inspect::InspectArgs),
+    /// Print Berth's CustomResourceDefinitions as YAML (what deploy/crds.yaml holds).
+    Crds,
     /// A small world of network namespaces to show and try Berth on one machine.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -39,8 +41,13 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Lab(cmd) = cli.command {
-        return lab::run(cmd);
+    match cli.command {
+        Command::Lab(cmd) => return lab::run(cmd),
+        Command::Crds => {
+            print!("{}", berth_k8s::crd::crds_yaml()?);
+            return Ok(());
+        }
+        _ => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -59,7 +66,7 @@ fn main() -> anyhow::Result<()> {
             Command::Blocks(a) => inspect::blocks(a).await,
             Command::Bindings(a) => inspect::bindings(a).await,
             Command::Audit(a) => inspect::audit(a).await,
-            Command::Lab(_) => unreachable!("handled before the runtime starts"),
+            Command::Lab(_) | Command::Crds => unreachable!("handled before the runtime starts"),
         }
     })
 }

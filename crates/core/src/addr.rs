@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// An IP family. Dual-stack configurations hand out one address per family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// IPv4.
@@ -65,6 +66,7 @@ pub fn net_bounds(net: &IpNet) -> (u128, u128) {
 
 /// An inclusive range of addresses of one family, like kube-ipam's `rangeStart`..`rangeEnd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AddrRange {
     /// First address in the range.
     pub start: IpAddr,

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 /// A pod, as far as the ledger needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PodRef {
     /// Namespace.
     pub namespace: String,
@@ -18,6 +19,7 @@ pub struct PodRef {
 
 /// Who holds a binding: one network attachment of one container.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Owner {
     /// The CNI network name.
     pub network: String,
@@ -56,6 +58,7 @@ pub enum BindingKind {
 /// The live use of an address. At most one exists per address: the ledger keys bindings by address
 /// and creates them with compare-and-swap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Binding {
     /// The address.
     pub address: IpAddr,
@@ -78,5 +81,24 @@ impl Binding {
     /// The ledger name of a binding: the address itself.
     pub fn name(&self) -> String {
         self.address.to_string()
+    }
+}
+
+/// Kubernetes wants one flat object schema for a tagged enum: every variant's fields, optional.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for BindingKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "BindingKind".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "required": ["kind"],
+            "properties": {
+                "kind": {"type": "string", "enum": ["dynamic", "fixed"]},
+                "block": {"type": "string"}
+            }
+        })
     }
 }

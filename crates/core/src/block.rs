@@ -9,10 +9,12 @@ use std::net::IpAddr;
 
 /// A block and the node that owns it, as recorded in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Block {
     /// The pool the block was carved from.
     pub pool: String,
     /// The block itself.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub cidr: IpNet,
     /// The node that allocates inside it.
     pub node: String,

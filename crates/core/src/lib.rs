@@ -8,10 +8,12 @@ pub mod addr;
 pub mod audit;
 pub mod binding;
 pub mod block;
+pub mod claim;
 pub mod pool;
 
 pub use addr::{AddrRange, Family};
 pub use audit::{audit, Violation};
 pub use binding::{Binding, BindingKind, Owner, PodRef};
 pub use block::Block;
+pub use claim::{Claim, Identity};
 pub use pool::{PoolError, PoolSpec, PoolUse, Route, SubnetSpec};

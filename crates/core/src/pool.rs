@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 /// What a pool's addresses are for. Only `pod` pools are carved into blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PoolUse {
     /// Pod interface addresses handed out by the CNI IPAM plugin.
@@ -20,8 +21,10 @@ pub enum PoolUse {
 
 /// A route handed to the workload with its address (CNI `routes`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Route {
     /// Destination network.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub dst: IpNet,
     /// Next hop; `None` means the subnet's gateway (or on-link when there is none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -30,8 +33,10 @@ pub struct Route {
 
 /// One subnet of a pool: where its dynamic and reserved (fixed) addresses lie.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SubnetSpec {
     /// The subnet; handed-out addresses carry its prefix length.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub cidr: IpNet,
     /// Where dynamic addresses come from (kube-ipam `rangeStart`..`rangeEnd`). Empty: the whole subnet
     /// except the reserved ranges.
@@ -42,6 +47,7 @@ pub struct SubnetSpec {
     pub fixed: Vec<AddrRange>,
     /// Never handed out at all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<String>"))]
     pub excludes: Vec<IpNet>,
     /// The workload's default gateway; never handed out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +64,7 @@ pub struct SubnetSpec {
 
 /// A named pool: the unit an operator configures and the ledger records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PoolSpec {
     /// Pool name; unique in the ledger.
     pub name: String,

@@ -1,0 +1,256 @@
+//! The Kubernetes ledger backend: each record is one object of Berth's CRDs, and every write is a
+//! compare-and-swap on the object's `resourceVersion` (create fails if the object exists; replace
+//! and delete carry the version read). Allocations touch only their own binding object, so nodes
+//! never queue behind one shared lock object.
+
+use crate::crd::{Binding, Block, Claim, Pool};
+use crate::names::object_name;
+use async_trait::async_trait;
+use berth_ledger::{Entry, Kind, Ledger, LedgerError, Result, Version};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams,
+    Preconditions,
+};
+use kube::Client;
+use serde_json::{Map, Value};
+
+/// The Kubernetes ledger.
+pub struct KubeLedger {
+    client: Client,
+    server: String,
+}
+
+fn resource(kind: Kind) -> ApiResource {
+    match kind {
+        Kind::Pool => ApiResource::erase::<Pool>(&()),
+        Kind::Block => ApiResource::erase::<Block>(&()),
+        Kind::Claim => ApiResource::erase::<Claim>(&()),
+        Kind::Binding => ApiResource::erase::<Binding>(&()),
+    }
+}
+
+/// The HTTP status of an API error, if it was one.
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+impl KubeLedger {
+    /// A ledger on the cluster `client` talks to.
+    pub fn new(client: Client) -> Self {
+        KubeLedger {
+            client,
+            server: "kubernetes".to_string(),
+        }
+    }
+
+    /// Connect with a kubeconfig file, or the in-cluster / default configuration when `None`.
+    pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Self> {
+        let config = match kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                    LedgerError::Config(format!("kubeconfig {}: {e}", path.display()))
+                })?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .map_err(|e| {
+                        LedgerError::Config(format!("kubeconfig {}: {e}", path.display()))
+                    })?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| LedgerError::Config(format!("no Kubernetes configuration: {e}")))?,
+        };
+        let server = config.cluster_url.to_string();
+        let client = Client::try_from(config)
+            .map_err(|e| LedgerError::Config(format!("Kubernetes client: {e}")))?;
+        Ok(KubeLedger {
+            client,
+            server: format!("kubernetes:{server}"),
+        })
+    }
+
+    /// The client, for watches and events that share the connection.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn api(&self, kind: Kind) -> Api<DynamicObject> {
+        Api::all_with(self.client.clone(), &resource(kind))
+    }
+
+    fn err(&self, kind: Kind, name: &str, e: kube::Error) -> LedgerError {
+        match status_code(&e) {
+            Some(409) => LedgerError::Conflict {
+                kind,
+                name: name.to_string(),
+            },
+            Some(404) => LedgerError::Conflict {
+                kind,
+                name: name.to_string(),
+            },
+            Some(422) | Some(400) => LedgerError::Corrupt {
+                kind,
+                name: name.to_string(),
+                reason: e.to_string(),
+            },
+            Some(403) | Some(401) => LedgerError::Config(format!(
+                "the API server refused access to {kind} {name:?}: {e}; grant the agent's service account Berth's RBAC role"
+            )),
+            _ => LedgerError::Unavailable {
+                backend: self.server.clone(),
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn object(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: Vec<u8>,
+        version: Option<&Version>,
+    ) -> Result<DynamicObject> {
+        let mut spec: Map<String, Value> =
+            serde_json::from_slice(&value).map_err(|e| LedgerError::Corrupt {
+                kind,
+                name: name.to_string(),
+                reason: format!("records stored in Kubernetes must be JSON objects: {e}"),
+            })?;
+        spec.insert("key".into(), Value::String(name.to_string()));
+        let ar = resource(kind);
+        Ok(DynamicObject {
+            types: Some(kube::core::TypeMeta {
+                api_version: ar.api_version.clone(),
+                kind: ar.kind.clone(),
+            }),
+            metadata: ObjectMeta {
+                name: Some(object_name(name)),
+                resource_version: version.map(|v| v.0.clone()),
+                ..Default::default()
+            },
+            data: serde_json::json!({ "spec": spec }),
+        })
+    }
+}
+
+/// Back from an object to the ledger's record: the spec without `key`.
+fn entry(kind: Kind, obj: DynamicObject) -> Result<Entry> {
+    let version = Version(obj.metadata.resource_version.clone().unwrap_or_default());
+    let mut spec = match obj.data.get("spec") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => {
+            return Err(LedgerError::Corrupt {
+                kind,
+                name: obj.metadata.name.unwrap_or_default(),
+                reason: "object has no spec".into(),
+            })
+        }
+    };
+    let name = match spec.remove("key") {
+        Some(Value::String(k)) => k,
+        _ => {
+            return Err(LedgerError::Corrupt {
+                kind,
+                name: obj.metadata.name.unwrap_or_default(),
+                reason: "spec has no key".into(),
+            })
+        }
+    };
+    let value = serde_json::to_vec(&spec).map_err(|e| LedgerError::Corrupt {
+        kind,
+        name: name.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Entry {
+        name,
+        value,
+        version,
+    })
+}
+
+#[async_trait]
+impl Ledger for KubeLedger {
+    async fn get(&self, kind: Kind, name: &str) -> Result<Option<Entry>> {
+        match self.api(kind).get_opt(&object_name(name)).await {
+            Ok(Some(o)) => entry(kind, o).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(LedgerError::Unavailable {
+                backend: self.server.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    async fn list(&self, kind: Kind) -> Result<Vec<Entry>> {
+        let api = self.api(kind);
+        let mut out = vec![];
+        let mut lp = ListParams::default().limit(500);
+        loop {
+            let page = api.list(&lp).await.map_err(|e| LedgerError::Unavailable {
+                backend: self.server.clone(),
+                reason: e.to_string(),
+            })?;
+            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+            for o in page.items {
+                out.push(entry(kind, o)?);
+            }
+            match next {
+                Some(token) => lp = lp.continue_token(&token),
+                None => break,
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn create(&self, kind: Kind, name: &str, value: Vec<u8>) -> Result<Version> {
+        let obj = self.object(kind, name, value, None)?;
+        match self.api(kind).create(&PostParams::default(), &obj).await {
+            Ok(o) => Ok(Version(o.metadata.resource_version.unwrap_or_default())),
+            Err(e) if status_code(&e) == Some(409) => Err(LedgerError::Exists {
+                kind,
+                name: name.to_string(),
+            }),
+            Err(e) => Err(self.err(kind, name, e)),
+        }
+    }
+
+    async fn update(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: Vec<u8>,
+        expected: &Version,
+    ) -> Result<Version> {
+        let obj = self.object(kind, name, value, Some(expected))?;
+        match self
+            .api(kind)
+            .replace(&object_name(name), &PostParams::default(), &obj)
+            .await
+        {
+            Ok(o) => Ok(Version(o.metadata.resource_version.unwrap_or_default())),
+            Err(e) => Err(self.err(kind, name, e)),
+        }
+    }
+
+    async fn delete(&self, kind: Kind, name: &str, expected: &Version) -> Result<()> {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: Some(expected.0.clone()),
+                uid: None,
+            }),
+            ..Default::default()
+        };
+        match self.api(kind).delete(&object_name(name), &dp).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err(kind, name, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.server.clone()
+    }
+}
