@@ -6,6 +6,7 @@
 //! - [`ledger`]: the Kubernetes ledger backend: one object per record, compare-and-swap on
 //!   `resourceVersion`, so no single object is contended by every allocation.
 
+pub mod annotations;
 pub mod crd;
 pub mod ledger;
 pub mod names;
