@@ -8,7 +8,8 @@
 //! maybe half-processed), then SIGKILLed. Those calls must fail with a CNI error, code 11 ("try
 //! again"). Calls started after the kill find the socket refusing and allocate directly against the
 //! ledger (embedded: the dead agent's lock is gone with its process; etcd: no lock at all); they
-//! must succeed.
+//! succeed, or (only if the ledger is too contended, e.g. the embedded lock wait runs out) fail with
+//! a code 11 from the ledger, never with an agent error; at least one of them must succeed.
 //!
 //! What must hold afterwards: `berth audit` is clean; the bindings are exactly the successful ADDs'
 //! addresses (nothing leaked by the failed ones, nothing twice); every successful container keeps
