@@ -29,6 +29,9 @@ pub struct SnapshotReply {
     pub pools: Vec<serde_json::Value>,
     /// Blocks.
     pub blocks: Vec<serde_json::Value>,
+    /// Claims.
+    #[serde(default)]
+    pub claims: Vec<serde_json::Value>,
     /// Bindings.
     pub bindings: Vec<serde_json::Value>,
     /// An error instead of data.

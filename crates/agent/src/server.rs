@@ -99,6 +99,7 @@ async fn cni_reply(line: &str, alloc: &Allocator) -> Response {
         container_id: req.container_id.clone(),
         ifname: req.ifname.clone(),
         args: req.args.clone(),
+        pod: Default::default(),
     };
     let res = handle(alloc, &inv, &cfg).await;
     match &res {
@@ -117,6 +118,7 @@ async fn admin_reply(req: AdminRequest, alloc: &Allocator) -> SnapshotReply {
         ledger: alloc.ledger().describe(),
         pools: vec![],
         blocks: vec![],
+        claims: vec![],
         bindings: vec![],
         error: None,
     };

@@ -69,6 +69,16 @@ pub enum AllocError {
         /// The attachment.
         owner: String,
     },
+    /// Every address a claim keeps is bound by someone else right now.
+    #[error(
+        "every address kept by claim {claim:?} is in use ({held}): try again after one is released"
+    )]
+    ClaimBusy {
+        /// The claim.
+        claim: String,
+        /// Who holds its addresses.
+        held: String,
+    },
     /// No free address and no block left to claim.
     #[error("pool {pool:?} has no free {family} address for this node: enlarge the pool or release addresses")]
     Exhausted {
@@ -90,7 +100,9 @@ impl AllocError {
     pub fn is_transient(&self) -> bool {
         match self {
             AllocError::Ledger(e) => e.is_transient(),
-            AllocError::AddressHeld { .. } | AllocError::Contended { .. } => true,
+            AllocError::AddressHeld { .. }
+            | AllocError::ClaimBusy { .. }
+            | AllocError::Contended { .. } => true,
             _ => false,
         }
     }

@@ -14,7 +14,9 @@ pub use error::AllocError;
 pub use snapshot::{snapshot, Snapshot};
 
 use berth_core::block::candidate_blocks;
-use berth_core::{Binding, BindingKind, Block, Family, Owner, PoolSpec, SubnetSpec};
+use berth_core::{
+    Binding, BindingKind, Block, Claim, Family, Identity, Owner, PoolSpec, SubnetSpec,
+};
 use berth_ledger::{Kind, Ledger, LedgerError, Records, Stored};
 use ipnet::IpNet;
 use state::State;
@@ -37,6 +39,18 @@ pub struct AddRequest {
     pub owner: Owner,
     /// Explicitly requested addresses, at most one per family.
     pub fixed: Vec<IpAddr>,
+    /// Keep the addresses for an identity (families without a fixed request).
+    pub claim: Option<ClaimRequest>,
+}
+
+/// Addresses kept for an identity: a StatefulSet ordinal (a set of one per family) or a
+/// Deployment's sticky set of `size` per family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// Who the addresses are kept for.
+    pub identity: Identity,
+    /// How many addresses per family the claim may hold.
+    pub size: u32,
 }
 
 /// Allocates for one node against one ledger.
@@ -85,8 +99,9 @@ impl Allocator {
     pub async fn reload(&self) -> Result<(), AllocError> {
         let r = Records(self.ledger.as_ref());
         let blocks: Vec<Stored<Block>> = r.list(Kind::Block).await?;
+        let claims: Vec<Stored<Claim>> = r.list(Kind::Claim).await?;
         let bindings: Vec<Stored<Binding>> = r.list(Kind::Binding).await?;
-        self.state().load(blocks, bindings);
+        self.state().load(blocks, claims, bindings);
         Ok(())
     }
 
@@ -170,9 +185,10 @@ impl Allocator {
                 out.push(b.clone());
                 continue;
             }
-            let res = match fixed {
-                Some(ip) => self.bind_fixed(&req.pool, &req.owner, ip).await,
-                None => self.bind_dynamic(&req.pool, fam, &req.owner).await,
+            let res = match (fixed, &req.claim) {
+                (Some(ip), _) => self.bind_fixed(&req.pool, &req.owner, ip).await,
+                (None, Some(c)) => self.bind_claimed(&req.pool, fam, &req.owner, c).await,
+                (None, None) => self.bind_dynamic(&req.pool, fam, &req.owner).await,
             };
             match res {
                 Ok(b) => {
@@ -303,7 +319,7 @@ impl Allocator {
         owner: &Owner,
     ) -> Result<Binding, AllocError> {
         for _ in 0..MAX_RACES {
-            let pick = self.state().reserve_free(&self.node, pool, fam);
+            let pick = self.state().reserve_free(&self.node, pool, fam, owner);
             let Some((ip, subnet, block)) = pick else {
                 if !self.claim_block(pool, fam).await? {
                     return Err(AllocError::Exhausted {
@@ -335,6 +351,131 @@ impl Allocator {
         }
         Err(AllocError::Contended {
             what: format!("{fam} addresses of pool {}", pool.name),
+        })
+    }
+
+    /// An address kept for an identity: a free member of its claim, or a new member taken from
+    /// this node's blocks while the claim holds fewer than `size` of the family. The claim is
+    /// written (compare-and-swap) before the binding, so a crash in between leaves the address kept,
+    /// never lost.
+    async fn bind_claimed(
+        &self,
+        pool: &PoolSpec,
+        fam: Family,
+        owner: &Owner,
+        req: &ClaimRequest,
+    ) -> Result<Binding, AllocError> {
+        let r = Records(self.ledger.as_ref());
+        let name = Claim {
+            identity: req.identity.clone(),
+            pool: pool.name.clone(),
+            addresses: vec![],
+            since: 0,
+        }
+        .name();
+        for _ in 0..MAX_RACES {
+            let current: Option<Stored<Claim>> = r.get(Kind::Claim, &name).await?;
+            if let Some(c) = &current {
+                self.state().note_claim(&name, &c.value);
+            }
+            let members: Vec<IpAddr> = current
+                .iter()
+                .flat_map(|c| c.value.addresses.iter().copied())
+                .filter(|a| Family::of(*a) == fam)
+                .collect();
+            let mut busy = vec![];
+            for ip in &members {
+                let Some(subnet) = pool.subnet_of(*ip) else {
+                    continue;
+                };
+                let b = self.binding(
+                    pool,
+                    subnet,
+                    owner,
+                    *ip,
+                    BindingKind::Claimed {
+                        claim: name.clone(),
+                    },
+                );
+                match r.create(Kind::Binding, &b.name(), &b).await {
+                    Ok(version) => {
+                        self.state().insert_binding(Stored {
+                            value: b.clone(),
+                            version,
+                        });
+                        return Ok(b);
+                    }
+                    Err(LedgerError::Exists { .. }) => match self.refresh_binding(*ip).await? {
+                        Some(h) if h.owner.same_attachment(owner) => return Ok(h),
+                        Some(h) => busy.push(format!("{} by {}", ip, describe(&h.owner))),
+                        None => {}
+                    },
+                    Err(e) => return Err(self.maybe_written(b, e)),
+                }
+            }
+            if members.len() as u32 >= req.size {
+                return Err(AllocError::ClaimBusy {
+                    claim: name,
+                    held: busy.join(", "),
+                });
+            }
+            // Grow the claim by one address from this node's blocks.
+            let Some((ip, subnet, _block)) =
+                self.state().reserve_free(&self.node, pool, fam, owner)
+            else {
+                if !self.claim_block(pool, fam).await? {
+                    return Err(AllocError::Exhausted {
+                        pool: pool.name.clone(),
+                        family: fam,
+                    });
+                }
+                continue;
+            };
+            let mut claim = current.as_ref().map(|c| c.value.clone()).unwrap_or(Claim {
+                identity: req.identity.clone(),
+                pool: pool.name.clone(),
+                addresses: vec![],
+                since: now_secs(),
+            });
+            claim.addresses.push(ip);
+            let written = match &current {
+                Some(c) => r.update(Kind::Claim, &name, &claim, &c.version).await,
+                None => r.create(Kind::Claim, &name, &claim).await,
+            };
+            self.state().pending.remove(&ip);
+            match written {
+                Ok(_) => {
+                    tracing::info!(claim = %name, address = %ip, "claim keeps a new address");
+                    self.state().note_claim(&name, &claim);
+                    let b = self.binding(
+                        pool,
+                        &subnet,
+                        owner,
+                        ip,
+                        BindingKind::Claimed {
+                            claim: name.clone(),
+                        },
+                    );
+                    match r.create(Kind::Binding, &b.name(), &b).await {
+                        Ok(version) => {
+                            self.state().insert_binding(Stored {
+                                value: b.clone(),
+                                version,
+                            });
+                            return Ok(b);
+                        }
+                        Err(LedgerError::Exists { .. }) => {
+                            self.refresh_binding(ip).await?;
+                        }
+                        Err(e) => return Err(self.maybe_written(b, e)),
+                    }
+                }
+                Err(LedgerError::Exists { .. } | LedgerError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AllocError::Contended {
+            what: format!("claim {name}"),
         })
     }
 

@@ -1,8 +1,9 @@
 //! The allocator's cache of the ledger: blocks, bindings, in-flight reservations and cursors.
 //! Never held across an await: every ledger write happens outside it.
 
+use berth_core::addr::{from_u128, net_bounds};
 use berth_core::block::block_name;
-use berth_core::{Binding, Block, Family, Owner, PoolSpec, SubnetSpec};
+use berth_core::{Binding, Block, Claim, Family, Owner, PoolSpec, SubnetSpec};
 use berth_ledger::Stored;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,21 +23,39 @@ pub(crate) struct State {
     pub bindings: HashMap<IpAddr, Stored<Binding>>,
     by_owner: HashMap<AttachmentKey, Vec<IpAddr>>,
     pub pending: HashSet<IpAddr>,
+    /// Addresses kept by claims (never handed out dynamically), and by which claim.
+    claimed: HashMap<IpAddr, String>,
     cursors: HashMap<IpNet, IpAddr>,
 }
 
 impl State {
-    pub fn load(&mut self, blocks: Vec<Stored<Block>>, bindings: Vec<Stored<Binding>>) {
+    pub fn load(
+        &mut self,
+        blocks: Vec<Stored<Block>>,
+        claims: Vec<Stored<Claim>>,
+        bindings: Vec<Stored<Binding>>,
+    ) {
         self.blocks.clear();
         self.bindings.clear();
         self.by_owner.clear();
+        self.claimed.clear();
         for b in blocks {
             self.insert_block(b);
+        }
+        for c in claims {
+            self.note_claim(&c.value.name(), &c.value);
         }
         for b in bindings {
             self.insert_binding(b);
         }
         self.loaded = true;
+    }
+
+    /// Remember the addresses a claim keeps, so they are never handed out dynamically.
+    pub fn note_claim(&mut self, name: &str, claim: &Claim) {
+        for a in &claim.addresses {
+            self.claimed.insert(*a, name.to_string());
+        }
     }
 
     pub fn insert_block(&mut self, b: Stored<Block>) {
@@ -94,19 +113,28 @@ impl State {
             .filter(move |b| b.node == node && b.pool == pool.name && subnet.cidr.contains(&b.cidr))
     }
 
+    /// A free address in one of the node's blocks. Without a cursor for a block (a fresh plugin
+    /// process) the scan starts at an offset derived from `hint`, so concurrent processes on one
+    /// node rarely race for the same first free address.
     fn find_free(
         &self,
         node: &str,
         pool: &PoolSpec,
         fam: Family,
+        hint: u64,
     ) -> Option<(IpAddr, SubnetSpec, IpNet)> {
+        let used = |ip: IpAddr| {
+            self.bindings.contains_key(&ip)
+                || self.pending.contains(&ip)
+                || self.claimed.contains_key(&ip)
+        };
         for subnet in pool.subnets.iter().filter(|s| s.family() == fam) {
             for block in self.my_blocks(node, pool, subnet) {
-                let used =
-                    |ip: IpAddr| self.bindings.contains_key(&ip) || self.pending.contains(&ip);
-                if let Some(ip) =
-                    block.next_free(subnet, used, self.cursors.get(&block.cidr).copied())
-                {
+                let start = self.cursors.get(&block.cidr).copied().unwrap_or_else(|| {
+                    let (first, last) = net_bounds(&block.cidr);
+                    from_u128(first + u128::from(hint) % (last - first + 1), fam)
+                });
+                if let Some(ip) = block.next_free(subnet, used, Some(start)) {
                     return Some((ip, subnet.clone(), block.cidr));
                 }
             }
@@ -120,14 +148,25 @@ impl State {
         node: &str,
         pool: &PoolSpec,
         fam: Family,
+        owner: &Owner,
     ) -> Option<(IpAddr, SubnetSpec, IpNet)> {
-        let pick = self.find_free(node, pool, fam)?;
+        let pick = self.find_free(node, pool, fam, hint(owner))?;
         self.pending.insert(pick.0);
         self.cursors.insert(pick.2, pick.0);
         Some(pick)
     }
 
     pub fn has_free(&self, node: &str, pool: &PoolSpec, fam: Family) -> bool {
-        self.find_free(node, pool, fam).is_some()
+        self.find_free(node, pool, fam, 0).is_some()
     }
+}
+
+/// A stable hash of an attachment, to spread fresh processes' first picks over a block.
+fn hint(o: &Owner) -> u64 {
+    o.container_id
+        .bytes()
+        .chain(o.ifname.bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }

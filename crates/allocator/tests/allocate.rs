@@ -1,8 +1,10 @@
 //! The allocator against a real embedded ledger: uniqueness, idempotency, fixed requests,
 //! owner-checked release, rollback, GC, and random operation sequences audited afterwards.
 
-use berth_allocator::{snapshot, AddRequest, AllocError, Allocator};
-use berth_core::{audit, AddrRange, Family, Owner, PoolSpec, SubnetSpec};
+use berth_allocator::{snapshot, AddRequest, AllocError, Allocator, ClaimRequest};
+use berth_core::{
+    audit, audit_with_claims, AddrRange, Family, Identity, Owner, PoolSpec, SubnetSpec,
+};
 use berth_ledger::embedded::Embedded;
 use berth_ledger::Ledger;
 use proptest::prelude::*;
@@ -57,6 +59,7 @@ fn req(p: &PoolSpec, cid: &str, fixed: &[&str]) -> AddRequest {
         pool: p.clone(),
         owner: owner(cid),
         fixed: fixed.iter().map(|s| ip(s)).collect(),
+        claim: None,
     }
 }
 
@@ -309,4 +312,115 @@ proptest! {
             for (cid, addr) in live { assert_eq!(held.get(&format!("c{cid}")), Some(&addr)); }
         });
     }
+}
+
+fn sts(ordinal: u32) -> ClaimRequest {
+    ClaimRequest {
+        identity: Identity::StatefulSet {
+            namespace: "db".into(),
+            name: "mysql".into(),
+            ordinal,
+        },
+        size: 1,
+    }
+}
+
+async fn assert_clean_with_claims(l: &dyn Ledger) {
+    let s = snapshot(l).await.unwrap();
+    let v = audit_with_claims(&s.pools, &s.blocks, &s.claims, &s.bindings);
+    assert!(v.is_empty(), "audit: {v:?}");
+}
+
+#[tokio::test]
+async fn a_statefulset_ordinal_keeps_its_addresses_on_another_node() {
+    let (_d, l) = ledger();
+    let (a, b) = (
+        Allocator::new(l.clone(), "node-a"),
+        Allocator::new(l.clone(), "node-b"),
+    );
+    let p = pool(true);
+    let mut first = req(&p, "mysql-0-a", &[]);
+    first.claim = Some(sts(0));
+    let got = a.add(&first).await.unwrap();
+    assert_eq!(got.len(), 2);
+    // The pod is recreated on node-b while the old sandbox still holds the addresses: try again,
+    // naming the claim and the holder.
+    let mut second = req(&p, "mysql-0-b", &[]);
+    second.claim = Some(sts(0));
+    let err = b.add(&second).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("mysql-0-a"), "{err}");
+    assert!(
+        b.held(&owner("mysql-0-b")).await.unwrap().is_empty(),
+        "nothing partial"
+    );
+    // Once the old sandbox is gone, the new one gets exactly the same addresses.
+    a.release(&owner("mysql-0-a")).await.unwrap();
+    let again = b.add(&second).await.unwrap();
+    let addrs = |v: &[berth_core::Binding]| v.iter().map(|x| x.address).collect::<Vec<_>>();
+    assert_eq!(addrs(&again), addrs(&got));
+    assert!(again.iter().all(|x| x.node == "node-b"));
+    // Another ordinal gets other addresses.
+    let mut other = req(&p, "mysql-1", &[]);
+    other.claim = Some(sts(1));
+    let o = a.add(&other).await.unwrap();
+    assert!(o.iter().all(|x| !addrs(&got).contains(&x.address)));
+    assert_clean_with_claims(l.as_ref()).await;
+}
+
+#[tokio::test]
+async fn claimed_addresses_are_never_handed_out_dynamically() {
+    let (_d, l) = ledger();
+    let a = Allocator::new(l.clone(), "node-a");
+    let mut p = pool(false);
+    p.subnets[0].ranges = vec![AddrRange::new(ip("198.18.0.32"), ip("198.18.0.35")).unwrap()];
+    let mut r = req(&p, "web-0", &[]);
+    r.claim = Some(sts(0));
+    let kept = a.add(&r).await.unwrap()[0].address;
+    a.release(&owner("web-0")).await.unwrap();
+    // The claim keeps the address while no pod uses it: three more pods fill the other three.
+    for c in ["x1", "x2", "x3"] {
+        let b = a.add(&req(&p, c, &[])).await.unwrap();
+        assert_ne!(b[0].address, kept);
+    }
+    assert!(matches!(
+        a.add(&req(&p, "x4", &[])).await,
+        Err(AllocError::Exhausted { .. })
+    ));
+    // A fresh allocator (restarted agent) knows the claim from the ledger.
+    let fresh = Allocator::new(l.clone(), "node-a");
+    assert!(matches!(
+        fresh.add(&req(&p, "x5", &[])).await,
+        Err(AllocError::Exhausted { .. })
+    ));
+    assert_eq!(fresh.add(&r).await.unwrap()[0].address, kept);
+    assert_clean_with_claims(l.as_ref()).await;
+}
+
+#[tokio::test]
+async fn a_sticky_set_hands_its_members_to_whichever_pods_run() {
+    let (_d, l) = ledger();
+    let a = Allocator::new(l.clone(), "node-a");
+    let p = pool(false);
+    let set = ClaimRequest {
+        identity: Identity::StickySet {
+            namespace: "web".into(),
+            name: "front".into(),
+        },
+        size: 2,
+    };
+    let ask = |cid: &str| {
+        let mut r = req(&p, cid, &[]);
+        r.claim = Some(set.clone());
+        r
+    };
+    let one = a.add(&ask("p1")).await.unwrap()[0].address;
+    let two = a.add(&ask("p2")).await.unwrap()[0].address;
+    assert_ne!(one, two);
+    let err = a.add(&ask("p3")).await.unwrap_err();
+    assert!(matches!(err, AllocError::ClaimBusy { .. }), "{err}");
+    // A rollout: p1 goes, p3 takes its address.
+    a.release(&owner("p1")).await.unwrap();
+    assert_eq!(a.add(&ask("p3")).await.unwrap()[0].address, one);
+    assert_clean_with_claims(l.as_ref()).await;
 }

@@ -5,7 +5,7 @@ use crate::ledger_args::LedgerArgs;
 use anyhow::{bail, Context};
 use berth_agent::admin::{AdminCommand, AdminRequest, SnapshotReply};
 use berth_allocator::Snapshot;
-use berth_core::{audit as check, Binding, BindingKind, Block, PoolSpec};
+use berth_core::{audit_with_claims, Binding, BindingKind, Block, PoolSpec};
 use berth_ledger::{LedgerError, LedgerSpec};
 use clap::Args;
 use std::collections::HashMap;
@@ -56,6 +56,7 @@ fn from_agent(socket: &Path) -> anyhow::Result<Snapshot> {
     Ok(Snapshot {
         pools: decode(reply.pools)?,
         blocks: decode(reply.blocks)?,
+        claims: decode(reply.claims)?,
         bindings: decode(reply.bindings)?,
     })
 }
@@ -210,6 +211,7 @@ pub async fn bindings(args: InspectArgs) -> anyhow::Result<()> {
         let kind = match &b.kind {
             BindingKind::Fixed => "fixed".to_string(),
             BindingKind::Dynamic { block } => format!("block {block}"),
+            BindingKind::Claimed { claim } => format!("claim {claim}"),
         };
         let cid: String = b.owner.container_id.chars().take(16).collect();
         rows.push(vec![
@@ -230,7 +232,7 @@ pub async fn bindings(args: InspectArgs) -> anyhow::Result<()> {
 /// `berth audit`: exits 1 when an invariant is broken.
 pub async fn audit(args: InspectArgs) -> anyhow::Result<()> {
     let s = load(&args).await?;
-    let violations = check(&s.pools, &s.blocks, &s.bindings);
+    let violations = audit_with_claims(&s.pools, &s.blocks, &s.claims, &s.bindings);
     if args.json {
         json(&violations.iter().map(|v| v.to_string()).collect::<Vec<_>>())?;
     } else {
@@ -243,9 +245,10 @@ pub async fn audit(args: InspectArgs) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     eprintln!(
-        "audit clean: {} pools, {} blocks, {} bindings",
+        "audit clean: {} pools, {} blocks, {} claims, {} bindings",
         s.pools.len(),
         s.blocks.len(),
+        s.claims.len(),
         s.bindings.len()
     );
     Ok(())

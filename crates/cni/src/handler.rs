@@ -6,10 +6,11 @@ use crate::dns::{parse_resolv_conf, Dns};
 use crate::env::{CniArgs, Command};
 use crate::error::CniError;
 use crate::result::{build_result, parse_prev_result};
-use berth_allocator::{describe, AddRequest, AllocError, Allocator};
-use berth_core::Owner;
+use berth_allocator::{describe, AddRequest, AllocError, Allocator, ClaimRequest};
+use berth_core::{Family, Owner};
 use berth_ledger::LedgerError;
 use serde_json::Value;
+use std::net::IpAddr;
 
 /// Error code for an exhausted pool (plugin-specific range).
 pub const POOL_EXHAUSTED: u32 = CniError::PLUGIN_SPECIFIC + 10;
@@ -25,6 +26,17 @@ pub struct Invocation {
     pub ifname: Option<String>,
     /// `CNI_ARGS`.
     pub args: CniArgs,
+    /// What the pod itself asks for (from its annotations), when the agent knows the pod.
+    pub pod: PodAsk,
+}
+
+/// What a pod asks for through its annotations; filled by the node agent, empty elsewhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodAsk {
+    /// Fixed addresses, at most one per family.
+    pub fixed: Vec<IpAddr>,
+    /// Keep the addresses for this identity.
+    pub claim: Option<ClaimRequest>,
 }
 
 impl Invocation {
@@ -96,10 +108,23 @@ pub async fn handle(
             cfg.merge_env_ips(&inv.args)?;
             let cfg = &cfg;
             let dns = read_dns(cfg)?;
+            let mut fixed = cfg.requested_ips.clone();
+            for ip in &inv.pod.fixed {
+                match fixed.iter().find(|r| Family::of(**r) == Family::of(*ip)) {
+                    Some(r) if r != ip => {
+                        return Err(CniError::config(format!(
+                            "the pod's annotation asks for {ip} but the runtime asks for {r}: remove one of them"
+                        )))
+                    }
+                    Some(_) => {}
+                    None => fixed.push(*ip),
+                }
+            }
             let req = AddRequest {
                 pool: cfg.pool.clone(),
                 owner: inv.owner(&cfg.network)?,
-                fixed: cfg.requested_ips.clone(),
+                fixed,
+                claim: inv.pod.claim.clone(),
             };
             let bindings = alloc.add(&req).await.map_err(cni_error)?;
             let result = build_result(cfg.cni_version, &bindings, &cfg.pool, dns)?;

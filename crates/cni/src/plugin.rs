@@ -69,6 +69,7 @@ fn run(stdin: &[u8]) -> Result<Option<Value>, CniError> {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
         args: env.args.clone(),
+        pod: Default::default(),
     };
     direct(&cfg, &inv)
 }

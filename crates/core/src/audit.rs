@@ -3,6 +3,7 @@
 use crate::addr::Family;
 use crate::binding::{Binding, BindingKind};
 use crate::block::Block;
+use crate::claim::Claim;
 use crate::pool::PoolSpec;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap};
@@ -67,6 +68,22 @@ pub enum Violation {
         /// Owning node.
         node: String,
     },
+    /// A claimed binding whose claim is missing or does not hold its address.
+    ClaimMismatch {
+        /// The address.
+        address: IpAddr,
+        /// The claim it names.
+        claim: String,
+    },
+    /// A claimed address bound by someone who is not the claim's identity.
+    ClaimedAddressTaken {
+        /// The address.
+        address: IpAddr,
+        /// The claim that keeps it.
+        claim: String,
+        /// The container holding it.
+        holder: String,
+    },
     /// Two blocks overlap.
     BlocksOverlap {
         /// First block.
@@ -109,6 +126,18 @@ impl fmt::Display for Violation {
                 f,
                 "block {block} (node {node}) is orphaned: pool {pool:?} is missing or does not contain it"
             ),
+            Violation::ClaimMismatch { address, claim } => write!(
+                f,
+                "binding {address} names claim {claim:?}, which is missing or does not keep that address"
+            ),
+            Violation::ClaimedAddressTaken {
+                address,
+                claim,
+                holder,
+            } => write!(
+                f,
+                "address {address} is kept by claim {claim:?} but bound by container {holder} outside the claim"
+            ),
             Violation::BlocksOverlap { a, b } => write!(f, "blocks {a} and {b} overlap"),
         }
     }
@@ -116,7 +145,25 @@ impl fmt::Display for Violation {
 
 /// Check every ledger invariant over a snapshot; an empty result means the ledger is sound.
 pub fn audit(pools: &[PoolSpec], blocks: &[Block], bindings: &[Binding]) -> Vec<Violation> {
+    audit_with_claims(pools, blocks, &[], bindings)
+}
+
+/// [`audit`], also checking claims: a claimed binding's claim keeps its address, and no claimed
+/// address is bound outside its claim.
+pub fn audit_with_claims(
+    pools: &[PoolSpec],
+    blocks: &[Block],
+    claims: &[Claim],
+    bindings: &[Binding],
+) -> Vec<Violation> {
     let mut out = vec![];
+    let claims_by_name: HashMap<String, &Claim> = claims.iter().map(|c| (c.name(), c)).collect();
+    let mut claimed: HashMap<IpAddr, String> = HashMap::new();
+    for c in claims {
+        for a in &c.addresses {
+            claimed.insert(*a, c.name());
+        }
+    }
     let pools_by_name: HashMap<&str, &PoolSpec> =
         pools.iter().map(|p| (p.name.as_str(), p)).collect();
 
@@ -173,7 +220,28 @@ pub fn audit(pools: &[PoolSpec], blocks: &[Block], bindings: &[Binding]) -> Vec<
             });
             continue;
         };
+        if let Some(claim) = claimed.get(&b.address) {
+            if !matches!(&b.kind, BindingKind::Claimed { claim: c } if c == claim) {
+                out.push(Violation::ClaimedAddressTaken {
+                    address: b.address,
+                    claim: claim.clone(),
+                    holder: b.owner.container_id.clone(),
+                });
+            }
+        }
         match &b.kind {
+            BindingKind::Claimed { claim } => {
+                let keeps = claims_by_name
+                    .get(claim)
+                    .map(|c| c.addresses.contains(&b.address))
+                    .unwrap_or(false);
+                if !keeps {
+                    out.push(Violation::ClaimMismatch {
+                        address: b.address,
+                        claim: claim.clone(),
+                    });
+                }
+            }
             BindingKind::Fixed => {
                 if !subnet.allows_fixed(b.address) {
                     out.push(Violation::FixedNotReserved {

@@ -53,6 +53,12 @@ pub enum BindingKind {
     },
     /// Asked for explicitly (runtime `ips`, `IP=` argument, annotation).
     Fixed,
+    /// Kept for an identity by a claim (a StatefulSet ordinal, a sticky set); may lie in another
+    /// node's block, since the address follows the identity.
+    Claimed {
+        /// The claim's ledger name.
+        claim: String,
+    },
 }
 
 /// The live use of an address. At most one exists per address: the ledger keys bindings by address
@@ -96,8 +102,9 @@ impl schemars::JsonSchema for BindingKind {
             "type": "object",
             "required": ["kind"],
             "properties": {
-                "kind": {"type": "string", "enum": ["dynamic", "fixed"]},
-                "block": {"type": "string"}
+                "kind": {"type": "string", "enum": ["dynamic", "fixed", "claimed"]},
+                "block": {"type": "string"},
+                "claim": {"type": "string"}
             }
         })
     }

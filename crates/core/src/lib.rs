@@ -12,7 +12,7 @@ pub mod claim;
 pub mod pool;
 
 pub use addr::{AddrRange, Family};
-pub use audit::{audit, Violation};
+pub use audit::{audit, audit_with_claims, Violation};
 pub use binding::{Binding, BindingKind, Owner, PodRef};
 pub use block::Block;
 pub use claim::{Claim, Identity};
