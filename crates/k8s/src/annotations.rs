@@ -266,7 +266,8 @@ mod tests {
 
     #[test]
     fn bad_annotations_name_the_annotation_and_value() {
-        let cases: Vec<(Vec<(&str, &str)>, &str, &str)> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
             (vec![(IPS, "10.188.0.300")], IPS, "not an IP address"),
             (
                 vec![(IPS, "10.188.0.20,10.188.0.21")],
