@@ -3,6 +3,8 @@
 //! ledger so a restart (even after `kill -9`) changes no address.
 
 pub mod admin;
+pub mod pods;
 mod server;
 
+pub use pods::{KubePods, PodSource};
 pub use server::{bind, serve, AgentError};

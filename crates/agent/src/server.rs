@@ -1,6 +1,7 @@
 //! The socket server: one request line in, one response line out, per connection.
 
 use crate::admin::{AdminCommand, AdminRequest, SnapshotReply};
+use crate::pods::PodSource;
 use berth_allocator::{snapshot, Allocator};
 use berth_cni::handler::{handle, Invocation};
 use berth_cni::socket::{Request, RequestConfig, Response, MAX_FRAME};
@@ -52,19 +53,28 @@ pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
 
 /// Serve requests until the listener fails. Each connection is handled on its own task, so slow
 /// ledger writes of one pod never hold up another.
-pub async fn serve(listener: UnixListener, alloc: Arc<Allocator>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: UnixListener,
+    alloc: Arc<Allocator>,
+    pods: Option<Arc<dyn PodSource>>,
+) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let alloc = Arc::clone(&alloc);
+        let pods = pods.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, &alloc).await {
+            if let Err(e) = connection(stream, &alloc, pods.as_deref()).await {
                 tracing::debug!(error = %e, "agent connection ended early");
             }
         });
     }
 }
 
-async fn connection(stream: UnixStream, alloc: &Allocator) -> std::io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    alloc: &Allocator,
+    pods: Option<&dyn PodSource>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_FRAME as u64);
     let mut line = String::new();
@@ -74,7 +84,7 @@ async fn connection(stream: UnixStream, alloc: &Allocator) -> std::io::Result<()
     let reply = if let Ok(admin) = serde_json::from_str::<AdminRequest>(&line) {
         serde_json::to_vec(&admin_reply(admin, alloc).await)
     } else {
-        serde_json::to_vec(&cni_reply(&line, alloc).await)
+        serde_json::to_vec(&cni_reply(&line, alloc, pods).await)
     };
     let mut reply = reply.map_err(std::io::Error::other)?;
     reply.push(b'\n');
@@ -82,7 +92,7 @@ async fn connection(stream: UnixStream, alloc: &Allocator) -> std::io::Result<()
     write.shutdown().await
 }
 
-async fn cni_reply(line: &str, alloc: &Allocator) -> Response {
+async fn cni_reply(line: &str, alloc: &Allocator, pods: Option<&dyn PodSource>) -> Response {
     let req: Request = match serde_json::from_str(line) {
         Ok(r) => r,
         Err(e) => return Response::from(Err(CniError::decode("agent request", &e))),
@@ -94,12 +104,19 @@ async fn cni_reply(line: &str, alloc: &Allocator) -> Response {
         },
         RequestConfig::Parsed(c) => (**c).clone(),
     };
+    let pod = match (req.command, pods) {
+        (berth_cni::Command::Add, Some(source)) => match source.ask(&req.args, &cfg).await {
+            Ok(p) => p,
+            Err(e) => return Response::from(Err(e)),
+        },
+        _ => Default::default(),
+    };
     let inv = Invocation {
         command: req.command,
         container_id: req.container_id.clone(),
         ifname: req.ifname.clone(),
         args: req.args.clone(),
-        pod: Default::default(),
+        pod,
     };
     let res = handle(alloc, &inv, &cfg).await;
     match &res {

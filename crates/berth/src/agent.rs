@@ -17,8 +17,29 @@ pub struct AgentArgs {
     /// This node's name (blocks and bindings are recorded under it). Defaults to the hostname.
     #[arg(long, env = "NODE_NAME")]
     pub node: Option<String>,
+    /// Watch this node's pods (annotations, StatefulSet and Deployment identities); on by default
+    /// when a kubeconfig is given, the ledger is `kubernetes`, or the agent runs in a pod.
+    #[arg(long)]
+    pub watch_pods: Option<bool>,
+    /// How long a CNI ADD waits for its pod to appear in the watch before "try again".
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub pod_wait: Duration,
     #[command(flatten)]
     pub ledger: LedgerArgs,
+}
+
+/// `500ms`, `3s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 3s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration such as 500ms, 3s or 2m")),
+    }
 }
 
 fn hostname() -> String {
@@ -30,9 +51,8 @@ fn hostname() -> String {
 /// Run the agent until SIGTERM or SIGINT.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let node = args.node.clone().unwrap_or_else(hostname);
-    let spec = args.ledger.spec()?;
     let ledger = loop {
-        match berth_ledger::open(&spec).await {
+        match args.ledger.open().await {
             Ok(l) => break l,
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "ledger not reachable yet; retrying");
@@ -47,11 +67,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Err(e) = alloc.reload().await {
         tracing::warn!(error = %e, "could not read the ledger at start; will load on first request");
     }
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let watch = args
+        .watch_pods
+        .unwrap_or(args.ledger.kubeconfig.is_some() || args.ledger.is_kubernetes() || in_cluster);
+    let pods: Option<Arc<dyn berth_agent::PodSource>> = if watch {
+        let (client, server) = berth_k8s::client(args.ledger.kubeconfig.as_deref()).await?;
+        tracing::info!(%server, node = %node, "watching this node's pods");
+        let cache = berth_k8s::pods::PodCache::start(client, &node);
+        Some(Arc::new(berth_agent::KubePods::new(cache, args.pod_wait)))
+    } else {
+        None
+    };
     let listener = berth_agent::bind(&args.socket)?;
     tracing::info!(node = %node, socket = %args.socket.display(), ledger = %alloc.ledger().describe(), "berth agent serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
-        r = berth_agent::serve(listener, alloc) => r.context("serving the agent socket"),
+        r = berth_agent::serve(listener, alloc, pods) => r.context("serving the agent socket"),
         _ = term.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     };

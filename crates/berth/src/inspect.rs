@@ -62,18 +62,22 @@ fn from_agent(socket: &Path) -> anyhow::Result<Snapshot> {
 }
 
 async fn load(args: &InspectArgs) -> anyhow::Result<Snapshot> {
-    let spec = args.ledger.spec()?;
-    let ledger = match &spec {
-        LedgerSpec::Embedded { dir } => {
-            match berth_ledger::embedded::Embedded::open(dir, Duration::from_millis(300)) {
-                Ok(l) => std::sync::Arc::new(l) as std::sync::Arc<dyn berth_ledger::Ledger>,
-                Err(LedgerError::Unavailable { .. }) => return from_agent(&args.socket),
-                Err(e) => return Err(e).context("opening the embedded ledger"),
-            }
-        }
-        _ => berth_ledger::open(&spec)
-            .await
-            .context("opening the ledger")?,
+    let embedded_dir = match args.ledger.is_kubernetes() {
+        true => None,
+        false => match args.ledger.spec()? {
+            LedgerSpec::Embedded { dir } => Some(dir),
+            _ => None,
+        },
+    };
+    let ledger: std::sync::Arc<dyn berth_ledger::Ledger> = match embedded_dir {
+        // A running agent holds the embedded ledger's lock: ask it instead.
+        Some(dir) => match berth_ledger::embedded::Embedded::open(&dir, Duration::from_millis(300))
+        {
+            Ok(l) => std::sync::Arc::new(l),
+            Err(LedgerError::Unavailable { .. }) => return from_agent(&args.socket),
+            Err(e) => return Err(e).context("opening the embedded ledger"),
+        },
+        None => args.ledger.open().await.context("opening the ledger")?,
     };
     Ok(berth_allocator::snapshot(ledger.as_ref()).await?)
 }

@@ -37,6 +37,8 @@ pub struct PodAsk {
     pub fixed: Vec<IpAddr>,
     /// Keep the addresses for this identity.
     pub claim: Option<ClaimRequest>,
+    /// The pod's UID, when the runtime did not pass `K8S_POD_UID`.
+    pub uid: Option<String>,
 }
 
 impl Invocation {
@@ -120,9 +122,15 @@ pub async fn handle(
                     None => fixed.push(*ip),
                 }
             }
+            let mut owner = inv.owner(&cfg.network)?;
+            if let Some(p) = owner.pod.as_mut() {
+                if p.uid.is_none() {
+                    p.uid = inv.pod.uid.clone();
+                }
+            }
             let req = AddRequest {
                 pool: cfg.pool.clone(),
-                owner: inv.owner(&cfg.network)?,
+                owner,
                 fixed,
                 claim: inv.pod.claim.clone(),
             };

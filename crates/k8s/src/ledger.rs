@@ -48,24 +48,7 @@ impl KubeLedger {
 
     /// Connect with a kubeconfig file, or the in-cluster / default configuration when `None`.
     pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Self> {
-        let config = match kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                    LedgerError::Config(format!("kubeconfig {}: {e}", path.display()))
-                })?;
-                kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .map_err(|e| {
-                        LedgerError::Config(format!("kubeconfig {}: {e}", path.display()))
-                    })?
-            }
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| LedgerError::Config(format!("no Kubernetes configuration: {e}")))?,
-        };
-        let server = config.cluster_url.to_string();
-        let client = Client::try_from(config)
-            .map_err(|e| LedgerError::Config(format!("Kubernetes client: {e}")))?;
+        let (client, server) = crate::client(kubeconfig).await?;
         Ok(KubeLedger {
             client,
             server: format!("kubernetes:{server}"),

@@ -10,5 +10,33 @@ pub mod annotations;
 pub mod crd;
 pub mod ledger;
 pub mod names;
+pub mod pods;
 
 pub use ledger::KubeLedger;
+
+use berth_ledger::LedgerError;
+
+/// A client from a kubeconfig file, or the in-cluster / default configuration when `None`, and
+/// the server URL for messages.
+pub async fn client(
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<(kube::Client, String), LedgerError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| LedgerError::Config(format!("kubeconfig {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| LedgerError::Config(format!("kubeconfig {}: {e}", path.display())))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            LedgerError::Config(format!(
+                "no Kubernetes configuration ({e}): pass --kubeconfig or run in a pod"
+            ))
+        })?,
+    };
+    let server = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config)
+        .map_err(|e| LedgerError::Config(format!("Kubernetes client for {server}: {e}")))?;
+    Ok((client, server))
+}

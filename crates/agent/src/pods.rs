@@ -1,0 +1,77 @@
+//! Where the agent learns what a pod asks for. A trait, so the socket server is testable without a
+//! cluster; [`KubePods`] is the real source, fed by a watch of the node's pods.
+
+use async_trait::async_trait;
+use berth_allocator::ClaimRequest;
+use berth_cni::handler::PodAsk;
+use berth_cni::{CniArgs, CniError, IpamConfig};
+use berth_k8s::pods::PodCache;
+use std::time::Duration;
+
+/// What the pod behind a CNI ADD asks for.
+#[async_trait]
+pub trait PodSource: Send + Sync {
+    /// The pod's request for network `cfg`, from the `K8S_POD_*` arguments. Not a Kubernetes pod
+    /// (no such arguments): an empty request.
+    async fn ask(&self, args: &CniArgs, cfg: &IpamConfig) -> Result<PodAsk, CniError>;
+}
+
+/// Pods from the node's watch cache; never an API call on the CNI path (Events aside, which are
+/// posted only for a bad annotation).
+pub struct KubePods {
+    cache: PodCache,
+    wait: Duration,
+}
+
+impl KubePods {
+    /// A source over `cache`, waiting up to `wait` for a pod the watch has not delivered yet.
+    pub fn new(cache: PodCache, wait: Duration) -> Self {
+        KubePods { cache, wait }
+    }
+}
+
+#[async_trait]
+impl PodSource for KubePods {
+    async fn ask(&self, args: &CniArgs, cfg: &IpamConfig) -> Result<PodAsk, CniError> {
+        let (Some(ns), Some(name)) = (&args.pod_namespace, &args.pod_name) else {
+            return Ok(PodAsk::default());
+        };
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let pod = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.cache.get(ns, name, left).await {
+                // A pod recreated under the same name: wait for the watch to show the new one.
+                Some(p) if args.pod_uid.is_some() && p.metadata.uid != args.pod_uid => {
+                    if left.is_zero() {
+                        break None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other,
+            }
+        };
+        let Some(pod) = pod else {
+            return Err(CniError::new(
+                CniError::TRY_AGAIN_LATER,
+                format!(
+                    "pod {ns}/{name} is not in the berth agent's watch of this node yet (waited {:?}): try again",
+                    self.wait
+                ),
+            ));
+        };
+        match berth_k8s::pods::ask(&pod, &cfg.network, &cfg.pool) {
+            Ok(a) => Ok(PodAsk {
+                fixed: a.request.fixed,
+                claim: a
+                    .identity
+                    .map(|(identity, size)| ClaimRequest { identity, size }),
+                uid: a.uid,
+            }),
+            Err(e) => {
+                let msg = e.to_string();
+                self.cache.warn(&pod, "BerthBadAnnotation", &msg).await;
+                Err(CniError::config(msg))
+            }
+        }
+    }
+}
