@@ -1,6 +1,7 @@
 //! `berth`: one binary for every long-running role and the operator CLI.
 
 mod agent;
+mod controller;
 mod inspect;
 mod lab;
 mod ledger_args;
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run the node agent: serve berth-ipam on a Unix socket and own this node's blocks.
     Agent(agent::AgentArgs),
+    /// Run the cluster controller: GC of bindings whose pod is gone, fencing, claim release.
+    Controller(controller::ControllerArgs),
     /// List pools with their subnets and use.
     Pools(inspect::InspectArgs),
     /// List blocks and the node owning each.
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Agent(a) => agent::run(a).await,
+            Command::Controller(a) => controller::run(a).await,
             Command::Pools(a) => inspect::pools(a).await,
             Command::Blocks(a) => inspect::blocks(a).await,
             Command::Bindings(a) => inspect::bindings(a).await,

@@ -1,0 +1,59 @@
+//! `berth controller`: the cluster controller's process wiring.
+
+use crate::agent::parse_duration;
+use crate::ledger_args::LedgerArgs;
+use anyhow::Context;
+use berth_controller::lease::LeaseConfig;
+use berth_controller::ControllerConfig;
+use clap::Args;
+use std::time::Duration;
+
+/// Options of `berth controller`.
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// A binding whose pod is gone is released once older than this.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Time between rounds.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, default_value = "kube-system")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "berth-controller")]
+    pub lease_name: String,
+    /// How long a leader keeps the Lease without renewing.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's identity in the Lease (default: hostname and PID).
+    #[arg(long)]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+}
+
+/// Run the controller until the process ends.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let ledger = args.ledger.open().await.context("opening the ledger")?;
+    let (client, server) = berth_k8s::client(args.ledger.kubeconfig.as_deref()).await?;
+    let identity = args.id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    tracing::info!(%server, ledger = %ledger.describe(), %identity, "berth controller starting");
+    let cfg = ControllerConfig {
+        grace: args.grace,
+        interval: args.interval,
+        lease: LeaseConfig {
+            namespace: args.lease_namespace,
+            name: args.lease_name,
+            identity,
+            duration: args.lease_duration,
+        },
+    };
+    tokio::select! {
+        _ = berth_controller::run(client, ledger, cfg) => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}

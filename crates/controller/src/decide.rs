@@ -1,0 +1,310 @@
+//! What to release, decided from a view of the cluster and a ledger snapshot. Pure.
+
+use berth_core::{Binding, Block, Claim, Identity};
+use std::collections::{HashMap, HashSet};
+
+/// What the controller read from the API server at the start of a round.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// When the reads started (seconds since the epoch). Records made after this are kept.
+    pub read_at: u64,
+    /// Pods by namespace/name, with their UIDs.
+    pub pods: HashMap<(String, String), String>,
+    /// Nodes that exist.
+    pub nodes: HashSet<String>,
+    /// Nodes with the `node.kubernetes.io/out-of-service` taint.
+    pub fenced: HashSet<String>,
+    /// StatefulSets by namespace/name, with their replica counts.
+    pub statefulsets: HashMap<(String, String), u32>,
+    /// Deployments by namespace/name.
+    pub deployments: HashSet<(String, String)>,
+}
+
+/// One release the controller will attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Delete a binding.
+    ReleaseBinding {
+        /// Its ledger name (the address).
+        name: String,
+        /// Why.
+        reason: String,
+        /// Whether to re-check the pod with a fresh GET first (not for fenced nodes).
+        recheck_pod: Option<(String, String, Option<String>)>,
+    },
+    /// Delete an empty block of a node that is gone or fenced.
+    ReclaimBlock {
+        /// Its ledger name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Delete a claim whose identity is gone.
+    ReleaseClaim {
+        /// Its ledger name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The decision of one round.
+#[derive(Debug, Clone, Default)]
+pub struct Decision {
+    /// Releases to attempt, each with compare-and-swap.
+    pub actions: Vec<Action>,
+}
+
+/// Decide what to release.
+///
+/// - A binding of a pod on a deleted or fenced node is released at once.
+/// - A binding of a pod that is gone (or replaced: another UID) is released once it is older than
+///   `grace` *and* older than the pod list, after a fresh GET confirms the pod is gone.
+/// - A binding without pod information (a non-Kubernetes runtime) is left to CNI GC.
+/// - An empty block of a deleted or fenced node is reclaimed.
+/// - A StatefulSet claim is released when the StatefulSet is gone or scaled below its ordinal; a
+///   sticky set when its Deployment is gone; never while a binding uses it; never younger than grace.
+pub fn decide(
+    view: &ClusterView,
+    blocks: &[Block],
+    claims: &[Claim],
+    bindings: &[Binding],
+    grace: u64,
+) -> Decision {
+    let mut actions = vec![];
+    let node_gone = |n: &str| !view.nodes.contains(n) || view.fenced.contains(n);
+    let mut released: HashSet<String> = HashSet::new();
+    for b in bindings {
+        let Some(pod) = &b.owner.pod else { continue };
+        if node_gone(&b.node) {
+            let why = if view.fenced.contains(&b.node) {
+                "is out of service"
+            } else {
+                "was deleted"
+            };
+            actions.push(Action::ReleaseBinding {
+                name: b.name(),
+                reason: format!("node {} {why}", b.node),
+                recheck_pod: None,
+            });
+            released.insert(b.name());
+            continue;
+        }
+        let key = (pod.namespace.clone(), pod.name.clone());
+        let alive = match (view.pods.get(&key), &pod.uid) {
+            (None, _) => false,
+            (Some(uid), Some(want)) => uid == want,
+            (Some(_), None) => true,
+        };
+        let old_enough = b.since + grace + 1 < view.read_at;
+        if !alive && old_enough {
+            actions.push(Action::ReleaseBinding {
+                name: b.name(),
+                reason: format!("pod {}/{} is gone", pod.namespace, pod.name),
+                recheck_pod: Some((pod.namespace.clone(), pod.name.clone(), pod.uid.clone())),
+            });
+            released.insert(b.name());
+        }
+    }
+    for blk in blocks {
+        if !node_gone(&blk.node) {
+            continue;
+        }
+        let used = bindings
+            .iter()
+            .any(|b| blk.cidr.contains(&b.address) && !released.contains(&b.name()));
+        if !used {
+            actions.push(Action::ReclaimBlock {
+                name: blk.name(),
+                reason: format!(
+                    "node {} is gone or out of service and the block is empty",
+                    blk.node
+                ),
+            });
+        }
+    }
+    for c in claims {
+        if c.since + grace + 1 >= view.read_at {
+            continue;
+        }
+        let name = c.name();
+        let in_use = bindings.iter().any(|b| {
+            matches!(&b.kind, berth_core::BindingKind::Claimed { claim } if *claim == name)
+                && !released.contains(&b.name())
+        });
+        if in_use {
+            continue;
+        }
+        let reason = match &c.identity {
+            Identity::StatefulSet { namespace, name: sts, ordinal } => {
+                match view.statefulsets.get(&(namespace.clone(), sts.clone())) {
+                    None => Some(format!("StatefulSet {namespace}/{sts} is gone")),
+                    Some(replicas) if ordinal >= replicas => {
+                        Some(format!("StatefulSet {namespace}/{sts} was scaled to {replicas}, below ordinal {ordinal}"))
+                    }
+                    Some(_) => None,
+                }
+            }
+            Identity::StickySet { namespace, name: d } => (!view.deployments.contains(&(namespace.clone(), d.clone())))
+                .then(|| format!("Deployment {namespace}/{d} is gone")),
+            Identity::Key { .. } => None,
+        };
+        if let Some(reason) = reason {
+            actions.push(Action::ReleaseClaim { name, reason });
+        }
+    }
+    Decision { actions }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_core::{BindingKind, Owner, PodRef};
+
+    fn binding(
+        addr: &str,
+        node: &str,
+        pod: Option<(&str, &str, Option<&str>)>,
+        since: u64,
+    ) -> Binding {
+        Binding {
+            address: addr.parse().unwrap(),
+            prefix_len: 24,
+            pool: "p".into(),
+            node: node.into(),
+            owner: Owner {
+                network: "n".into(),
+                container_id: format!("c-{addr}"),
+                ifname: "eth0".into(),
+                pod: pod.map(|(ns, name, uid)| PodRef {
+                    namespace: ns.into(),
+                    name: name.into(),
+                    uid: uid.map(String::from),
+                }),
+            },
+            kind: BindingKind::Fixed,
+            since,
+        }
+    }
+
+    fn view() -> ClusterView {
+        ClusterView {
+            read_at: 1000,
+            pods: [(("ns".to_string(), "alive".to_string()), "u1".to_string())].into(),
+            nodes: ["n1".to_string(), "n2".to_string()].into(),
+            fenced: ["n2".to_string()].into(),
+            ..Default::default()
+        }
+    }
+
+    fn names(d: &Decision) -> Vec<String> {
+        d.actions
+            .iter()
+            .map(|a| match a {
+                Action::ReleaseBinding { name, .. }
+                | Action::ReclaimBlock { name, .. }
+                | Action::ReleaseClaim { name, .. } => name.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn live_pods_and_young_bindings_are_kept() {
+        let b = vec![
+            binding("198.18.0.1", "n1", Some(("ns", "alive", Some("u1"))), 10),
+            binding("198.18.0.2", "n1", Some(("ns", "gone", None)), 990), // younger than grace
+            binding("198.18.0.3", "n1", Some(("ns", "gone", None)), 1000), // newer than the pod list
+            binding("198.18.0.4", "n1", None, 10),                         // not a Kubernetes pod
+            binding("198.18.0.5", "n1", Some(("ns", "alive", None)), 10), // no UID: the name is alive
+        ];
+        assert!(decide(&view(), &[], &[], &b, 30).actions.is_empty());
+    }
+
+    #[test]
+    fn gone_or_replaced_pods_and_dead_nodes_release() {
+        let b = vec![
+            binding("198.18.0.1", "n1", Some(("ns", "gone", None)), 10),
+            binding(
+                "198.18.0.2",
+                "n1",
+                Some(("ns", "alive", Some("old-uid"))),
+                10,
+            ),
+            binding("198.18.0.3", "n2", Some(("ns", "alive", Some("u1"))), 999), // fenced: at once
+            binding("198.18.0.4", "n9", Some(("ns", "x", None)), 999),           // node deleted
+        ];
+        let d = decide(&view(), &[], &[], &b, 30);
+        assert_eq!(
+            names(&d),
+            ["198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4"]
+        );
+        assert!(matches!(
+            &d.actions[2],
+            Action::ReleaseBinding {
+                recheck_pod: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &d.actions[0],
+            Action::ReleaseBinding {
+                recheck_pod: Some(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn empty_blocks_of_dead_nodes_are_reclaimed_and_claims_follow_their_owners() {
+        let blk = |cidr: &str, node: &str| Block {
+            pool: "p".into(),
+            cidr: cidr.parse().unwrap(),
+            node: node.into(),
+        };
+        let blocks = vec![
+            blk("198.18.0.0/28", "n2"),
+            blk("198.18.0.16/28", "n1"),
+            blk("198.18.0.32/28", "n9"),
+        ];
+        let mut b = vec![binding("198.18.0.33", "n9", None, 10)]; // keeps n9's block (no pod info: kept)
+        let claim = |ns: &str, name: &str, ordinal: u32| Claim {
+            identity: Identity::StatefulSet {
+                namespace: ns.into(),
+                name: name.into(),
+                ordinal,
+            },
+            pool: "p".into(),
+            addresses: vec![],
+            since: 10,
+        };
+        let mut v = view();
+        v.statefulsets.insert(("ns".into(), "web".into()), 2);
+        let claims = vec![
+            claim("ns", "web", 1),
+            claim("ns", "web", 2),
+            claim("ns", "db", 0),
+        ];
+        let used = Claim {
+            identity: Identity::StatefulSet {
+                namespace: "ns".into(),
+                name: "db".into(),
+                ordinal: 1,
+            },
+            ..claims[2].clone()
+        };
+        let mut inuse = binding("198.18.0.20", "n1", Some(("ns", "db-1", None)), 999);
+        inuse.kind = BindingKind::Claimed { claim: used.name() };
+        b.push(inuse);
+        let mut all = claims.clone();
+        all.push(used);
+        let d = decide(&v, &blocks, &all, &b, 30);
+        assert_eq!(
+            names(&d),
+            [
+                "p/198.18.0.0/28",
+                "p/statefulset/ns/web/2",
+                "p/statefulset/ns/db/0"
+            ]
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! The controller loop: hold the Lease, read the cluster, decide, release with compare-and-swap.
+
+use crate::decide::{decide, Action, ClusterView};
+use crate::lease::{Elector, LeaseConfig};
+use berth_allocator::now_secs;
+use berth_core::{Binding, Block, Claim};
+use berth_ledger::{Kind, Ledger, LedgerError, Records, Stored, Version};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams};
+use kube::Client;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The taint that fences a node (Kubernetes' non-graceful node shutdown).
+pub const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// A binding whose pod is gone is released only when older than this.
+    pub grace: Duration,
+    /// Time between rounds.
+    pub interval: Duration,
+    /// The Lease.
+    pub lease: LeaseConfig,
+}
+
+/// Why a round was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    /// The API server did not answer a read; nothing was released (fail closed).
+    #[error("reading {what} from the API server failed, nothing released this round: {source}")]
+    Read {
+        /// What was being read.
+        what: &'static str,
+        /// The error.
+        source: kube::Error,
+    },
+    /// The ledger did not answer.
+    #[error("reading the ledger failed, nothing released this round: {0}")]
+    Ledger(#[from] LedgerError),
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Bindings released.
+    pub bindings: usize,
+    /// Blocks reclaimed.
+    pub blocks: usize,
+    /// Claims released.
+    pub claims: usize,
+    /// Releases skipped because the record changed or the pod was found after all.
+    pub kept: usize,
+}
+
+async fn list<K>(client: &Client, what: &'static str) -> Result<Vec<K>, RoundError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|source| RoundError::Read { what, source })
+}
+
+/// Read the cluster: pods, nodes, StatefulSets, Deployments. Any failure fails the whole read.
+pub async fn read_cluster(client: &Client) -> Result<ClusterView, RoundError> {
+    let read_at = now_secs();
+    let pods: Vec<Pod> = list(client, "pods").await?;
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| RoundError::Read {
+            what: "nodes",
+            source,
+        })?
+        .items;
+    let sts: Vec<StatefulSet> = list(client, "statefulsets").await?;
+    let deps: Vec<Deployment> = list(client, "deployments").await?;
+    let key = |m: &kube::api::ObjectMeta| {
+        (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        )
+    };
+    Ok(ClusterView {
+        read_at,
+        pods: pods
+            .iter()
+            .map(|p| (key(&p.metadata), p.metadata.uid.clone().unwrap_or_default()))
+            .collect(),
+        nodes: nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect(),
+        fenced: nodes
+            .iter()
+            .filter(|n| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .map(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE))
+                    .unwrap_or(false)
+            })
+            .filter_map(|n| n.metadata.name.clone())
+            .collect(),
+        statefulsets: sts
+            .iter()
+            .map(|s| {
+                let replicas = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                (key(&s.metadata), u32::try_from(replicas).unwrap_or(0))
+            })
+            .collect(),
+        deployments: deps.iter().map(|d| key(&d.metadata)).collect(),
+    })
+}
+
+/// Whether a fresh GET still finds the pod (same UID when known). Errors count as "found".
+async fn pod_still_there(client: &Client, ns: &str, name: &str, uid: &Option<String>) -> bool {
+    match Api::<Pod>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+    {
+        Ok(Some(p)) => uid.is_none() || p.metadata.uid == *uid,
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, pod = %format!("{ns}/{name}"), "pod lookup failed; keeping its binding");
+            true
+        }
+    }
+}
+
+async fn delete(
+    ledger: &dyn Ledger,
+    kind: Kind,
+    name: &str,
+    version: Option<&Version>,
+) -> Result<bool, LedgerError> {
+    let Some(v) = version else { return Ok(false) };
+    match ledger.delete(kind, name, v).await {
+        Ok(()) => Ok(true),
+        Err(LedgerError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn values<T: Clone>(v: &[Stored<T>]) -> Vec<T> {
+    v.iter().map(|s| s.value.clone()).collect()
+}
+
+/// One round: read, decide, release. Public so tests can drive rounds directly.
+pub async fn round(
+    client: &Client,
+    ledger: &dyn Ledger,
+    grace: Duration,
+) -> Result<Report, RoundError> {
+    // The cluster first, then the ledger: a binding made after the pod list is newer than it.
+    let view = read_cluster(client).await?;
+    let r = Records(ledger);
+    let claims: Vec<Stored<Claim>> = r.list(Kind::Claim).await?;
+    let bindings: Vec<Stored<Binding>> = r.list(Kind::Binding).await?;
+    let blocks: Vec<Stored<Block>> = r.list(Kind::Block).await?;
+    let versions: HashMap<(Kind, String), Version> = bindings
+        .iter()
+        .map(|s| ((Kind::Binding, s.value.name()), s.version.clone()))
+        .chain(
+            blocks
+                .iter()
+                .map(|s| ((Kind::Block, s.value.name()), s.version.clone())),
+        )
+        .chain(
+            claims
+                .iter()
+                .map(|s| ((Kind::Claim, s.value.name()), s.version.clone())),
+        )
+        .collect();
+    let decision = decide(
+        &view,
+        &values(&blocks),
+        &values(&claims),
+        &values(&bindings),
+        grace.as_secs(),
+    );
+    let mut report = Report::default();
+    for action in decision.actions {
+        match action {
+            Action::ReleaseBinding {
+                name,
+                reason,
+                recheck_pod,
+            } => {
+                if let Some((ns, pod, uid)) = &recheck_pod {
+                    if pod_still_there(client, ns, pod, uid).await {
+                        report.kept += 1;
+                        continue;
+                    }
+                }
+                if delete(
+                    ledger,
+                    Kind::Binding,
+                    &name,
+                    versions.get(&(Kind::Binding, name.clone())),
+                )
+                .await?
+                {
+                    tracing::info!(address = %name, %reason, "released binding");
+                    report.bindings += 1;
+                } else {
+                    report.kept += 1;
+                }
+            }
+            Action::ReclaimBlock { name, reason } => {
+                if delete(
+                    ledger,
+                    Kind::Block,
+                    &name,
+                    versions.get(&(Kind::Block, name.clone())),
+                )
+                .await?
+                {
+                    tracing::info!(block = %name, %reason, "reclaimed block");
+                    report.blocks += 1;
+                } else {
+                    report.kept += 1;
+                }
+            }
+            Action::ReleaseClaim { name, reason } => {
+                if delete(
+                    ledger,
+                    Kind::Claim,
+                    &name,
+                    versions.get(&(Kind::Claim, name.clone())),
+                )
+                .await?
+                {
+                    tracing::info!(claim = %name, %reason, "released claim");
+                    report.claims += 1;
+                } else {
+                    report.kept += 1;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Run until the process ends: hold the Lease, and while holding it, run a round per interval.
+pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ControllerConfig) {
+    let elector = Elector::new(client.clone(), cfg.lease.clone());
+    let mut leading = false;
+    loop {
+        match elector.try_acquire_or_renew().await {
+            Ok(now) => {
+                if now != leading {
+                    tracing::info!(leader = now, identity = %cfg.lease.identity, "controller leadership changed");
+                }
+                leading = now;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the Lease; standing by");
+                leading = false;
+            }
+        }
+        if leading {
+            match round(&client, ledger.as_ref(), cfg.grace).await {
+                Ok(r) if r != Report::default() => tracing::info!(?r, "controller round"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "controller round skipped"),
+            }
+        }
+        tokio::time::sleep(cfg.interval).await;
+    }
+}
