@@ -184,7 +184,10 @@ impl Session {
             // Idle: wait for the connect-retry timer, but take the peer's call at once.
             tokio::select! {
                 _ = sleep(jitter(backoff)) => {}
-                s = self.incoming.recv() => pending = s,
+                s = self.incoming.recv() => match s {
+                    Some(s) => pending = Some(s),
+                    None => break, // the speaker dropped this peer
+                },
                 _ = self.shutdown.changed() => break,
             }
         }
@@ -231,8 +234,9 @@ impl Session {
                     Ok(Err(e)) => Err(Outcome::failed(e.to_string())),
                     Err(_) => Err(Outcome::failed("connect timed out")),
                 },
-                s = self.incoming.recv() => if let Some(s) = s.and_then(|s| self.accept_incoming(s)) {
-                    return Ok((s, false));
+                s = self.incoming.recv() => match s {
+                    Some(s) => if let Some(s) = self.accept_incoming(s) { return Ok((s, false)) },
+                    None => return Err(Outcome { shutdown: true, ..Outcome::failed("peer removed") }),
                 },
                 _ = self.shutdown.changed() => return Err(Outcome { shutdown: true, ..Outcome::failed("shutdown") }),
             }

@@ -372,14 +372,14 @@ impl Speaker {
 
     /// Removes a peer: sends Cease to it and forgets its MD5 key.
     pub async fn remove_peer(&mut self, peer: IpAddr) {
-        if let Ok(mut r) = self.registry.lock() {
-            r.remove(&peer);
-        }
         if let Some(e) = self.peers.remove(&peer) {
             let _ = e.shutdown.send(true);
             let mut task = e.task;
             if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
                 task.abort();
+            }
+            if let Ok(mut r) = self.registry.lock() {
+                r.remove(&peer);
             }
             if e.cfg.password.is_some() {
                 for (l, _) in &self.listeners {
