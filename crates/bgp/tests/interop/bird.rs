@@ -1,8 +1,8 @@
 //! Interop with BIRD 2: session (Berth active, then passive), IPv4 and IPv6
 //! routes with their attributes, withdraw on reload, peer restart.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use std::time::Duration;
 
 #[test]
