@@ -5,10 +5,10 @@
 use crate::common::*;
 use std::time::Duration;
 
-pub fn frr_conf(neighbors: &[(&str, &str)]) -> String {
+pub fn frr_conf(router_id: &str, neighbors: &[(&str, &str)]) -> String {
     // (address, extra neighbor lines)
-    let mut s = String::from(
-        "frr defaults traditional\nhostname r\n!\nrouter bgp 64512\n bgp router-id 198.18.0.1\n no bgp ebgp-requires-policy\n no bgp network import-check\n timers bgp 1 3\n",
+    let mut s = format!(
+        "frr defaults traditional\nhostname r\n!\nrouter bgp 64512\n bgp router-id {router_id}\n no bgp ebgp-requires-policy\n no bgp network import-check\n timers bgp 1 3\n",
     );
     for (a, extra) in neighbors {
         s.push_str(&format!(" neighbor {a} remote-as 64513\n neighbor {a} timers connect 1\n"));
@@ -29,7 +29,7 @@ fn frr_session_routes_withdraw_restart_passive() {
     let mut lab = Lab::new("fr");
     let r = lab.node("r", 1);
     let s = lab.node("s", 11);
-    let mut frr = lab.frr(&r, "frr", &frr_conf(&[("198.18.0.11", "passive")]));
+    let mut frr = lab.frr(&r, "frr", &frr_conf("198.18.0.1", &[("198.18.0.11", "passive")]));
     let status = lab.path("berth.status");
     let peer = "[[peer]]\naddress = \"198.18.0.1\"\nremote_as = 64512\nhold_time = 3\n";
     let pid = lab.berth(&s, "berth", &berth_conf("198.18.0.11", &status, peer, ANNOUNCE));

@@ -9,3 +9,5 @@ mod bird;
 mod common;
 mod frr;
 mod gobgp;
+mod ecmp;
+mod md5;
