@@ -243,7 +243,11 @@ impl Lab {
         fs::create_dir_all(&d).unwrap();
         let ds = d.to_str().unwrap().to_string();
         fs::write(d.join("zebra.conf"), "hostname r\n").unwrap();
-        fs::write(d.join("bfdd.conf"), "hostname r\n").unwrap();
+        fs::write(
+            d.join("bfdd.conf"),
+            "hostname r\nbfd\n profile fast\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n",
+        )
+        .unwrap();
         fs::write(d.join("bgpd.conf"), bgp_conf).unwrap();
         fs::write(d.join("vtysh.conf"), "").unwrap();
         must("chown", &["-R", "frr:frr", &ds]);

@@ -11,3 +11,4 @@ mod frr;
 mod gobgp;
 mod ecmp;
 mod md5;
+mod failover;
