@@ -12,3 +12,4 @@ mod gobgp;
 mod ecmp;
 mod md5;
 mod failover;
+mod malformed;
