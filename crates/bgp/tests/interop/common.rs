@@ -11,9 +11,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Timing-sensitive tests take this exclusively; the others share it, so a
+/// failover measurement never competes with five other labs for two cores.
+static TIMING: RwLock<()> = RwLock::new(());
+
+enum Guard {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
 
 /// The speaker binary Cargo builds for these tests.
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth-bgp");
@@ -70,10 +79,22 @@ pub struct Lab {
     namespaces: Vec<String>,
     procs: Vec<Proc>,
     next_port: u32,
+    _guard: Guard,
 }
 
 impl Lab {
     pub fn new(tag: &str) -> Lab {
+        let g = Guard::Shared(TIMING.read().unwrap_or_else(|e| e.into_inner()));
+        Lab::with_guard(tag, g)
+    }
+
+    /// A lab that runs alone (for timing measurements).
+    pub fn new_exclusive(tag: &str) -> Lab {
+        let g = Guard::Exclusive(TIMING.write().unwrap_or_else(|e| e.into_inner()));
+        Lab::with_guard(tag, g)
+    }
+
+    fn with_guard(tag: &str, guard: Guard) -> Lab {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("b{}{}{}", std::process::id(), tag, n);
         let dir = std::env::temp_dir().join(format!("berth-bgp-{id}"));
@@ -88,6 +109,7 @@ impl Lab {
             namespaces: vec![],
             procs: vec![],
             next_port: 0,
+            _guard: guard,
         };
         lab.add_ns(&fabric);
         must("ip", &["-n", &fabric, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"]);
@@ -368,3 +390,27 @@ med = 10
 prefix = "2001:db8:100::10/128"
 communities = ["64512:200"]
 "#;
+
+/// Seconds since midnight UTC now.
+pub fn utc_day_seconds() -> f64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    (d.as_secs() % 86400) as f64 + f64::from(d.subsec_micros()) / 1e6
+}
+
+/// Time (seconds since midnight UTC) of the first `ip -ts monitor route` line
+/// in `log` that contains all of `needles`.
+pub fn monitor_time(log: &str, needles: &[&str]) -> Option<f64> {
+    for l in log.lines() {
+        if !needles.iter().all(|n| l.contains(n)) {
+            continue;
+        }
+        let ts = l.strip_prefix('[')?.split(']').next()?;
+        let t = ts.split('T').nth(1)?;
+        let mut it = t.split(':');
+        let h: f64 = it.next()?.parse().ok()?;
+        let m: f64 = it.next()?.parse().ok()?;
+        let s: f64 = it.next()?.parse().ok()?;
+        return Some(h * 3600.0 + m * 60.0 + s);
+    }
+    None
+}
