@@ -132,22 +132,32 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Why the process could not even start its runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Tokio runtime creation failed.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The runner failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
 /// Process entry: logging, a small runtime (two workers keep RSS low), run.
 /// Shared by `berth bgp` and the `berth-bgp` test binary.
-pub fn main_with(path: PathBuf) -> std::process::ExitCode {
+pub fn run_blocking(path: PathBuf) -> Result<(), StartError> {
     init_logging();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth bgp: cannot start runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(path)) {
+        .map_err(StartError::Runtime)?;
+    Ok(rt.block_on(run(path))?)
+}
+
+/// [`run_blocking`] for a `main` that returns an exit code.
+pub fn main_with(path: PathBuf) -> std::process::ExitCode {
+    match run_blocking(path) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth bgp: {e}");
