@@ -13,10 +13,10 @@ use crate::speaker::{Speaker, SpeakerError};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// Bad configuration at start.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// Speaker failure at start.
-    #[error("{0}")]
+    #[error(transparent)]
     Speaker(#[from] SpeakerError),
     /// Signal handler setup.
     #[error("signal handler: {0}")]
