@@ -6,6 +6,8 @@
 //! are dropped (RFC 5881 §5, GTSM), so only a directly attached neighbour can
 //! drive a session.
 
+#![deny(missing_docs)]
+
 mod packet;
 mod session;
 
@@ -53,7 +55,9 @@ impl BfdConfig {
             }
         }
         if self.multiplier == 0 {
-            return Err(BfdError::Config("bfd.multiplier = 0 is not allowed; use 1..=255 (e.g. 3)".into()));
+            return Err(BfdError::Config(
+                "bfd.multiplier = 0 is not allowed; use 1..=255 (e.g. 3)".into(),
+            ));
         }
         Ok(())
     }
@@ -169,7 +173,10 @@ fn rx_socket(v6: bool) -> Result<tokio::net::UdpSocket, BfdError> {
 }
 
 /// Receives one datagram with its TTL / hop limit.
-fn recv_with_ttl(fd: std::os::fd::RawFd, buf: &mut [u8]) -> std::io::Result<(usize, IpAddr, Option<u8>)> {
+fn recv_with_ttl(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, IpAddr, Option<u8>)> {
     // SAFETY: all-zero sockaddr_storage / msghdr are valid initial values.
     let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {
@@ -227,7 +234,9 @@ async fn rx_loop(sock: tokio::net::UdpSocket, demux: Arc<Mutex<Demux>>) {
     let mut buf = [0u8; 512];
     loop {
         let r = sock
-            .async_io(tokio::io::Interest::READABLE, || recv_with_ttl(fd, &mut buf))
+            .async_io(tokio::io::Interest::READABLE, || {
+                recv_with_ttl(fd, &mut buf)
+            })
             .await;
         let (n, src, ttl) = match r {
             Ok(x) => x,
@@ -281,7 +290,10 @@ impl Bfd {
         cfg.validate()?;
         let (tx, rx) = mpsc::channel(32);
         let disc = {
-            let mut d = self.demux.lock().map_err(|_| BfdError::Config("BFD table poisoned".into()))?;
+            let mut d = self
+                .demux
+                .lock()
+                .map_err(|_| BfdError::Config("BFD table poisoned".into()))?;
             if d.by_peer.contains_key(&peer) {
                 return Err(BfdError::Duplicate(peer));
             }

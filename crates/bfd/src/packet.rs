@@ -75,7 +75,9 @@ impl Packet {
         }
         let flags = b[1];
         if flags & 0x04 != 0 {
-            return Err(PacketError::Invalid("authentication present but not configured"));
+            return Err(PacketError::Invalid(
+                "authentication present but not configured",
+            ));
         }
         if flags & 0x01 != 0 {
             return Err(PacketError::Invalid("multipoint bit set"));
@@ -101,7 +103,9 @@ impl Packet {
             return Err(PacketError::Invalid("my discriminator is zero"));
         }
         if p.your_disc == 0 && !matches!(p.state, SessionState::Down | SessionState::AdminDown) {
-            return Err(PacketError::Invalid("your discriminator zero in state other than Down"));
+            return Err(PacketError::Invalid(
+                "your discriminator zero in state other than Down",
+            ));
         }
         Ok(p)
     }

@@ -62,12 +62,20 @@ pub(crate) fn random_u32() -> u32 {
 pub(crate) fn tx_socket(peer: IpAddr) -> Result<tokio::net::UdpSocket, BfdError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let v6 = peer.is_ipv6();
-    let s = Socket::new(if v6 { Domain::IPV6 } else { Domain::IPV4 }, Type::DGRAM, Some(Protocol::UDP))
-        .map_err(|source| BfdError::Io {
-            what: "create".into(),
-            source,
-        })?;
-    let ttl = if v6 { s.set_unicast_hops_v6(255) } else { s.set_ttl_v4(255) };
+    let s = Socket::new(
+        if v6 { Domain::IPV6 } else { Domain::IPV4 },
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )
+    .map_err(|source| BfdError::Io {
+        what: "create".into(),
+        source,
+    })?;
+    let ttl = if v6 {
+        s.set_unicast_hops_v6(255)
+    } else {
+        s.set_ttl_v4(255)
+    };
     ttl.map_err(|source| BfdError::Io {
         what: "TTL 255".into(),
         source,

@@ -148,13 +148,17 @@ pub struct Context {
 fn flags_ok(ty: u8, flags: u8) -> bool {
     let ot = flags & (OPTIONAL | TRANSITIVE);
     match ty {
-        code::ORIGIN | code::AS_PATH | code::NEXT_HOP | code::LOCAL_PREF | code::ATOMIC_AGGREGATE => {
-            ot == TRANSITIVE
-        }
+        code::ORIGIN
+        | code::AS_PATH
+        | code::NEXT_HOP
+        | code::LOCAL_PREF
+        | code::ATOMIC_AGGREGATE => ot == TRANSITIVE,
         code::MED | code::MP_REACH | code::MP_UNREACH => ot == OPTIONAL,
-        code::AGGREGATOR | code::COMMUNITIES | code::AS4_PATH | code::AS4_AGGREGATOR | code::LARGE_COMMUNITY => {
-            ot == OPTIONAL | TRANSITIVE
-        }
+        code::AGGREGATOR
+        | code::COMMUNITIES
+        | code::AS4_PATH
+        | code::AS4_AGGREGATOR
+        | code::LARGE_COMMUNITY => ot == OPTIONAL | TRANSITIVE,
         _ => true,
     }
 }
@@ -246,7 +250,10 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
             if seen[usize::from(code::MP_REACH)] || ty == code::MP_REACH || ty == code::MP_UNREACH {
                 return Err(mp_reset("attribute overrun next to MP_REACH/MP_UNREACH"));
             }
-            withdraw(&mut out, format!("attribute {ty} length {len} overruns the attribute field"));
+            withdraw(
+                &mut out,
+                format!("attribute {ty} length {len} overruns the attribute field"),
+            );
             break;
         }
         let v = &rest[hl..hl + len];
@@ -257,14 +264,18 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
                 return Err(mp_reset("duplicate MP_REACH_NLRI/MP_UNREACH_NLRI"));
             }
             // RFC 7606 §3 (g): keep the first, discard the rest.
-            out.problems.push(format!("duplicate attribute {ty} discarded"));
+            out.problems
+                .push(format!("duplicate attribute {ty} discarded"));
             continue;
         }
         if !flags_ok(ty, flags) {
             if ty == code::MP_REACH || ty == code::MP_UNREACH {
                 return Err(mp_reset("bad flags on MP_REACH/MP_UNREACH"));
             }
-            withdraw(&mut out, format!("attribute {ty} has flags {flags:#04x} in conflict with its type"));
+            withdraw(
+                &mut out,
+                format!("attribute {ty} has flags {flags:#04x} in conflict with its type"),
+            );
             continue;
         }
         let a = &mut out.attrs;
@@ -298,7 +309,8 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
             code::LOCAL_PREF => {
                 if !ctx.ibgp {
                     // RFC 7606 §7.5: from an external peer, discard.
-                    out.problems.push("LOCAL_PREF from external peer discarded".into());
+                    out.problems
+                        .push("LOCAL_PREF from external peer discarded".into());
                 } else if let [a0, a1, a2, a3] = v {
                     a.local_pref = Some(u32::from_be_bytes([*a0, *a1, *a2, *a3]));
                 } else {
@@ -309,7 +321,8 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
                 if v.is_empty() {
                     a.atomic_aggregate = true;
                 } else {
-                    out.problems.push("malformed ATOMIC_AGGREGATE discarded".into());
+                    out.problems
+                        .push("malformed ATOMIC_AGGREGATE discarded".into());
                 }
             }
             code::AGGREGATOR => {
@@ -342,7 +355,8 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
                     a.large_communities = v
                         .chunks_exact(12)
                         .map(|c| {
-                            let w = |i: usize| u32::from_be_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+                            let w =
+                                |i: usize| u32::from_be_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
                             [w(0), w(4), w(8)]
                         })
                         .collect();
@@ -355,10 +369,15 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
                 let afi = u16::from_be_bytes([v[0], v[1]]);
                 let safi = v[2];
                 let nhl = usize::from(v[3]);
-                let nh = v.get(4..4 + nhl).ok_or_else(|| mp_reset("MP_REACH_NLRI next hop overruns"))?;
-                let after = v.get(4 + nhl + 1..).ok_or_else(|| mp_reset("MP_REACH_NLRI truncated"))?;
+                let nh = v
+                    .get(4..4 + nhl)
+                    .ok_or_else(|| mp_reset("MP_REACH_NLRI next hop overruns"))?;
+                let after = v
+                    .get(4 + nhl + 1..)
+                    .ok_or_else(|| mp_reset("MP_REACH_NLRI truncated"))?;
                 if safi != SAFI_UNICAST || (afi != AFI_IPV4 && afi != AFI_IPV6) {
-                    out.problems.push(format!("MP_REACH_NLRI for AFI {afi} SAFI {safi} ignored"));
+                    out.problems
+                        .push(format!("MP_REACH_NLRI for AFI {afi} SAFI {safi} ignored"));
                     continue;
                 }
                 let nlri = decode_prefixes(after, afi == AFI_IPV6)
@@ -380,7 +399,10 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
                             next_hops: vec![],
                             nlri,
                         });
-                        withdraw(&mut out, format!("MP_REACH_NLRI next hop length {nhl} invalid"));
+                        withdraw(
+                            &mut out,
+                            format!("MP_REACH_NLRI next hop length {nhl} invalid"),
+                        );
                     }
                 }
             }
@@ -391,7 +413,8 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
                 let afi = u16::from_be_bytes([v[0], v[1]]);
                 let safi = v[2];
                 if safi != SAFI_UNICAST || (afi != AFI_IPV4 && afi != AFI_IPV6) {
-                    out.problems.push(format!("MP_UNREACH_NLRI for AFI {afi} SAFI {safi} ignored"));
+                    out.problems
+                        .push(format!("MP_UNREACH_NLRI for AFI {afi} SAFI {safi} ignored"));
                     continue;
                 }
                 let withdrawn = decode_prefixes(&v[3..], afi == AFI_IPV6)
@@ -405,7 +428,8 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
             code::AS4_PATH => {
                 // RFC 6793 §6 as updated by RFC 7606 §7.2: discard if malformed.
                 if ctx.four_octet {
-                    out.problems.push("AS4_PATH on a 4-octet session discarded".into());
+                    out.problems
+                        .push("AS4_PATH on a 4-octet session discarded".into());
                 } else {
                     match parse_as_path(v, true) {
                         Some(p) => as4_path = Some(p),
@@ -437,8 +461,14 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
     }
     // RFC 6793 §4.2.3: reconstruct the path from AS4_PATH on 2-octet sessions.
     if let (Some(p4), Some(p)) = (as4_path, out.attrs.as_path.as_mut()) {
-        let n2: usize = p.iter().map(|s| if s.sequence { s.asns.len() } else { 1 }).sum();
-        let n4: usize = p4.iter().map(|s| if s.sequence { s.asns.len() } else { 1 }).sum();
+        let n2: usize = p
+            .iter()
+            .map(|s| if s.sequence { s.asns.len() } else { 1 })
+            .sum();
+        let n4: usize = p4
+            .iter()
+            .map(|s| if s.sequence { s.asns.len() } else { 1 })
+            .sum();
         if n4 <= n2 {
             let mut keep = n2 - n4.min(n2);
             let mut merged = Vec::new();
@@ -467,7 +497,12 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
             out.attrs.aggregator = Some(a4);
         }
     }
-    let announces = has_nlri || out.attrs.mp_reach.as_ref().is_some_and(|m| !m.nlri.is_empty());
+    let announces = has_nlri
+        || out
+            .attrs
+            .mp_reach
+            .as_ref()
+            .is_some_and(|m| !m.nlri.is_empty());
     if announces {
         let a = &out.attrs;
         let mut missing = Vec::new();
@@ -484,11 +519,17 @@ pub fn parse(data: &[u8], has_nlri: bool, ctx: Context) -> Result<Parsed, Decode
             missing.push("LOCAL_PREF");
         }
         if !missing.is_empty() {
-            withdraw(&mut out, format!("missing mandatory attribute(s) {}", missing.join(", ")));
+            withdraw(
+                &mut out,
+                format!("missing mandatory attribute(s) {}", missing.join(", ")),
+            );
         }
         if let (Some(peer_as), Some(path)) = (ctx.peer_as, out.attrs.as_path.as_ref()) {
             if !ctx.ibgp && path.first().and_then(|s| s.asns.first()) != Some(&peer_as) {
-                withdraw(&mut out, format!("AS_PATH does not start with the peer's AS {peer_as}"));
+                withdraw(
+                    &mut out,
+                    format!("AS_PATH does not start with the peer's AS {peer_as}"),
+                );
             }
         }
     }
@@ -540,7 +581,12 @@ fn push_attr(out: &mut Vec<u8>, flags: u8, ty: u8, v: &[u8]) {
 
 /// Encodes every attribute except MP_REACH_NLRI. `next_hop_v4` is the IPv4
 /// NEXT_HOP, present when the UPDATE carries IPv4 NLRI.
-pub fn encode_common(a: &RouteAttrs, ctx: EncodeContext, next_hop_v4: Option<Ipv4Addr>, out: &mut Vec<u8>) {
+pub fn encode_common(
+    a: &RouteAttrs,
+    ctx: EncodeContext,
+    next_hop_v4: Option<Ipv4Addr>,
+    out: &mut Vec<u8>,
+) {
     let origin = match a.origin {
         Origin::Igp => 0,
         Origin::Egp => 1,
@@ -571,7 +617,12 @@ pub fn encode_common(a: &RouteAttrs, ctx: EncodeContext, next_hop_v4: Option<Ipv
         push_attr(out, OPTIONAL, code::MED, &med.to_be_bytes());
     }
     if ctx.ibgp {
-        push_attr(out, TRANSITIVE, code::LOCAL_PREF, &a.local_pref.unwrap_or(100).to_be_bytes());
+        push_attr(
+            out,
+            TRANSITIVE,
+            code::LOCAL_PREF,
+            &a.local_pref.unwrap_or(100).to_be_bytes(),
+        );
     }
     if !a.communities.is_empty() {
         let v: Vec<u8> = a.communities.iter().flat_map(|c| c.to_be_bytes()).collect();

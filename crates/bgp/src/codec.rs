@@ -406,13 +406,18 @@ pub fn decode_prefixes(buf: &[u8], v6: bool) -> Option<Vec<Prefix>> {
 
 fn decode_update(body: &[u8]) -> Result<Update, DecodeError> {
     let mut r = Reader { buf: body };
-    let malformed =
-        |why| DecodeError::new(err::UPDATE, 1, vec![], why);
-    let wlen = usize::from(r.u16().ok_or_else(|| malformed("truncated withdrawn length"))?);
+    let malformed = |why| DecodeError::new(err::UPDATE, 1, vec![], why);
+    let wlen = usize::from(
+        r.u16()
+            .ok_or_else(|| malformed("truncated withdrawn length"))?,
+    );
     let wbuf = r
         .take(wlen)
         .ok_or_else(|| malformed("withdrawn routes length overruns the message"))?;
-    let alen = usize::from(r.u16().ok_or_else(|| malformed("truncated attribute length"))?);
+    let alen = usize::from(
+        r.u16()
+            .ok_or_else(|| malformed("truncated attribute length"))?,
+    );
     let abuf = r
         .take(alen)
         .ok_or_else(|| malformed("total path attribute length overruns the message"))?;

@@ -172,7 +172,11 @@ pub enum ConfigError {
     },
 }
 
-fn field(field: impl Into<String>, value: impl std::fmt::Display, fix: impl Into<String>) -> ConfigError {
+fn field(
+    field: impl Into<String>,
+    value: impl std::fmt::Display,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError::Field {
         field: field.into(),
         value: value.to_string(),
@@ -194,7 +198,13 @@ pub struct Config {
 }
 
 fn parse_community(f: &str, s: &str) -> Result<u32, ConfigError> {
-    let bad = || field(f, s, "write a community as ASN:VALUE with both parts 0..=65535, e.g. \"64512:100\"");
+    let bad = || {
+        field(
+            f,
+            s,
+            "write a community as ASN:VALUE with both parts 0..=65535, e.g. \"64512:100\"",
+        )
+    };
     let (a, b) = s.split_once(':').ok_or_else(bad)?;
     let a: u16 = a.trim().parse().map_err(|_| bad())?;
     let b: u16 = b.trim().parse().map_err(|_| bad())?;
@@ -202,7 +212,9 @@ fn parse_community(f: &str, s: &str) -> Result<u32, ConfigError> {
 }
 
 fn parse_large(f: &str, s: &str) -> Result<[u32; 3], ConfigError> {
-    let bad = || field(f, s, "write a large community as GLOBAL:LOCAL1:LOCAL2 (each 0..=4294967295), e.g. \"64512:1:2\"");
+    let bad = || {
+        field(f, s, "write a large community as GLOBAL:LOCAL1:LOCAL2 (each 0..=4294967295), e.g. \"64512:1:2\"")
+    };
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 3 {
         return Err(bad());
@@ -215,8 +227,13 @@ fn parse_large(f: &str, s: &str) -> Result<[u32; 3], ConfigError> {
 }
 
 fn ip(f: &str, s: &str) -> Result<IpAddr, ConfigError> {
-    s.parse()
-        .map_err(|_| field(f, s, "not an IP address; write e.g. 198.18.0.1 or 2001:db8::1"))
+    s.parse().map_err(|_| {
+        field(
+            f,
+            s,
+            "not an IP address; write e.g. 198.18.0.1 or 2001:db8::1",
+        )
+    })
 }
 
 impl Config {
@@ -247,15 +264,26 @@ impl Config {
 
 impl File {
     fn validate(self) -> Result<Config, ConfigError> {
-        let router_id: Ipv4Addr = self
-            .router_id
-            .parse()
-            .map_err(|_| field("router_id", &self.router_id, "write an IPv4 address, e.g. \"198.18.0.11\""))?;
+        let router_id: Ipv4Addr = self.router_id.parse().map_err(|_| {
+            field(
+                "router_id",
+                &self.router_id,
+                "write an IPv4 address, e.g. \"198.18.0.11\"",
+            )
+        })?;
         if router_id.is_unspecified() {
-            return Err(field("router_id", &self.router_id, "0.0.0.0 is not a valid BGP identifier; use a unique IPv4 address"));
+            return Err(field(
+                "router_id",
+                &self.router_id,
+                "0.0.0.0 is not a valid BGP identifier; use a unique IPv4 address",
+            ));
         }
         if self.local_as == 0 || self.local_as == u32::from(crate::codec::AS_TRANS) {
-            return Err(field("local_as", self.local_as, "AS 0 and AS 23456 (AS_TRANS) are reserved; use your AS number"));
+            return Err(field(
+                "local_as",
+                self.local_as,
+                "AS 0 and AS 23456 (AS_TRANS) are reserved; use your AS number",
+            ));
         }
         let port = self.listen_port.unwrap_or(179);
         let listen = if self.listen.unwrap_or(true) {
@@ -267,7 +295,9 @@ impl File {
                 Some(v) => v
                     .iter()
                     .enumerate()
-                    .map(|(i, a)| ip(&format!("listen_addresses[{i}]"), a).map(|a| SocketAddr::new(a, port)))
+                    .map(|(i, a)| {
+                        ip(&format!("listen_addresses[{i}]"), a).map(|a| SocketAddr::new(a, port))
+                    })
                     .collect::<Result<_, _>>()?,
             }
         } else {
@@ -277,7 +307,11 @@ impl File {
             None => Some(120),
             Some(0) => None,
             Some(t) if t > 4095 => {
-                return Err(field("graceful_restart_time", t, "the restart time is a 12-bit field: use 1..=4095 seconds, or 0 to disable"))
+                return Err(field(
+                    "graceful_restart_time",
+                    t,
+                    "the restart time is a 12-bit field: use 1..=4095 seconds, or 0 to disable",
+                ))
             }
             Some(t) => Some(t),
         };
@@ -290,7 +324,11 @@ impl File {
         let mut group_names = BTreeSet::new();
         for (i, g) in self.peer_group.iter().enumerate() {
             if !group_names.insert(g.name.clone()) {
-                return Err(field(format!("peer_group[{i}].name"), &g.name, "group names must be unique"));
+                return Err(field(
+                    format!("peer_group[{i}].name"),
+                    &g.name,
+                    "group names must be unique",
+                ));
             }
         }
         let mut peers = Vec::new();
@@ -299,7 +337,11 @@ impl File {
             let pf = |k: &str| format!("peer[{i}].{k}");
             let address = ip(&pf("address"), &p.address)?;
             if !seen.insert(address) {
-                return Err(field(pf("address"), &p.address, "this peer is listed twice; keep one [[peer]] per address"));
+                return Err(field(
+                    pf("address"),
+                    &p.address,
+                    "this peer is listed twice; keep one [[peer]] per address",
+                ));
             }
             // Merge group defaults (first group that sets a key wins; the peer's own key wins over all).
             let groups = p.groups.clone().unwrap_or_default();
@@ -328,32 +370,58 @@ impl File {
                 };
                 return Err(field(pf("tcp_ao"), "{..}", why));
             }
-            let remote_as = m
-                .remote_as
-                .ok_or_else(|| field(pf("remote_as"), "(missing)", "set the peer's AS number, here or in its peer group"))?;
+            let remote_as = m.remote_as.ok_or_else(|| {
+                field(
+                    pf("remote_as"),
+                    "(missing)",
+                    "set the peer's AS number, here or in its peer group",
+                )
+            })?;
             if remote_as == 0 {
-                return Err(field(pf("remote_as"), 0, "AS 0 is reserved; use the peer's AS number"));
+                return Err(field(
+                    pf("remote_as"),
+                    0,
+                    "AS 0 is reserved; use the peer's AS number",
+                ));
             }
             let hold_time = m.hold_time.unwrap_or(90);
             if hold_time == 1 || hold_time == 2 {
-                return Err(field(pf("hold_time"), hold_time, "RFC 4271 allows 0 (no keepalives) or 3 seconds and more"));
+                return Err(field(
+                    pf("hold_time"),
+                    hold_time,
+                    "RFC 4271 allows 0 (no keepalives) or 3 seconds and more",
+                ));
             }
             if let Some(pw) = &m.password {
                 if pw.is_empty() || pw.len() > crate::md5::MAX_KEY_LEN {
-                    return Err(field(pf("password"), "(hidden)", "the TCP MD5 password must be 1 to 80 bytes long"));
+                    return Err(field(
+                        pf("password"),
+                        "(hidden)",
+                        "the TCP MD5 password must be 1 to 80 bytes long",
+                    ));
                 }
             }
             if m.multihop == Some(0) {
                 return Err(field(pf("multihop"), 0, "multihop is a TTL: use 1..=255"));
             }
-            let local_address = m.local_address.as_deref().map(|a| ip(&pf("local_address"), a)).transpose()?;
+            let local_address = m
+                .local_address
+                .as_deref()
+                .map(|a| ip(&pf("local_address"), a))
+                .transpose()?;
             let next_hop_v4 = match m.next_hop_v4.as_deref() {
                 None => None,
-                Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| field(pf("next_hop_v4"), s, "write an IPv4 address"))?),
+                Some(s) => Some(
+                    s.parse::<Ipv4Addr>()
+                        .map_err(|_| field(pf("next_hop_v4"), s, "write an IPv4 address"))?,
+                ),
             };
             let next_hop_v6 = match m.next_hop_v6.as_deref() {
                 None => None,
-                Some(s) => Some(s.parse::<Ipv6Addr>().map_err(|_| field(pf("next_hop_v6"), s, "write an IPv6 address"))?),
+                Some(s) => Some(
+                    s.parse::<Ipv6Addr>()
+                        .map_err(|_| field(pf("next_hop_v6"), s, "write an IPv6 address"))?,
+                ),
             };
             let bfd = match m.bfd {
                 None => None,
@@ -387,28 +455,44 @@ impl File {
         let mut routes = Vec::new();
         for (i, a) in self.announce.iter().enumerate() {
             let af = |k: &str| format!("announce[{i}].{k}");
-            let prefix: Prefix = a.prefix.parse().map_err(|e: crate::prefix::PrefixError| field(af("prefix"), &a.prefix, e.to_string()))?;
+            let prefix: Prefix = a.prefix.parse().map_err(|e: crate::prefix::PrefixError| {
+                field(af("prefix"), &a.prefix, e.to_string())
+            })?;
             let mut attrs = RouteAttrs {
                 med: a.med,
                 local_pref: a.local_pref,
                 ..Default::default()
             };
             for (j, c) in a.communities.iter().flatten().enumerate() {
-                attrs.communities.push(parse_community(&af(&format!("communities[{j}]")), c)?);
+                attrs
+                    .communities
+                    .push(parse_community(&af(&format!("communities[{j}]")), c)?);
             }
             for (j, c) in a.large_communities.iter().flatten().enumerate() {
-                attrs.large_communities.push(parse_large(&af(&format!("large_communities[{j}]")), c)?);
+                attrs
+                    .large_communities
+                    .push(parse_large(&af(&format!("large_communities[{j}]")), c)?);
             }
             attrs.origin = match a.origin.as_deref() {
                 None | Some("igp") => Origin::Igp,
                 Some("egp") => Origin::Egp,
                 Some("incomplete") => Origin::Incomplete,
-                Some(o) => return Err(field(af("origin"), o, "use \"igp\", \"egp\" or \"incomplete\"")),
+                Some(o) => {
+                    return Err(field(
+                        af("origin"),
+                        o,
+                        "use \"igp\", \"egp\" or \"incomplete\"",
+                    ))
+                }
             };
             if let Some(nh) = &a.next_hop {
                 let n = ip(&af("next_hop"), nh)?;
                 if n.is_ipv4() != prefix.is_v4() {
-                    return Err(field(af("next_hop"), nh, "the next hop must be of the prefix's address family"));
+                    return Err(field(
+                        af("next_hop"),
+                        nh,
+                        "the next hop must be of the prefix's address family",
+                    ));
                 }
                 attrs.next_hop = Some(n);
             }
@@ -416,13 +500,21 @@ impl File {
             for (j, p) in a.peers.iter().flatten().enumerate() {
                 let addr = ip(&af(&format!("peers[{j}]")), p)?;
                 if !seen.contains(&addr) {
-                    return Err(field(af(&format!("peers[{j}]")), p, "no [[peer]] has this address"));
+                    return Err(field(
+                        af(&format!("peers[{j}]")),
+                        p,
+                        "no [[peer]] has this address",
+                    ));
                 }
                 targets.push(Target::Peer(addr));
             }
             for (j, g) in a.groups.iter().flatten().enumerate() {
                 if !group_names.contains(g) {
-                    return Err(field(af(&format!("groups[{j}]")), g, "no [[peer_group]] has this name"));
+                    return Err(field(
+                        af(&format!("groups[{j}]")),
+                        g,
+                        "no [[peer_group]] has this name",
+                    ));
                 }
                 targets.push(Target::Group(g.clone()));
             }
@@ -474,17 +566,33 @@ med = 10
 
     #[test]
     fn errors_name_field_and_value() {
-        let e = Config::parse(&EXAMPLE.replace("198.18.0.1\"", "198.18.0.300\"")).unwrap_err().to_string();
-        assert!(e.contains("peer[0].address") && e.contains("198.18.0.300"), "{e}");
-        let e = Config::parse(&EXAMPLE.replace("hold_time = 3", "hold_time = 2")).unwrap_err().to_string();
+        let e = Config::parse(&EXAMPLE.replace("198.18.0.1\"", "198.18.0.300\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("peer[0].address") && e.contains("198.18.0.300"),
+            "{e}"
+        );
+        let e = Config::parse(&EXAMPLE.replace("hold_time = 3", "hold_time = 2"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("peer[0].hold_time"), "{e}");
-        let e = Config::parse(&EXAMPLE.replace("min_rx_ms = 100", "min_rx_ms = 5")).unwrap_err().to_string();
+        let e = Config::parse(&EXAMPLE.replace("min_rx_ms = 100", "min_rx_ms = 5"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("10 ms"), "{e}");
-        let e = Config::parse(&EXAMPLE.replace("\"64512:100\"", "\"64512:70000\"")).unwrap_err().to_string();
+        let e = Config::parse(&EXAMPLE.replace("\"64512:100\"", "\"64512:70000\""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("announce[0].communities[0]"), "{e}");
-        let e = Config::parse(&EXAMPLE.replace("password = \"s3cret\"", "tcp_ao = { key = \"x\" }")).unwrap_err().to_string();
+        let e =
+            Config::parse(&EXAMPLE.replace("password = \"s3cret\"", "tcp_ao = { key = \"x\" }"))
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("tcp_ao") && e.contains("TCP-AO"), "{e}");
-        let e = Config::parse(&EXAMPLE.replace("passive", "pasive")).unwrap_err().to_string();
+        let e = Config::parse(&EXAMPLE.replace("passive", "pasive"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("pasive"), "{e}");
     }
 }

@@ -4,7 +4,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::codec::{err, Capability, DecodeError, GrFamily, Open, AFI_IPV4, AFI_IPV6, AS_TRANS, SAFI_UNICAST};
+use crate::codec::{
+    err, Capability, DecodeError, GrFamily, Open, AFI_IPV4, AFI_IPV6, AS_TRANS, SAFI_UNICAST,
+};
 use crate::rib_out::Families;
 
 /// Session state (RFC 4271 §8.2.2).
@@ -117,9 +119,18 @@ pub struct Negotiated {
 
 /// Validates the peer's OPEN against what we expect (RFC 4271 §6.2, RFC 6793,
 /// RFC 4760 §8) and negotiates the session parameters.
-pub fn negotiate(local: &LocalOpen, expected_as: u32, open: &Open) -> Result<Negotiated, DecodeError> {
+pub fn negotiate(
+    local: &LocalOpen,
+    expected_as: u32,
+    open: &Open,
+) -> Result<Negotiated, DecodeError> {
     if open.version != 4 {
-        return Err(DecodeError::new(err::OPEN, 1, 4u16.to_be_bytes().to_vec(), "unsupported BGP version"));
+        return Err(DecodeError::new(
+            err::OPEN,
+            1,
+            4u16.to_be_bytes().to_vec(),
+            "unsupported BGP version",
+        ));
     }
     let mut four = None;
     let mut mp = Vec::new();
@@ -135,11 +146,23 @@ pub fn negotiate(local: &LocalOpen, expected_as: u32, open: &Open) -> Result<Neg
         }
     }
     let peer_as = four.unwrap_or(u32::from(open.my_as));
-    if peer_as != expected_as || (four.is_some() && open.my_as != AS_TRANS && u32::from(open.my_as) != peer_as) {
-        return Err(DecodeError::new(err::OPEN, 2, open.my_as.to_be_bytes().to_vec(), "bad peer AS"));
+    if peer_as != expected_as
+        || (four.is_some() && open.my_as != AS_TRANS && u32::from(open.my_as) != peer_as)
+    {
+        return Err(DecodeError::new(
+            err::OPEN,
+            2,
+            open.my_as.to_be_bytes().to_vec(),
+            "bad peer AS",
+        ));
     }
     if open.hold_time == 1 || open.hold_time == 2 {
-        return Err(DecodeError::new(err::OPEN, 6, vec![], "unacceptable hold time"));
+        return Err(DecodeError::new(
+            err::OPEN,
+            6,
+            vec![],
+            "unacceptable hold time",
+        ));
     }
     let id = open.bgp_id;
     if id.is_unspecified() || (peer_as == local.local_as && id == local.router_id) {
@@ -150,7 +173,10 @@ pub fn negotiate(local: &LocalOpen, expected_as: u32, open: &Open) -> Result<Neg
     let (pv4, pv6) = if mp.is_empty() {
         (true, false)
     } else {
-        (mp.contains(&(AFI_IPV4, SAFI_UNICAST)), mp.contains(&(AFI_IPV6, SAFI_UNICAST)))
+        (
+            mp.contains(&(AFI_IPV4, SAFI_UNICAST)),
+            mp.contains(&(AFI_IPV6, SAFI_UNICAST)),
+        )
     };
     Ok(Negotiated {
         peer_as,
@@ -202,7 +228,12 @@ mod tests {
         assert!(n.four_octet);
         assert!(negotiate(&local(), 64513, &peer.message()).is_err());
         peer.hold_time = 2;
-        assert_eq!(negotiate(&local(), 64512, &peer.message()).unwrap_err().subcode, 6);
+        assert_eq!(
+            negotiate(&local(), 64512, &peer.message())
+                .unwrap_err()
+                .subcode,
+            6
+        );
     }
 
     #[test]

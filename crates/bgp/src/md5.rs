@@ -72,7 +72,9 @@ fn sockaddr_for(fd_is_v6: bool, peer: IpAddr) -> libc::sockaddr_storage {
         sin6_family: libc::AF_INET6 as libc::sa_family_t,
         sin6_port: 0,
         sin6_flowinfo: 0,
-        sin6_addr: libc::in6_addr { s6_addr: v6.octets() },
+        sin6_addr: libc::in6_addr {
+            s6_addr: v6.octets(),
+        },
         sin6_scope_id: 0,
     };
     // SAFETY: sockaddr_in6 fits in sockaddr_storage and both are POD.
@@ -85,7 +87,13 @@ fn socket_is_v6(fd: RawFd) -> bool {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid fd, out-pointer to a c_int with its length.
     let r = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, &mut dom as *mut _ as *mut libc::c_void, &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            &mut dom as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
     };
     r == 0 && dom == libc::AF_INET6
 }
@@ -137,7 +145,15 @@ pub fn probe_tcp_ao() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     // An empty option value: kernels with AO answer EINVAL, without AO ENOPROTOOPT.
     // SAFETY: valid fd; a zero-length option with a null pointer is allowed.
-    let r = unsafe { libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, TCP_AO_ADD_KEY, std::ptr::null(), 0) };
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            TCP_AO_ADD_KEY,
+            std::ptr::null(),
+            0,
+        )
+    };
     let e = io::Error::last_os_error();
     if r != 0 && e.raw_os_error() == Some(libc::ENOPROTOOPT) {
         return Err(format!("setsockopt(TCP_AO_ADD_KEY): {e}"));
@@ -214,7 +230,8 @@ pub async fn connect(o: &ConnectOptions) -> Result<tokio::net::TcpStream, Connec
     set_user_timeout(&sock, o.user_timeout)?;
     sock.set_tcp_nodelay(true).map_err(ConnectError::Io)?;
     if let Some(l) = o.local {
-        sock.bind(&SocketAddr::new(l, 0).into()).map_err(ConnectError::Io)?;
+        sock.bind(&SocketAddr::new(l, 0).into())
+            .map_err(ConnectError::Io)?;
     }
     let std: std::net::TcpStream = sock.into();
     let ts = tokio::net::TcpSocket::from_std_stream(std);
@@ -235,7 +252,11 @@ pub enum ConnectError {
 /// Creates a listening socket on `addr` (IPv6 sockets are v6-only, so the
 /// IPv4 and IPv6 listeners can carry MD5 keys of their own family).
 pub fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
-    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }

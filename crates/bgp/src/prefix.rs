@@ -19,7 +19,9 @@ pub enum Prefix {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PrefixError {
     /// The text is not `ADDRESS/LENGTH`.
-    #[error("`{0}` is not a prefix: write ADDRESS/LENGTH, e.g. 198.19.100.10/32 or 2001:db8::1/128")]
+    #[error(
+        "`{0}` is not a prefix: write ADDRESS/LENGTH, e.g. 198.19.100.10/32 or 2001:db8::1/128"
+    )]
     Syntax(String),
     /// The length is larger than the address family allows.
     #[error("prefix length {len} is too long for `{text}` (maximum {max})")]

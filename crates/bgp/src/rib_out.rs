@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::attributes::{encode_common, encode_mp_reach, encode_mp_unreach, EncodeContext, RouteAttrs};
+use crate::attributes::{
+    encode_common, encode_mp_reach, encode_mp_unreach, EncodeContext, RouteAttrs,
+};
 use crate::codec::{Message, Update, AFI_IPV4, AFI_IPV6, HEADER_LEN, MAX_MESSAGE_LEN};
 use crate::prefix::Prefix;
 
@@ -148,7 +150,8 @@ pub fn build(d: &Diff, ctx: EncodeContext, nh: NextHops, fam: Families) -> Built
     for ((v4, attrs), prefixes) in groups {
         if v4 {
             if !fam.v4 {
-                out.skipped.extend(prefixes.iter().map(|p| (*p, "IPv4 unicast not negotiated")));
+                out.skipped
+                    .extend(prefixes.iter().map(|p| (*p, "IPv4 unicast not negotiated")));
                 continue;
             }
             let nh4 = match attrs.next_hop {
@@ -156,7 +159,11 @@ pub fn build(d: &Diff, ctx: EncodeContext, nh: NextHops, fam: Families) -> Built
                 _ => nh.v4,
             };
             let Some(nh4) = nh4 else {
-                out.skipped.extend(prefixes.iter().map(|p| (*p, "no IPv4 next hop (set next_hop_v4)")));
+                out.skipped.extend(
+                    prefixes
+                        .iter()
+                        .map(|p| (*p, "no IPv4 next hop (set next_hop_v4)")),
+                );
                 continue;
             };
             let mut common = Vec::new();
@@ -166,7 +173,8 @@ pub fn build(d: &Diff, ctx: EncodeContext, nh: NextHops, fam: Families) -> Built
             }
         } else {
             if !fam.v6 {
-                out.skipped.extend(prefixes.iter().map(|p| (*p, "IPv6 unicast not negotiated")));
+                out.skipped
+                    .extend(prefixes.iter().map(|p| (*p, "IPv6 unicast not negotiated")));
                 continue;
             }
             let global = match attrs.next_hop {
@@ -174,7 +182,11 @@ pub fn build(d: &Diff, ctx: EncodeContext, nh: NextHops, fam: Families) -> Built
                 _ => nh.v6,
             };
             let Some(global) = global else {
-                out.skipped.extend(prefixes.iter().map(|p| (*p, "no IPv6 next hop (set next_hop_v6)")));
+                out.skipped.extend(
+                    prefixes
+                        .iter()
+                        .map(|p| (*p, "no IPv6 next hop (set next_hop_v6)")),
+                );
                 continue;
             };
             let mut hops = vec![IpAddr::V6(global)];
@@ -258,20 +270,33 @@ mod tests {
     #[test]
     fn v6_needs_next_hop() {
         let mut want = RouteSet::new();
-        want.insert("2001:db8::1/128".parse().unwrap(), Arc::new(RouteAttrs::default()));
+        want.insert(
+            "2001:db8::1/128".parse().unwrap(),
+            Arc::new(RouteAttrs::default()),
+        );
         let ctx = EncodeContext {
             local_as: 64512,
             ibgp: false,
             four_octet: true,
         };
-        let b = build(&diff(&RouteSet::new(), &want), ctx, NextHops::default(), Families { v4: true, v6: true });
+        let b = build(
+            &diff(&RouteSet::new(), &want),
+            ctx,
+            NextHops::default(),
+            Families { v4: true, v6: true },
+        );
         assert_eq!(b.skipped.len(), 1);
         let nh = NextHops {
             v6: Some("2001:db8::2".parse().unwrap()),
             v6_link_local: Some("fe80::2".parse().unwrap()),
             ..Default::default()
         };
-        let b = build(&diff(&RouteSet::new(), &want), ctx, nh, Families { v4: true, v6: true });
+        let b = build(
+            &diff(&RouteSet::new(), &want),
+            ctx,
+            nh,
+            Families { v4: true, v6: true },
+        );
         assert_eq!(b.messages.len(), 1);
         assert!(b.messages[0].len() <= MAX_MESSAGE_LEN);
     }

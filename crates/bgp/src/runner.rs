@@ -96,7 +96,11 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
     let mut cfg = Config::load(&path)?;
     let mut sp = Speaker::new(cfg.global.clone()).await?;
     apply(&mut sp, &cfg).await?;
-    tracing::info!(peers = cfg.peers.len(), routes = cfg.routes.len(), "BGP speaker running");
+    tracing::info!(
+        peers = cfg.peers.len(),
+        routes = cfg.routes.len(),
+        "BGP speaker running"
+    );
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;

@@ -293,10 +293,7 @@ impl Session {
             local_as: g.local_as,
             router_id: g.router_id,
             hold_time: self.cfg.hold_time,
-            families: Families {
-                v4: true,
-                v6: true,
-            },
+            families: Families { v4: true, v6: true },
             gr_restart_time: g.graceful_restart_time,
             gr_restarting: g.graceful_restart_time.is_some() && !self.sent_first_open,
         }
@@ -354,7 +351,15 @@ impl Session {
         // Collision resolution (RFC 4271 §6.8) now that the peer's ID is known.
         if let Some(other) = stashed.take() {
             if conn.outgoing && !keep_local_initiated(self.shared.global.router_id, neg.peer_id) {
-                self.notify(&mut conn, Notification { code: err::CEASE, subcode: 7, data: vec![] }).await;
+                self.notify(
+                    &mut conn,
+                    Notification {
+                        code: err::CEASE,
+                        subcode: 7,
+                        data: vec![],
+                    },
+                )
+                .await;
                 return Outcome {
                     next: Some(other),
                     ..Outcome::failed("connection collision: continuing with the peer's connection")
@@ -368,7 +373,10 @@ impl Session {
                 tracing::warn!(peer = %self.cfg.address, error = %e, "TCP_USER_TIMEOUT");
             }
         }
-        if let Err(e) = self.send(&mut conn, &Message::Keepalive.to_bytes(), hold).await {
+        if let Err(e) = self
+            .send(&mut conn, &Message::Keepalive.to_bytes(), hold)
+            .await
+        {
             return Outcome::failed(e);
         }
         self.set_state(State::OpenConfirm);
@@ -413,7 +421,12 @@ impl Session {
         out
     }
 
-    async fn unexpected(&self, conn: &mut Conn, m: Option<Inbound>, next: Option<TcpStream>) -> Outcome {
+    async fn unexpected(
+        &self,
+        conn: &mut Conn,
+        m: Option<Inbound>,
+        next: Option<TcpStream>,
+    ) -> Outcome {
         let why = match m {
             None => "connection closed".to_string(),
             Some(Err(ReadError::Closed(e))) => format!("connection closed: {e}"),
@@ -423,14 +436,30 @@ impl Session {
             }
             Some(Ok(Message::Notification(n))) => {
                 self.set(|s| s.messages_in += 1);
-                format!("NOTIFICATION from peer: {}/{} {}", n.code, n.subcode, describe(&n))
+                format!(
+                    "NOTIFICATION from peer: {}/{} {}",
+                    n.code,
+                    n.subcode,
+                    describe(&n)
+                )
             }
             Some(Ok(other)) => {
-                self.notify(conn, Notification { code: err::FSM, subcode: 0, data: vec![] }).await;
+                self.notify(
+                    conn,
+                    Notification {
+                        code: err::FSM,
+                        subcode: 0,
+                        data: vec![],
+                    },
+                )
+                .await;
                 format!("unexpected message {other:?} in this state")
             }
         };
-        Outcome { next, ..Outcome::failed(why) }
+        Outcome {
+            next,
+            ..Outcome::failed(why)
+        }
     }
 
     fn next_hops(&self, local: IpAddr) -> NextHops {
@@ -453,7 +482,11 @@ impl Session {
         let pctx = Context {
             four_octet: neg.four_octet,
             ibgp: self.is_ibgp(),
-            peer_as: if self.is_ibgp() { None } else { Some(neg.peer_as) },
+            peer_as: if self.is_ibgp() {
+                None
+            } else {
+                Some(neg.peer_as)
+            },
         };
         let nh = self.next_hops(conn.local.ip());
         let fam = neg.families;
@@ -471,10 +504,16 @@ impl Session {
             }
         }
         let mut hold_deadline = tokio::time::Instant::now() + hold;
-        let ka = if neg.keepalive.is_zero() { Duration::from_secs(3600) } else { neg.keepalive };
+        let ka = if neg.keepalive.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            neg.keepalive
+        };
         let mut ka_tick = tokio::time::interval_at(tokio::time::Instant::now() + ka, ka);
         let mut bfd = self.bfd.clone();
-        let mut bfd_was_up = bfd.as_ref().is_some_and(|b| *b.borrow() == berth_bfd::SessionState::Up);
+        let mut bfd_was_up = bfd
+            .as_ref()
+            .is_some_and(|b| *b.borrow() == berth_bfd::SessionState::Up);
         loop {
             tokio::select! {
                 biased;
@@ -620,7 +659,12 @@ impl Session {
                 rib_in.remove(p);
             }
         }
-        let reach = parsed.attrs.mp_reach.as_ref().map(|m| m.nlri.as_slice()).unwrap_or(&[]);
+        let reach = parsed
+            .attrs
+            .mp_reach
+            .as_ref()
+            .map(|m| m.nlri.as_slice())
+            .unwrap_or(&[]);
         if parsed.treat_as_withdraw {
             tracing::warn!(peer = %self.cfg.address, problems = ?parsed.problems, "malformed UPDATE: treat-as-withdraw (RFC 7606)");
             for p in u.nlri.iter().chain(reach) {
@@ -666,7 +710,9 @@ fn describe(n: &Notification) -> &'static str {
 /// Addresses on the interface that holds `local`: an IPv4 address, a global
 /// IPv6 address and a link-local IPv6 address, used as next hop self for the
 /// family the session itself does not run over.
-pub(crate) fn interface_addresses(local: IpAddr) -> (Option<Ipv4Addr>, Option<Ipv6Addr>, Option<Ipv6Addr>) {
+pub(crate) fn interface_addresses(
+    local: IpAddr,
+) -> (Option<Ipv4Addr>, Option<Ipv6Addr>, Option<Ipv6Addr>) {
     let mut v4 = None;
     let mut v6 = None;
     let mut ll = None;
@@ -696,7 +742,10 @@ pub(crate) fn interface_addresses(local: IpAddr) -> (Option<Ipv4Addr>, Option<Ip
                 let fam = i32::from((*ifa.ifa_addr).sa_family);
                 if fam == libc::AF_INET {
                     let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    entries.push((name, IpAddr::V4(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()))));
+                    entries.push((
+                        name,
+                        IpAddr::V4(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes())),
+                    ));
                 } else if fam == libc::AF_INET6 {
                     let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
                     entries.push((name, IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))));
@@ -707,7 +756,11 @@ pub(crate) fn interface_addresses(local: IpAddr) -> (Option<Ipv4Addr>, Option<Ip
     }
     // SAFETY: ifap came from getifaddrs.
     unsafe { libc::freeifaddrs(ifap) };
-    let Some(ifname) = entries.iter().find(|(_, a)| *a == local).map(|(n, _)| n.clone()) else {
+    let Some(ifname) = entries
+        .iter()
+        .find(|(_, a)| *a == local)
+        .map(|(n, _)| n.clone())
+    else {
         return (v4, v6, ll);
     };
     for (n, a) in &entries {
@@ -717,7 +770,9 @@ pub(crate) fn interface_addresses(local: IpAddr) -> (Option<Ipv4Addr>, Option<Ip
         match a {
             IpAddr::V4(a) if v4.is_none() => v4 = Some(*a),
             IpAddr::V6(a) if a.is_unicast_link_local() && ll.is_none() => ll = Some(*a),
-            IpAddr::V6(a) if !a.is_unicast_link_local() && !a.is_loopback() && v6.is_none() => v6 = Some(*a),
+            IpAddr::V6(a) if !a.is_unicast_link_local() && !a.is_loopback() && v6.is_none() => {
+                v6 = Some(*a)
+            }
             _ => {}
         }
     }

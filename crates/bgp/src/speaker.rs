@@ -266,7 +266,10 @@ impl Speaker {
         let registry: Registry = Arc::default();
         let mut listeners = Vec::new();
         for addr in &global.listen {
-            let l = md5::listen(*addr).map_err(|source| SpeakerError::Listen { addr: *addr, source })?;
+            let l = md5::listen(*addr).map_err(|source| SpeakerError::Listen {
+                addr: *addr,
+                source,
+            })?;
             let l = Arc::new(l);
             let task = tokio::spawn(accept_loop(Arc::clone(&l), Arc::clone(&registry)));
             listeners.push((l, task));
@@ -308,14 +311,20 @@ impl Speaker {
         if cfg.hold_time == 1 || cfg.hold_time == 2 {
             return Err(SpeakerError::Peer {
                 peer,
-                reason: format!("hold_time {} is not allowed: use 0 or at least 3 seconds", cfg.hold_time),
+                reason: format!(
+                    "hold_time {} is not allowed: use 0 or at least 3 seconds",
+                    cfg.hold_time
+                ),
             });
         }
         // Install the MD5 key on the listeners of the peer's family first.
         let mut listen_md5_error = None;
         if let Some(pw) = &cfg.password {
             for (l, _) in &self.listeners {
-                let fam_ok = l.local_addr().map(|a| a.is_ipv4() == peer.is_ipv4()).unwrap_or(false);
+                let fam_ok = l
+                    .local_addr()
+                    .map(|a| a.is_ipv4() == peer.is_ipv4())
+                    .unwrap_or(false);
                 if !fam_ok {
                     continue;
                 }
@@ -375,7 +384,10 @@ impl Speaker {
         if let Some(e) = self.peers.remove(&peer) {
             let _ = e.shutdown.send(true);
             let mut task = e.task;
-            if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
                 task.abort();
             }
             if let Ok(mut r) = self.registry.lock() {
@@ -383,7 +395,10 @@ impl Speaker {
             }
             if e.cfg.password.is_some() {
                 for (l, _) in &self.listeners {
-                    if l.local_addr().map(|a| a.is_ipv4() == peer.is_ipv4()).unwrap_or(false) {
+                    if l.local_addr()
+                        .map(|a| a.is_ipv4() == peer.is_ipv4())
+                        .unwrap_or(false)
+                    {
                         let _ = md5::set_md5(l.as_ref(), peer, None);
                     }
                 }

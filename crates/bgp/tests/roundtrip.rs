@@ -14,8 +14,10 @@ use proptest::prelude::*;
 
 fn prefix() -> impl Strategy<Value = Prefix> {
     prop_oneof![
-        (any::<u32>(), 0u8..=32).prop_map(|(a, l)| Prefix::new(IpAddr::V4(Ipv4Addr::from(a)), l).unwrap()),
-        (any::<u128>(), 0u8..=128).prop_map(|(a, l)| Prefix::new(IpAddr::V6(Ipv6Addr::from(a)), l).unwrap()),
+        (any::<u32>(), 0u8..=32)
+            .prop_map(|(a, l)| Prefix::new(IpAddr::V4(Ipv4Addr::from(a)), l).unwrap()),
+        (any::<u128>(), 0u8..=128)
+            .prop_map(|(a, l)| Prefix::new(IpAddr::V6(Ipv6Addr::from(a)), l).unwrap()),
     ]
 }
 
@@ -35,8 +37,16 @@ fn attrs() -> impl Strategy<Value = RouteAttrs> {
 
 fn ctx() -> (EncodeContext, Context) {
     (
-        EncodeContext { local_as: 4_200_000_123, ibgp: false, four_octet: true },
-        Context { four_octet: true, ibgp: false, peer_as: Some(4_200_000_123) },
+        EncodeContext {
+            local_as: 4_200_000_123,
+            ibgp: false,
+            four_octet: true,
+        },
+        Context {
+            four_octet: true,
+            ibgp: false,
+            peer_as: Some(4_200_000_123),
+        },
     )
 }
 

@@ -1,7 +1,6 @@
 //! Interop with BIRD 2: session (Berth active, then passive), IPv4 and IPv6
 //! routes with their attributes, withdraw on reload, peer restart.
 
-
 use crate::common::*;
 use std::time::Duration;
 
@@ -19,20 +18,39 @@ fn bird_session_routes_withdraw_restart_passive() {
     let (bird, sock) = lab.bird(&r, "bird", &bird_body(true));
     let status = lab.path("berth.status");
     let peer = "[[peer]]\naddress = \"198.18.0.1\"\nremote_as = 64512\nhold_time = 3\n";
-    let pid = lab.berth(&s, "berth", &berth_conf("198.18.0.11", &status, peer, ANNOUNCE));
+    let pid = lab.berth(
+        &s,
+        "berth",
+        &berth_conf("198.18.0.11", &status, peer, ANNOUNCE),
+    );
 
     // Berth dials; BIRD is passive.
     wait_for("BIRD session Established", Duration::from_secs(15), || {
-        lab.birdc(&sock, "show protocols s1").contains("Established")
+        lab.birdc(&sock, "show protocols s1")
+            .contains("Established")
     });
-    wait_for("IPv4 route in BIRD's kernel table", Duration::from_secs(5), || {
-        lab.kernel_route(&r.ns, "198.19.100.10").contains("via 198.18.0.11")
-    });
-    wait_for("IPv6 route in BIRD's kernel table", Duration::from_secs(5), || {
-        lab.kernel_route(&r.ns, "2001:db8:100::10").contains("via")
-    });
+    wait_for(
+        "IPv4 route in BIRD's kernel table",
+        Duration::from_secs(5),
+        || {
+            lab.kernel_route(&r.ns, "198.19.100.10")
+                .contains("via 198.18.0.11")
+        },
+    );
+    wait_for(
+        "IPv6 route in BIRD's kernel table",
+        Duration::from_secs(5),
+        || lab.kernel_route(&r.ns, "2001:db8:100::10").contains("via"),
+    );
     let v4 = lab.birdc(&sock, "show route 198.19.100.10/32 all");
-    for want in ["BGP.as_path: 64513", "BGP.next_hop: 198.18.0.11", "BGP.med: 10", "(64512,100)", "(64512, 1, 2)", "BGP.origin: IGP"] {
+    for want in [
+        "BGP.as_path: 64513",
+        "BGP.next_hop: 198.18.0.11",
+        "BGP.med: 10",
+        "(64512,100)",
+        "(64512, 1, 2)",
+        "BGP.origin: IGP",
+    ] {
         assert!(v4.contains(want), "missing {want:?} in:\n{v4}");
     }
     let v6 = lab.birdc(&sock, "show route 2001:db8:100::10/128 all");
@@ -41,39 +59,66 @@ fn bird_session_routes_withdraw_restart_passive() {
     assert!(v6.contains("BGP.next_hop: 2001:db8::b fe80::"), "{v6}");
 
     // Withdraw the IPv4 route by reloading the configuration.
-    let only_v6 = "[[announce]]\nprefix = \"2001:db8:100::10/128\"\ncommunities = [\"64512:200\"]\n";
-    lab.write("berth.toml", &berth_conf("198.18.0.11", &status, peer, only_v6));
+    let only_v6 =
+        "[[announce]]\nprefix = \"2001:db8:100::10/128\"\ncommunities = [\"64512:200\"]\n";
+    lab.write(
+        "berth.toml",
+        &berth_conf("198.18.0.11", &status, peer, only_v6),
+    );
     lab.signal(pid, libc::SIGHUP);
     let t = wait_for("IPv4 route withdrawn", Duration::from_secs(5), || {
         lab.kernel_route(&r.ns, "198.19.100.10").is_empty()
     });
     eprintln!("withdraw reached BIRD's kernel table in {t:?}");
-    assert!(lab.kernel_route(&r.ns, "2001:db8:100::10").contains("via"), "IPv6 route must stay");
-    wait_for("status file", Duration::from_secs(3), || lab.berth_status("berth").contains("Established"));
+    assert!(
+        lab.kernel_route(&r.ns, "2001:db8:100::10").contains("via"),
+        "IPv6 route must stay"
+    );
+    wait_for("status file", Duration::from_secs(3), || {
+        lab.berth_status("berth").contains("Established")
+    });
     let st = lab.berth_status("berth");
-    assert!(st.contains("established_transitions=1 "), "reload must not reset the session: {st}");
+    assert!(
+        st.contains("established_transitions=1 "),
+        "reload must not reset the session: {st}"
+    );
 
     // Peer restart: kill BIRD, start it again; the session comes back.
     lab.kill(bird);
     let (bird, sock) = lab.bird(&r, "bird", &bird_body(true));
-    wait_for("re-established after BIRD restart", Duration::from_secs(15), || {
-        lab.birdc(&sock, "show protocols s1").contains("Established")
-    });
+    wait_for(
+        "re-established after BIRD restart",
+        Duration::from_secs(15),
+        || {
+            lab.birdc(&sock, "show protocols s1")
+                .contains("Established")
+        },
+    );
     wait_for("IPv6 route back", Duration::from_secs(5), || {
         lab.kernel_route(&r.ns, "2001:db8:100::10").contains("via")
     });
 
     // Berth passive, BIRD dials.
-    let passive = "[[peer]]\naddress = \"198.18.0.1\"\nremote_as = 64512\nhold_time = 3\npassive = true\n";
-    lab.write("berth.toml", &berth_conf("198.18.0.11", &status, passive, ANNOUNCE));
+    let passive =
+        "[[peer]]\naddress = \"198.18.0.1\"\nremote_as = 64512\nhold_time = 3\npassive = true\n";
+    lab.write(
+        "berth.toml",
+        &berth_conf("198.18.0.11", &status, passive, ANNOUNCE),
+    );
     lab.signal(pid, libc::SIGHUP);
     lab.kill(bird);
     let (_bird, sock) = lab.bird(&r, "bird", &bird_body(false));
-    wait_for("Established with Berth passive", Duration::from_secs(15), || {
-        lab.birdc(&sock, "show protocols s1").contains("Established")
-    });
+    wait_for(
+        "Established with Berth passive",
+        Duration::from_secs(15),
+        || {
+            lab.birdc(&sock, "show protocols s1")
+                .contains("Established")
+        },
+    );
     wait_for("IPv4 route back (passive)", Duration::from_secs(5), || {
-        lab.kernel_route(&r.ns, "198.19.100.10").contains("via 198.18.0.11")
+        lab.kernel_route(&r.ns, "198.19.100.10")
+            .contains("via 198.18.0.11")
     });
     let log = lab.log("berth");
     assert!(!log.contains("panicked"), "{log}");

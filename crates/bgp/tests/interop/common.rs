@@ -112,7 +112,22 @@ impl Lab {
             _guard: guard,
         };
         lab.add_ns(&fabric);
-        must("ip", &["-n", &fabric, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"]);
+        must(
+            "ip",
+            &[
+                "-n",
+                &fabric,
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+            ],
+        );
         must("ip", &["-n", &fabric, "link", "set", "br0", "up"]);
         lab
     }
@@ -121,7 +136,10 @@ impl Lab {
         must("ip", &["netns", "add", ns]);
         self.namespaces.push(ns.to_string());
         must("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        for k in ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"] {
+        for k in [
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ] {
             must("ip", &["netns", "exec", ns, "sysctl", "-qw", k]);
         }
     }
@@ -132,12 +150,55 @@ impl Lab {
         self.add_ns(&ns);
         let port = format!("v{}", self.next_port);
         self.next_port += 1;
-        must("ip", &["-n", &self.fabric, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
-        must("ip", &["-n", &self.fabric, "link", "set", &port, "master", "br0", "up"]);
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.fabric,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns,
+            ],
+        );
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.fabric,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ],
+        );
         let v4 = format!("198.18.0.{host}");
         let v6 = format!("2001:db8::{host:x}");
-        must("ip", &["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
-        must("ip", &["-n", &ns, "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
+        must(
+            "ip",
+            &["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"],
+        );
+        must(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
         must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
         Node { ns, v4, v6, port }
     }
@@ -192,7 +253,9 @@ impl Lab {
     pub fn kill(&mut self, pid: i32) {
         self.signal(pid, libc::SIGKILL);
         let t = Instant::now();
-        while Path::new(&format!("/proc/{pid}/stat")).exists() && t.elapsed() < Duration::from_secs(5) {
+        while Path::new(&format!("/proc/{pid}/stat")).exists()
+            && t.elapsed() < Duration::from_secs(5)
+        {
             let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             if stat.contains(") Z") {
                 break;
@@ -229,7 +292,11 @@ impl Lab {
     // ---- BIRD ----
 
     pub fn bird(&mut self, node: &Node, name: &str, body: &str) -> (i32, String) {
-        let sock = self.path(&format!("{name}.ctl")).to_str().unwrap().to_string();
+        let sock = self
+            .path(&format!("{name}.ctl"))
+            .to_str()
+            .unwrap()
+            .to_string();
         let conf = format!(
             "router id {v4};\n\
              protocol device {{ scan time 1; }}\n\
@@ -245,9 +312,20 @@ impl Lab {
         let pid = self.spawn(
             &node.ns,
             name,
-            &["bird", "-f", "-c", c.to_str().unwrap(), "-s", &sock, "-P", pidf.to_str().unwrap()],
+            &[
+                "bird",
+                "-f",
+                "-c",
+                c.to_str().unwrap(),
+                "-s",
+                &sock,
+                "-P",
+                pidf.to_str().unwrap(),
+            ],
         );
-        wait_for("bird control socket", Duration::from_secs(10), || Path::new(&sock).exists());
+        wait_for("bird control socket", Duration::from_secs(10), || {
+            Path::new(&sock).exists()
+        });
         (pid, sock)
     }
 
@@ -278,9 +356,21 @@ impl Lab {
         pids.push(self.spawn(
             &node.ns,
             &format!("{name}-zebra"),
-            &["/usr/lib/frr/zebra", "-f", &format!("{ds}/zebra.conf"), "-i", &format!("{ds}/zebra.pid"), "--vty_socket", &ds, "-z", &zs],
+            &[
+                "/usr/lib/frr/zebra",
+                "-f",
+                &format!("{ds}/zebra.conf"),
+                "-i",
+                &format!("{ds}/zebra.pid"),
+                "--vty_socket",
+                &ds,
+                "-z",
+                &zs,
+            ],
         ));
-        wait_for("zebra socket", Duration::from_secs(10), || Path::new(&zs).exists());
+        wait_for("zebra socket", Duration::from_secs(10), || {
+            Path::new(&zs).exists()
+        });
         pids.push(self.spawn(
             &node.ns,
             &format!("{name}-bfdd"),
@@ -301,9 +391,21 @@ impl Lab {
         pids.push(self.spawn(
             &node.ns,
             &format!("{name}-bgpd"),
-            &["/usr/lib/frr/bgpd", "-f", &format!("{ds}/bgpd.conf"), "-i", &format!("{ds}/bgpd.pid"), "--vty_socket", &ds, "-z", &zs],
+            &[
+                "/usr/lib/frr/bgpd",
+                "-f",
+                &format!("{ds}/bgpd.conf"),
+                "-i",
+                &format!("{ds}/bgpd.pid"),
+                "--vty_socket",
+                &ds,
+                "-z",
+                &zs,
+            ],
         ));
-        wait_for("bgpd vty socket", Duration::from_secs(10), || d.join("bgpd.vty").exists());
+        wait_for("bgpd vty socket", Duration::from_secs(10), || {
+            d.join("bgpd.vty").exists()
+        });
         FrrHandle { dir: ds, pids }
     }
 
@@ -319,7 +421,15 @@ impl Lab {
         let pid = self.spawn(
             &node.ns,
             name,
-            &["gobgpd", "-f", c.to_str().unwrap(), "-p", "--api-hosts", &format!("127.0.0.1:{api}"), "--pprof-disable"],
+            &[
+                "gobgpd",
+                "-f",
+                c.to_str().unwrap(),
+                "-p",
+                "--api-hosts",
+                &format!("127.0.0.1:{api}"),
+                "--pprof-disable",
+            ],
         );
         (pid, api)
     }
@@ -360,7 +470,11 @@ impl Drop for Lab {
         }
         if std::thread::panicking() {
             for p in &self.procs {
-                eprintln!("---- log of {} ----\n{}", p.name, fs::read_to_string(&p.log).unwrap_or_default());
+                eprintln!(
+                    "---- log of {} ----\n{}",
+                    p.name,
+                    fs::read_to_string(&p.log).unwrap_or_default()
+                );
             }
         }
         for ns in self.namespaces.iter().rev() {
@@ -393,7 +507,9 @@ communities = ["64512:200"]
 
 /// Seconds since midnight UTC now.
 pub fn utc_day_seconds() -> f64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     (d.as_secs() % 86400) as f64 + f64::from(d.subsec_micros()) / 1e6
 }
 

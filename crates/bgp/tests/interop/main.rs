@@ -7,9 +7,9 @@
 
 mod bird;
 mod common;
+mod ecmp;
+mod failover;
 mod frr;
 mod gobgp;
-mod ecmp;
-mod md5;
-mod failover;
 mod malformed;
+mod md5;

@@ -22,7 +22,13 @@ fn md5_sessions_and_wrong_password() {
     let frr = lab.frr(
         &r2,
         "frr",
-        &frr_conf("198.18.0.2", &[("198.18.0.11", "password s3cret\npassive"), ("198.18.0.12", "password s3cret\npassive")]),
+        &frr_conf(
+            "198.18.0.2",
+            &[
+                ("198.18.0.11", "password s3cret\npassive"),
+                ("198.18.0.12", "password s3cret\npassive"),
+            ],
+        ),
     );
     let peers = |pw: &str| {
         format!(
@@ -32,32 +38,66 @@ fn md5_sessions_and_wrong_password() {
     };
     let ann = "[[announce]]\nprefix = \"198.19.100.10/32\"\n";
     let st1 = lab.path("good.status");
-    lab.berth(&s1, "good", &berth_conf("198.18.0.11", &st1, &peers("s3cret"), ann));
+    lab.berth(
+        &s1,
+        "good",
+        &berth_conf("198.18.0.11", &st1, &peers("s3cret"), ann),
+    );
     let st2 = lab.path("bad.status");
-    lab.berth(&s2, "bad", &berth_conf("198.18.0.12", &st2, &peers("wrong"), ann));
+    lab.berth(
+        &s2,
+        "bad",
+        &berth_conf("198.18.0.12", &st2, &peers("wrong"), ann),
+    );
 
-    wait_for("BIRD MD5 session (Berth passive) Established", Duration::from_secs(20), || {
-        lab.birdc(&sock, "show protocols s1").contains("Established")
-    });
-    wait_for("FRR MD5 session (Berth active) Established", Duration::from_secs(20), || {
-        lab.vtysh(&frr, "show bgp neighbor 198.18.0.11").contains("BGP state = Established")
-    });
-    wait_for("route via the authenticated speaker", Duration::from_secs(5), || {
-        lab.kernel_route(&r1.ns, "198.19.100.10").contains("198.18.0.11")
-            && lab.kernel_route(&r2.ns, "198.19.100.10").contains("198.18.0.11")
-    });
+    wait_for(
+        "BIRD MD5 session (Berth passive) Established",
+        Duration::from_secs(20),
+        || {
+            lab.birdc(&sock, "show protocols s1")
+                .contains("Established")
+        },
+    );
+    wait_for(
+        "FRR MD5 session (Berth active) Established",
+        Duration::from_secs(20),
+        || {
+            lab.vtysh(&frr, "show bgp neighbor 198.18.0.11")
+                .contains("BGP state = Established")
+        },
+    );
+    wait_for(
+        "route via the authenticated speaker",
+        Duration::from_secs(5),
+        || {
+            lab.kernel_route(&r1.ns, "198.19.100.10")
+                .contains("198.18.0.11")
+                && lab
+                    .kernel_route(&r2.ns, "198.19.100.10")
+                    .contains("198.18.0.11")
+        },
+    );
     // Give the wrong-password speaker several connect attempts.
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(5) {
-        assert!(!lab.birdc(&sock, "show protocols s2").contains("Established"), "wrong password established with BIRD");
         assert!(
-            !lab.vtysh(&frr, "show bgp neighbor 198.18.0.12").contains("BGP state = Established"),
+            !lab.birdc(&sock, "show protocols s2")
+                .contains("Established"),
+            "wrong password established with BIRD"
+        );
+        assert!(
+            !lab.vtysh(&frr, "show bgp neighbor 198.18.0.12")
+                .contains("BGP state = Established"),
             "wrong password established with FRR"
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert!(!lab.kernel_route(&r1.ns, "198.19.100.10").contains("198.18.0.12"));
-    assert!(!lab.kernel_route(&r2.ns, "198.19.100.10").contains("198.18.0.12"));
+    assert!(!lab
+        .kernel_route(&r1.ns, "198.19.100.10")
+        .contains("198.18.0.12"));
+    assert!(!lab
+        .kernel_route(&r2.ns, "198.19.100.10")
+        .contains("198.18.0.12"));
     let bad = lab.berth_status("bad");
     assert!(!bad.contains("state=Established"), "{bad}");
     let good = lab.berth_status("good");
