@@ -53,6 +53,26 @@ fn bird_session_routes_withdraw_restart_passive() {
     ] {
         assert!(v4.contains(want), "missing {want:?} in:\n{v4}");
     }
+    // Capabilities as BIRD saw them: 4-octet AS, route refresh, graceful restart.
+    let caps = lab.birdc(&sock, "show protocols all s1");
+    let theirs = caps.split("Neighbor capabilities").nth(1).unwrap_or_default();
+    for want in [
+        "AF announced: ipv4 ipv6",
+        "Route refresh",
+        "Restart time: 120",
+        "Restart recovery", // R bit: first session after the speaker started
+        "AF preserved: ipv4 ipv6",
+        "4-octet AS numbers",
+    ] {
+        assert!(theirs.contains(want), "missing {want:?} in:\n{caps}");
+    }
+    // RFC 2918: BIRD's `reload in` sends ROUTE-REFRESH; the speaker resends its RIB-out.
+    wait_for("status file", Duration::from_secs(3), || lab.berth_status("berth").contains("updates_out="));
+    let before = updates_out(&lab.berth_status("berth"));
+    lab.birdc(&sock, "reload in s1");
+    wait_for("RIB-out resent after ROUTE-REFRESH", Duration::from_secs(5), || {
+        updates_out(&lab.berth_status("berth")) > before
+    });
     let v6 = lab.birdc(&sock, "show route 2001:db8:100::10/128 all");
     assert!(v6.contains("(64512,200)"), "{v6}");
     // Global next hop of the speaker's interface, plus its link-local one.
@@ -122,4 +142,12 @@ fn bird_session_routes_withdraw_restart_passive() {
     });
     let log = lab.log("berth");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+fn updates_out(status: &str) -> u64 {
+    status
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("updates_out="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
