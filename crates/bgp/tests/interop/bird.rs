@@ -55,7 +55,10 @@ fn bird_session_routes_withdraw_restart_passive() {
     }
     // Capabilities as BIRD saw them: 4-octet AS, route refresh, graceful restart.
     let caps = lab.birdc(&sock, "show protocols all s1");
-    let theirs = caps.split("Neighbor capabilities").nth(1).unwrap_or_default();
+    let theirs = caps
+        .split("Neighbor capabilities")
+        .nth(1)
+        .unwrap_or_default();
     for want in [
         "AF announced: ipv4 ipv6",
         "Route refresh",
@@ -67,12 +70,16 @@ fn bird_session_routes_withdraw_restart_passive() {
         assert!(theirs.contains(want), "missing {want:?} in:\n{caps}");
     }
     // RFC 2918: BIRD's `reload in` sends ROUTE-REFRESH; the speaker resends its RIB-out.
-    wait_for("status file", Duration::from_secs(3), || lab.berth_status("berth").contains("updates_out="));
+    wait_for("status file", Duration::from_secs(3), || {
+        lab.berth_status("berth").contains("updates_out=")
+    });
     let before = updates_out(&lab.berth_status("berth"));
     lab.birdc(&sock, "reload in s1");
-    wait_for("RIB-out resent after ROUTE-REFRESH", Duration::from_secs(5), || {
-        updates_out(&lab.berth_status("berth")) > before
-    });
+    wait_for(
+        "RIB-out resent after ROUTE-REFRESH",
+        Duration::from_secs(5),
+        || updates_out(&lab.berth_status("berth")) > before,
+    );
     let v6 = lab.birdc(&sock, "show route 2001:db8:100::10/128 all");
     assert!(v6.contains("(64512,200)"), "{v6}");
     // Global next hop of the speaker's interface, plus its link-local one.
@@ -150,4 +157,64 @@ fn updates_out(status: &str) -> u64 {
         .find_map(|w| w.strip_prefix("updates_out="))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// RFC 4724 as the restarting speaker: BIRD keeps our routes while we are
+/// gone, and the End-of-RIB after the restart flushes what we no longer send.
+#[test]
+fn bird_graceful_restart_keeps_routes_and_end_of_rib_flushes() {
+    let mut lab = Lab::new("gr");
+    let r = lab.node("r", 1);
+    let s = lab.node("s", 11);
+    let (_bird, sock) = lab.bird(
+        &r,
+        "bird",
+        "protocol bgp s1 from spk { neighbor 198.18.0.11 as 64513; graceful restart on; }",
+    );
+    let status = lab.path("berth.status");
+    let peer = "[[peer]]\naddress = \"198.18.0.1\"\nremote_as = 64512\nhold_time = 3\n";
+    let two = "[[announce]]\nprefix = \"198.19.100.10/32\"\n[[announce]]\nprefix = \"198.19.100.11/32\"\n";
+    let pid = lab.berth(&s, "berth", &berth_conf("198.18.0.11", &status, peer, two));
+    wait_for(
+        "both routes in BIRD's kernel table",
+        Duration::from_secs(15),
+        || {
+            lab.kernel_route(&r.ns, "198.19.100.10").contains("via")
+                && lab.kernel_route(&r.ns, "198.19.100.11").contains("via")
+        },
+    );
+    // Crash: no NOTIFICATION, TCP closes. BIRD must keep the routes (stale).
+    lab.kill(pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        lab.kernel_route(&r.ns, "198.19.100.10").contains("via"),
+        "route dropped during graceful restart"
+    );
+    assert!(
+        lab.kernel_route(&r.ns, "198.19.100.11").contains("via"),
+        "route dropped during graceful restart"
+    );
+    let st = lab.birdc(&sock, "show route 198.19.100.11/32 all");
+    assert!(
+        st.contains("stale")
+            || lab
+                .birdc(&sock, "show protocols all s1")
+                .contains("restart"),
+        "{st}"
+    );
+    // Restart with one route only: after End-of-RIB the other is flushed.
+    let one = "[[announce]]\nprefix = \"198.19.100.10/32\"\n";
+    lab.berth(&s, "berth2", &berth_conf("198.18.0.11", &status, peer, one));
+    wait_for(
+        "stale route flushed by End-of-RIB",
+        Duration::from_secs(15),
+        || lab.kernel_route(&r.ns, "198.19.100.11").is_empty(),
+    );
+    assert!(
+        lab.kernel_route(&r.ns, "198.19.100.10").contains("via"),
+        "the re-announced route must stay"
+    );
+    assert!(lab
+        .birdc(&sock, "show protocols s1")
+        .contains("Established"));
 }

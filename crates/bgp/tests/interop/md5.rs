@@ -38,13 +38,13 @@ fn md5_sessions_and_wrong_password() {
     };
     let ann = "[[announce]]\nprefix = \"198.19.100.10/32\"\n";
     let st1 = lab.path("good.status");
-    lab.berth(
+    let good_pid = lab.berth(
         &s1,
         "good",
         &berth_conf("198.18.0.11", &st1, &peers("s3cret"), ann),
     );
     let st2 = lab.path("bad.status");
-    lab.berth(
+    let bad_pid = lab.berth(
         &s2,
         "bad",
         &berth_conf("198.18.0.12", &st2, &peers("wrong"), ann),
@@ -102,4 +102,40 @@ fn md5_sessions_and_wrong_password() {
     assert!(!bad.contains("state=Established"), "{bad}");
     let good = lab.berth_status("good");
     assert_eq!(good.matches("state=Established").count(), 2, "{good}");
+
+    // Fix the password by reloading: the sessions come up.
+    lab.write(
+        "bad.toml",
+        &berth_conf("198.18.0.12", &st2, &peers("s3cret"), ann),
+    );
+    lab.signal(bad_pid, libc::SIGHUP);
+    wait_for(
+        "corrected password establishes with BIRD and FRR",
+        Duration::from_secs(20),
+        || {
+            lab.birdc(&sock, "show protocols s2")
+                .contains("Established")
+                && lab
+                    .vtysh(&frr, "show bgp neighbor 198.18.0.12")
+                    .contains("BGP state = Established")
+        },
+    );
+    // A new peer on the good speaker leaves its existing sessions alone.
+    let more = format!(
+        "{}[[peer]]\naddress = \"198.18.0.99\"\nremote_as = 64599\n",
+        peers("s3cret")
+    );
+    lab.write("good.toml", &berth_conf("198.18.0.11", &st1, &more, ann));
+    lab.signal(good_pid, libc::SIGHUP);
+    wait_for("third peer configured", Duration::from_secs(5), || {
+        lab.berth_status("good").contains("peer=198.18.0.99")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let good = lab.berth_status("good");
+    assert_eq!(
+        good.matches("state=Established established_transitions=1 ")
+            .count(),
+        2,
+        "{good}"
+    );
 }
