@@ -266,10 +266,20 @@ impl Speaker {
         let registry: Registry = Arc::default();
         let mut listeners = Vec::new();
         for addr in &global.listen {
-            let l = md5::listen(*addr).map_err(|source| SpeakerError::Listen {
-                addr: *addr,
-                source,
-            })?;
+            let l = match md5::listen(*addr) {
+                Ok(l) => l,
+                // A host without IPv6 still runs IPv4 sessions.
+                Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+                    tracing::warn!(%addr, error = %e, "IPv6 listener unavailable; IPv4 only");
+                    continue;
+                }
+                Err(source) => {
+                    return Err(SpeakerError::Listen {
+                        addr: *addr,
+                        source,
+                    })
+                }
+            };
             let l = Arc::new(l);
             let task = tokio::spawn(accept_loop(Arc::clone(&l), Arc::clone(&registry)));
             listeners.push((l, task));
