@@ -145,20 +145,20 @@ pub struct FileAnnounce {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// File unreadable.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// Path.
         path: String,
         /// OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// TOML syntax or type error (toml names the key and line).
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Parse {
         /// Path.
         path: String,
         /// TOML error.
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     /// A value that parses but is wrong.
     #[error("{field} = {value:?}: {fix}")]
@@ -239,14 +239,14 @@ fn ip(f: &str, s: &str) -> Result<IpAddr, ConfigError> {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse { error, .. } => ConfigError::Parse {
                 path: path.display().to_string(),
-                source,
+                error,
             },
             e => e,
         })
@@ -256,7 +256,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let f: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: "config".into(),
-            source: Box::new(e),
+            error: Box::new(e),
         })?;
         f.validate()
     }

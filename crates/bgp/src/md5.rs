@@ -143,15 +143,17 @@ const TCP_AO_ADD_KEY: libc::c_int = 38;
 pub fn probe_tcp_ao() -> Result<(), String> {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .map_err(|e| e.to_string())?;
-    // An empty option value: kernels with AO answer EINVAL, without AO ENOPROTOOPT.
-    // SAFETY: valid fd; a zero-length option with a null pointer is allowed.
+    // An all-zero struct: kernels with AO reject it with EINVAL, kernels
+    // without AO answer ENOPROTOOPT (a too-short buffer would get EINVAL first).
+    let buf = [0u8; 512];
+    // SAFETY: valid fd; the buffer outlives the call and its length is given.
     let r = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
             libc::IPPROTO_TCP,
             TCP_AO_ADD_KEY,
-            std::ptr::null(),
-            0,
+            buf.as_ptr() as *const libc::c_void,
+            buf.len() as libc::socklen_t,
         )
     };
     let e = io::Error::last_os_error();

@@ -148,12 +148,12 @@ pub struct PeerStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum SpeakerError {
     /// Could not listen.
-    #[error("cannot listen on {addr}: {source} (another BGP daemon on this port? set listen_port or listen = false)")]
+    #[error("cannot listen on {addr}: {error} (another BGP daemon on this port? set listen_port or listen = false)")]
     Listen {
         /// Address.
         addr: SocketAddr,
         /// OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// BFD could not start.
     #[error("BFD: {0}")]
@@ -273,12 +273,7 @@ impl Speaker {
                     tracing::warn!(%addr, error = %e, "IPv6 listener unavailable; IPv4 only");
                     continue;
                 }
-                Err(source) => {
-                    return Err(SpeakerError::Listen {
-                        addr: *addr,
-                        source,
-                    })
-                }
+                Err(error) => return Err(SpeakerError::Listen { addr: *addr, error }),
             };
             let l = Arc::new(l);
             let task = tokio::spawn(accept_loop(Arc::clone(&l), Arc::clone(&registry)));
