@@ -595,4 +595,42 @@ med = 10
             .to_string();
         assert!(e.contains("pasive"), "{e}");
     }
+
+    #[test]
+    fn peer_groups_and_targets() {
+        let c = Config::parse(
+            r#"
+router_id = "198.18.0.11"
+local_as = 64513
+[[peer_group]]
+name = "tor"
+remote_as = 64512
+hold_time = 3
+bfd = { min_rx_ms = 100, min_tx_ms = 100, multiplier = 3 }
+[[peer]]
+address = "198.18.0.1"
+groups = ["tor"]
+[[peer]]
+address = "2001:db8::1"
+remote_as = 64600
+groups = ["tor"]
+hold_time = 9
+[[announce]]
+prefix = "198.19.100.10/32"
+groups = ["tor"]
+peers = ["2001:db8::1"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.peers[0].remote_as, 64512);
+        assert_eq!(c.peers[0].hold_time, 3);
+        assert!(c.peers[0].bfd.is_some());
+        assert_eq!(c.peers[1].remote_as, 64600);
+        assert_eq!(c.peers[1].hold_time, 9);
+        assert_eq!(c.routes.len(), 2);
+        let e = Config::parse("router_id = \"198.18.0.11\"\nlocal_as = 1\n[[peer]]\naddress = \"198.18.0.1\"\ngroups = [\"x\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("peer[0].groups[0]"), "{e}");
+    }
 }

@@ -489,3 +489,48 @@ impl Drop for Speaker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn targets_override_all_then_group_then_peer() {
+        let sp = Speaker::new(GlobalConfig {
+            router_id: Ipv4Addr::new(198, 18, 0, 11),
+            local_as: 64513,
+            listen: vec![],
+            graceful_restart_time: None,
+        })
+        .await
+        .unwrap();
+        let mut a = PeerConfig::new("198.18.0.1".parse().unwrap(), 64512);
+        a.groups = vec!["tor".into()];
+        let b = PeerConfig::new("198.18.0.2".parse().unwrap(), 64512);
+        let p: Prefix = "198.19.0.1/32".parse().unwrap();
+        let q: Prefix = "198.19.0.2/32".parse().unwrap();
+        let med = |m| RouteAttrs {
+            med: Some(m),
+            ..Default::default()
+        };
+        sp.announce(Target::All, p, med(1));
+        sp.announce(Target::Group("tor".into()), p, med(2));
+        sp.announce(Target::Peer(b.address), q, med(3));
+        let va = sp.shared.view_for(&a);
+        let vb = sp.shared.view_for(&b);
+        assert_eq!(va.get(&p).and_then(|x| x.med), Some(2));
+        assert!(!va.contains_key(&q));
+        assert_eq!(vb.get(&p).and_then(|x| x.med), Some(1));
+        assert_eq!(vb.get(&q).and_then(|x| x.med), Some(3));
+        // Same attributes are shared, not copied.
+        sp.announce(Target::All, q, med(1));
+        let c = PeerConfig::new("198.18.0.3".parse().unwrap(), 64512);
+        let v = sp.shared.view_for(&c);
+        assert!(
+            Arc::ptr_eq(&v[&p], &v[&q]),
+            "equal attributes must be interned"
+        );
+        sp.withdraw(Target::Group("tor".into()), p);
+        assert_eq!(sp.shared.view_for(&a).get(&p).and_then(|x| x.med), Some(1));
+    }
+}

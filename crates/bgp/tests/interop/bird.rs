@@ -218,3 +218,39 @@ fn bird_graceful_restart_keeps_routes_and_end_of_rib_flushes() {
         .birdc(&sock, "show protocols s1")
         .contains("Established"));
 }
+
+/// A session over IPv6 carrying IPv4 and IPv6 routes: the IPv4 NEXT_HOP comes
+/// from the IPv4 address of the session's interface.
+#[test]
+fn bird_session_over_ipv6() {
+    let mut lab = Lab::new("b6");
+    let r = lab.node("r", 1);
+    let s = lab.node("s", 11);
+    let (_bird, sock) = lab.bird(
+        &r,
+        "bird",
+        "protocol bgp s1 from spk { neighbor 2001:db8::b as 64513; }",
+    );
+    let status = lab.path("berth.status");
+    let peer = "[[peer]]\naddress = \"2001:db8::1\"\nremote_as = 64512\nhold_time = 3\n";
+    lab.berth(
+        &s,
+        "berth",
+        &berth_conf("198.18.0.11", &status, peer, ANNOUNCE),
+    );
+    wait_for("IPv6 session Established", Duration::from_secs(15), || {
+        lab.birdc(&sock, "show protocols s1")
+            .contains("Established")
+    });
+    wait_for(
+        "both routes in BIRD's kernel table",
+        Duration::from_secs(5),
+        || {
+            lab.kernel_route(&r.ns, "198.19.100.10")
+                .contains("via 198.18.0.11")
+                && lab.kernel_route(&r.ns, "2001:db8:100::10").contains("via")
+        },
+    );
+    let v6 = lab.birdc(&sock, "show route 2001:db8:100::10/128 all");
+    assert!(v6.contains("BGP.next_hop: 2001:db8::b fe80::"), "{v6}");
+}
