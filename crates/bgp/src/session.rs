@@ -493,11 +493,12 @@ impl Session {
         let mut rib_rx = self.shared.rib_version.subscribe();
         let mut sent = RouteSet::new();
         let mut rib_in: BTreeSet<codec_prefix::Prefix> = BTreeSet::new();
-        // Initial table, then End-of-RIB.
+        // Initial table, then End-of-RIB. Mark the RIB version seen first so a
+        // change racing with the dump triggers another sync.
+        rib_rx.borrow_and_update();
         if let Err(e) = self.sync(conn, &mut sent, ectx, nh, fam, hold).await {
             return Outcome::failed(e);
         }
-        rib_rx.borrow_and_update();
         for m in rib_out::end_of_rib(fam) {
             if let Err(e) = self.send(conn, &m, hold).await {
                 return Outcome::failed(e);
