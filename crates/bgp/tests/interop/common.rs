@@ -136,12 +136,9 @@ impl Lab {
         must("ip", &["netns", "add", ns]);
         self.namespaces.push(ns.to_string());
         must("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        for k in [
-            "net.ipv6.conf.all.accept_dad=0",
-            "net.ipv6.conf.default.accept_dad=0",
-        ] {
-            must("ip", &["netns", "exec", ns, "sysctl", "-qw", k]);
-        }
+        // No DAD: addresses are usable at once (and no procps needed for sysctl).
+        let dad = "echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad && echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad";
+        must("ip", &["netns", "exec", ns, "sh", "-c", dad]);
     }
 
     /// A namespace on the shared link with 198.18.0.`host`/24 and 2001:db8::`host`/64.
