@@ -219,8 +219,8 @@ fn bird_graceful_restart_keeps_routes_and_end_of_rib_flushes() {
         .contains("Established"));
 }
 
-/// A session over IPv6 carrying IPv4 and IPv6 routes: the IPv4 NEXT_HOP comes
-/// from the IPv4 address of the session's interface.
+/// A session over IPv6 carrying IPv4 and IPv6 routes (the IPv4 NEXT_HOP comes
+/// from the IPv4 address of the session's interface), with BFD over IPv6.
 #[test]
 fn bird_session_over_ipv6() {
     let mut lab = Lab::new("b6");
@@ -229,10 +229,10 @@ fn bird_session_over_ipv6() {
     let (_bird, sock) = lab.bird(
         &r,
         "bird",
-        "protocol bgp s1 from spk { neighbor 2001:db8::b as 64513; }",
+        "protocol bgp s1 from spk { neighbor 2001:db8::b as 64513; bfd on; }",
     );
     let status = lab.path("berth.status");
-    let peer = "[[peer]]\naddress = \"2001:db8::1\"\nremote_as = 64512\nhold_time = 3\n";
+    let peer = "[[peer]]\naddress = \"2001:db8::1\"\nremote_as = 64512\nhold_time = 3\nbfd = { min_rx_ms = 100, min_tx_ms = 100, multiplier = 3 }\n";
     lab.berth(
         &s,
         "berth",
@@ -253,4 +253,8 @@ fn bird_session_over_ipv6() {
     );
     let v6 = lab.birdc(&sock, "show route 2001:db8:100::10/128 all");
     assert!(v6.contains("BGP.next_hop: 2001:db8::b fe80::"), "{v6}");
+    // BFD over IPv6 (hop limit 255 both ways).
+    wait_for("BFD Up over IPv6", Duration::from_secs(10), || {
+        lab.birdc(&sock, "show bfd sessions").contains("Up") && lab.berth_status("berth").contains("bfd=Up")
+    });
 }
