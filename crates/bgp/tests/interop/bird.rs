@@ -255,6 +255,7 @@ fn bird_session_over_ipv6() {
     assert!(v6.contains("BGP.next_hop: 2001:db8::b fe80::"), "{v6}");
     // BFD over IPv6 (hop limit 255 both ways).
     wait_for("BFD Up over IPv6", Duration::from_secs(10), || {
-        lab.birdc(&sock, "show bfd sessions").contains("Up") && lab.berth_status("berth").contains("bfd=Up")
+        lab.birdc(&sock, "show bfd sessions").contains("Up")
+            && lab.berth_status("berth").contains("bfd=Up")
     });
 }

@@ -200,6 +200,72 @@ impl Lab {
         Node { ns, v4, v6, port }
     }
 
+    /// An empty namespace (for routed topologies built with [`Lab::link`]).
+    pub fn bare_node(&mut self, name: &str) -> String {
+        let ns = format!("{}{}", self.id, name);
+        self.add_ns(&ns);
+        ns
+    }
+
+    /// A second bridge in the fabric namespace.
+    pub fn bridge(&self, name: &str) {
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.fabric,
+                "link",
+                "add",
+                name,
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+            ],
+        );
+        must("ip", &["-n", &self.fabric, "link", "set", name, "up"]);
+    }
+
+    /// Connects `ns` to `bridge` with interface `ifname` holding `cidr`.
+    pub fn link(&mut self, ns: &str, bridge: &str, ifname: &str, cidr: &str) {
+        let port = format!("v{}", self.next_port);
+        self.next_port += 1;
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.fabric,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                ifname,
+                "netns",
+                ns,
+            ],
+        );
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.fabric,
+                "link",
+                "set",
+                &port,
+                "master",
+                bridge,
+                "up",
+            ],
+        );
+        must("ip", &["-n", ns, "addr", "add", cidr, "dev", ifname]);
+        must("ip", &["-n", ns, "link", "set", ifname, "up"]);
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }

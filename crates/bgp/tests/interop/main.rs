@@ -13,3 +13,4 @@ mod frr;
 mod gobgp;
 mod malformed;
 mod md5;
+mod multihop;
