@@ -5,11 +5,7 @@ mod bgp;
 
 /// Command line of the `berth` binary.
 #[derive(Parser)]
-#[command(
-    name = "berth",
-    version,
-    about = "Addresses that stay put and addresses that reach the outside"
-)]
+#[command(name = "berth", version, about = "Addresses that stay put and addresses that reach the outside")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
