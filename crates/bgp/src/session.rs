@@ -82,6 +82,13 @@ pub(crate) struct Session {
     pub sent_first_open: bool,
 }
 
+async fn recv_opt(c: &mut Option<Conn>) -> Option<Inbound> {
+    match c {
+        Some(c) => c.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_loop(rd: OwnedReadHalf, tx: mpsc::Sender<Inbound>) {
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     loop {
@@ -312,61 +319,94 @@ impl Session {
         }
         self.sent_first_open = true;
         self.set_state(State::OpenSent);
-        let mut stashed: Option<TcpStream> = None;
+        // A second connection from the peer while ours is in OpenSent runs
+        // its own OPEN exchange; the first OPEN received on either settles the
+        // collision (RFC 4271 §6.8): the connection opened by the speaker with
+        // the higher BGP identifier survives.
+        let mut second: Option<Conn> = None;
         let deadline = tokio::time::Instant::now() + OPEN_WAIT;
-        // OpenSent: wait for the peer's OPEN.
         let neg: Negotiated = loop {
-            tokio::select! {
-                m = conn.rx.recv() => match m {
-                    Some(Ok(Message::Open(o))) => {
-                        self.set(|s| s.messages_in += 1);
-                        match negotiate(&local, self.cfg.remote_as, &o) {
-                            Ok(n) => break n,
-                            Err(e) => {
-                                self.notify(&mut conn, e.notification()).await;
-                                return Outcome { next: stashed, ..Outcome::failed(format!("peer OPEN rejected: {e}")) };
+            let (m, on_second) = tokio::select! {
+                m = conn.rx.recv() => (m, false),
+                m = recv_opt(&mut second) => (m, true),
+                s = self.incoming.recv() => {
+                    if let Some(s) = s.and_then(|s| self.accept_incoming(s)) {
+                        if !conn.outgoing {
+                            // The peer gave up on its first try and dialled again.
+                            return Outcome { next: Some(s), ..Outcome::failed("peer reconnected during OPEN exchange") };
+                        }
+                        if let Ok(mut c2) = self.wrap(s, false) {
+                            if self.send(&mut c2, &open, OPEN_WAIT).await.is_ok() {
+                                second = Some(c2);
                             }
                         }
                     }
-                    other => return self.unexpected(&mut conn, other, stashed).await,
-                },
-                s = self.incoming.recv() => if let Some(s) = s.and_then(|s| self.accept_incoming(s)) {
-                    if conn.outgoing {
-                        stashed = Some(s);
-                    } else {
-                        // The peer gave up on its first try and dialled again.
-                        return Outcome { next: Some(s), ..Outcome::failed("peer reconnected during OPEN exchange") };
-                    }
-                },
+                    continue;
+                }
                 _ = sleep_until(deadline) => {
                     self.notify(&mut conn, Notification { code: err::HOLD_TIMER, subcode: 0, data: vec![] }).await;
-                    return Outcome { next: stashed, ..Outcome::failed("no OPEN from peer") };
+                    return Outcome::failed("no OPEN from peer");
                 }
                 _ = self.shutdown.changed() => {
                     self.notify(&mut conn, Notification { code: err::CEASE, subcode: 2, data: vec![] }).await;
                     return Outcome { shutdown: true, ..Outcome::failed("shutdown") };
                 }
+            };
+            let o = match m {
+                Some(Ok(Message::Open(o))) => o,
+                other => {
+                    if on_second {
+                        second = None;
+                        continue;
+                    }
+                    match second.take() {
+                        // Our connection failed; carry on with the peer's.
+                        Some(c2) => {
+                            conn = c2;
+                            continue;
+                        }
+                        None => return self.unexpected(&mut conn, other, None).await,
+                    }
+                }
+            };
+            self.set(|s| s.messages_in += 1);
+            let n = match negotiate(&local, self.cfg.remote_as, &o) {
+                Ok(n) => n,
+                Err(e) => {
+                    let c = if on_second {
+                        second.as_mut()
+                    } else {
+                        Some(&mut conn)
+                    };
+                    if let Some(c) = c {
+                        self.notify(c, e.notification()).await;
+                    }
+                    return Outcome::failed(format!("peer OPEN rejected: {e}"));
+                }
+            };
+            let Some(mut c2) = second.take() else {
+                break n;
+            };
+            let cease = Notification {
+                code: err::CEASE,
+                subcode: 7,
+                data: vec![],
+            };
+            if keep_local_initiated(self.shared.global.router_id, n.peer_id) {
+                // Keep ours (conn); close the peer's.
+                self.notify(&mut c2, cease).await;
+                if !on_second {
+                    break n;
+                }
+            } else {
+                self.notify(&mut conn, cease).await;
+                conn = c2;
+                if on_second {
+                    break n;
+                }
             }
+            // The surviving connection has not delivered its OPEN yet: wait for it.
         };
-        // Collision resolution (RFC 4271 §6.8) now that the peer's ID is known.
-        if let Some(other) = stashed.take() {
-            if conn.outgoing && !keep_local_initiated(self.shared.global.router_id, neg.peer_id) {
-                self.notify(
-                    &mut conn,
-                    Notification {
-                        code: err::CEASE,
-                        subcode: 7,
-                        data: vec![],
-                    },
-                )
-                .await;
-                return Outcome {
-                    next: Some(other),
-                    ..Outcome::failed("connection collision: continuing with the peer's connection")
-                };
-            }
-            drop(other);
-        }
         let hold = neg.hold_time;
         if !hold.is_zero() {
             if let Err(e) = md5::set_user_timeout(conn.wr.as_ref(), hold) {

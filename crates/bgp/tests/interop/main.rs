@@ -5,6 +5,7 @@
 //! Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and the `bird2`, `frr`,
 //! `gobgpd`, `iproute2` packages. Run: `cargo test -p berth-bgp --test interop`.
 
+mod api;
 mod bird;
 mod common;
 mod ecmp;
