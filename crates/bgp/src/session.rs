@@ -171,7 +171,11 @@ impl Session {
                 },
             };
             if let Some(e) = &out.error {
-                tracing::warn!(peer = %self.cfg.address, error = %e, "BGP session ended");
+                if out.shutdown {
+                    tracing::info!(peer = %self.cfg.address, reason = %e, "BGP session stopped");
+                } else {
+                    tracing::warn!(peer = %self.cfg.address, error = %e, "BGP session ended");
+                }
                 let e = e.clone();
                 self.set(|s| s.last_error = Some(e));
             }
