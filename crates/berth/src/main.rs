@@ -1,6 +1,7 @@
 //! `berth`: one binary for every long-running role and the operator CLI.
 
 mod agent;
+mod bgp;
 mod controller;
 mod inspect;
 mod lab;
@@ -40,18 +41,12 @@ enum Command {
     /// A small world of network namespaces to show and try Berth on one machine.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Run a BGP speaker from a TOML file (see crates/bgp/README.md).
+    Bgp(bgp::BgpArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Lab(cmd) => return lab::run(cmd),
-        Command::Crds => {
-            print!("{}", berth_k8s::crd::crds_yaml()?);
-            return Ok(());
-        }
-        _ => {}
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
@@ -59,18 +54,30 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Roles that run their own runtime, or none.
+    let command = match cli.command {
+        Command::Lab(cmd) => return lab::run(cmd),
+        Command::Crds => {
+            print!("{}", berth_k8s::crd::crds_yaml()?);
+            return Ok(());
+        }
+        Command::Bgp(args) => return bgp::run(args),
+        other => other,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        match cli.command {
+        match command {
             Command::Agent(a) => agent::run(a).await,
             Command::Controller(a) => controller::run(a).await,
             Command::Pools(a) => inspect::pools(a).await,
             Command::Blocks(a) => inspect::blocks(a).await,
             Command::Bindings(a) => inspect::bindings(a).await,
             Command::Audit(a) => inspect::audit(a).await,
-            Command::Lab(_) | Command::Crds => unreachable!("handled before the runtime starts"),
+            Command::Lab(_) | Command::Crds | Command::Bgp(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }

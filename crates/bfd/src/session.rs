@@ -1,0 +1,249 @@
+//! The per-session state machine and timers (RFC 5880 §6.2, §6.8).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+
+use crate::packet::{Diag, Packet};
+use crate::{BfdConfig, BfdError, CONTROL_PORT};
+
+/// Session state (RFC 5880 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Administratively down.
+    AdminDown,
+    /// Down.
+    Down,
+    /// Initializing (peer seen, not yet confirmed).
+    Init,
+    /// Up: both sides hear each other.
+    Up,
+}
+
+impl SessionState {
+    pub(crate) fn from_bits(b: u8) -> SessionState {
+        match b & 3 {
+            0 => SessionState::AdminDown,
+            1 => SessionState::Down,
+            2 => SessionState::Init,
+            _ => SessionState::Up,
+        }
+    }
+    pub(crate) fn bits(self) -> u8 {
+        match self {
+            SessionState::AdminDown => 0,
+            SessionState::Down => 1,
+            SessionState::Init => 2,
+            SessionState::Up => 3,
+        }
+    }
+}
+
+/// Slow rate while not Up (RFC 5880 §6.8.3: at least one second).
+const SLOW: Duration = Duration::from_secs(1);
+
+pub(crate) fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most 4 bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, 4, 0) };
+    if n != 4 {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(1);
+        return t ^ std::process::id().rotate_left(16);
+    }
+    u32::from_ne_bytes(b)
+}
+
+/// Sending socket: source port from 49152–65535 (RFC 5881 §4), TTL 255.
+pub(crate) fn tx_socket(peer: IpAddr) -> Result<tokio::net::UdpSocket, BfdError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let v6 = peer.is_ipv6();
+    let s = Socket::new(
+        if v6 { Domain::IPV6 } else { Domain::IPV4 },
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )
+    .map_err(|source| BfdError::Io {
+        what: "create".into(),
+        source,
+    })?;
+    let ttl = if v6 {
+        s.set_unicast_hops_v6(255)
+    } else {
+        s.set_ttl_v4(255)
+    };
+    ttl.map_err(|source| BfdError::Io {
+        what: "TTL 255".into(),
+        source,
+    })?;
+    s.set_nonblocking(true).map_err(|source| BfdError::Io {
+        what: "nonblocking".into(),
+        source,
+    })?;
+    let mut last = None;
+    for _ in 0..64 {
+        let port = 49152 + (random_u32() % 16384) as u16;
+        let a: SocketAddr = if v6 {
+            (Ipv6Addr::UNSPECIFIED, port).into()
+        } else {
+            (Ipv4Addr::UNSPECIFIED, port).into()
+        };
+        match s.bind(&a.into()) {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    if let Some(source) = last {
+        return Err(BfdError::Io {
+            what: "bind source port".into(),
+            source,
+        });
+    }
+    tokio::net::UdpSocket::from_std(s.into()).map_err(|source| BfdError::Io {
+        what: "register".into(),
+        source,
+    })
+}
+
+fn us(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+struct Vars {
+    state: SessionState,
+    remote_state: SessionState,
+    remote_disc: u32,
+    local_diag: u8,
+    desired_min_tx: Duration,
+    remote_min_rx: Duration,
+    remote_desired_min_tx: Duration,
+    remote_mult: u8,
+    poll: bool,
+}
+
+fn jitter(d: Duration, mult: u8) -> Duration {
+    // 75–100 % of the interval, 75–90 % when the multiplier is 1 (§6.8.7).
+    let span = if mult == 1 { 150 } else { 250 };
+    let f = 750 + random_u32() % span;
+    d * f / 1000
+}
+
+/// Session task: sends control packets, processes received ones, runs the
+/// detection timer and publishes the state.
+pub(crate) async fn run(
+    peer: IpAddr,
+    disc: u32,
+    cfg: BfdConfig,
+    sock: tokio::net::UdpSocket,
+    mut rx: mpsc::Receiver<(Packet, IpAddr)>,
+    st: watch::Sender<SessionState>,
+) {
+    let dst = SocketAddr::new(peer, CONTROL_PORT);
+    let mut v = Vars {
+        state: SessionState::Down,
+        remote_state: SessionState::Down,
+        remote_disc: 0,
+        local_diag: Diag::None as u8,
+        desired_min_tx: SLOW.max(cfg.min_tx),
+        remote_min_rx: Duration::from_micros(1),
+        remote_desired_min_tx: SLOW,
+        remote_mult: cfg.multiplier,
+        poll: false,
+    };
+    let far_future = || Instant::now() + Duration::from_secs(86400);
+    let mut next_tx = Instant::now();
+    let mut detect_at = far_future();
+    let packet = |v: &Vars, fin: bool| Packet {
+        diag: v.local_diag,
+        state: v.state,
+        poll: v.poll && !fin,
+        fin,
+        demand: false,
+        detect_mult: cfg.multiplier,
+        my_disc: disc,
+        your_disc: v.remote_disc,
+        desired_min_tx: us(v.desired_min_tx),
+        required_min_rx: us(cfg.min_rx),
+        required_min_echo_rx: 0,
+    };
+    loop {
+        tokio::select! {
+            _ = sleep_until(next_tx) => {
+                let interval = v.desired_min_tx.max(v.remote_min_rx);
+                if !v.remote_min_rx.is_zero() {
+                    let _ = sock.send_to(&packet(&v, false).encode(), dst).await;
+                }
+                next_tx = Instant::now() + jitter(interval, cfg.multiplier);
+            }
+            _ = sleep_until(detect_at) => {
+                detect_at = far_future();
+                if matches!(v.state, SessionState::Init | SessionState::Up) {
+                    tracing::info!(%peer, "BFD detection time expired: session Down");
+                    v.state = SessionState::Down;
+                    v.local_diag = Diag::TimeExpired as u8;
+                    v.remote_disc = 0;
+                    v.desired_min_tx = SLOW.max(cfg.min_tx);
+                    let _ = st.send(v.state);
+                }
+            }
+            m = rx.recv() => {
+                let Some((p, _src)) = m else { return };
+                v.remote_disc = p.my_disc;
+                v.remote_state = p.state;
+                v.remote_min_rx = Duration::from_micros(u64::from(p.required_min_rx));
+                v.remote_desired_min_tx = Duration::from_micros(u64::from(p.desired_min_tx));
+                v.remote_mult = p.detect_mult;
+                if p.fin {
+                    v.poll = false;
+                }
+                let old = v.state;
+                match (v.state, p.state) {
+                    (SessionState::AdminDown, _) => continue,
+                    (s, SessionState::AdminDown) if s != SessionState::Down => {
+                        v.state = SessionState::Down;
+                        v.local_diag = Diag::NeighborDown as u8;
+                    }
+                    (SessionState::Down, SessionState::Down) => v.state = SessionState::Init,
+                    (SessionState::Down, SessionState::Init) => v.state = SessionState::Up,
+                    (SessionState::Init, SessionState::Init | SessionState::Up) => v.state = SessionState::Up,
+                    (SessionState::Up, SessionState::Down) => {
+                        v.state = SessionState::Down;
+                        v.local_diag = Diag::NeighborDown as u8;
+                    }
+                    _ => {}
+                }
+                if v.state != old {
+                    tracing::info!(%peer, from = ?old, to = ?v.state, "BFD state change");
+                    if v.state == SessionState::Up {
+                        // Switch to the fast rate; tell the peer with a Poll sequence.
+                        v.desired_min_tx = cfg.min_tx;
+                        v.local_diag = Diag::None as u8;
+                        v.poll = true;
+                    } else if old == SessionState::Up {
+                        v.desired_min_tx = SLOW.max(cfg.min_tx);
+                        v.poll = false;
+                    }
+                    let _ = st.send(v.state);
+                    // Tell the peer about the change without waiting a full interval.
+                    next_tx = Instant::now();
+                }
+                if p.poll {
+                    let _ = sock.send_to(&packet(&v, true).encode(), dst).await;
+                }
+                if matches!(v.state, SessionState::Init | SessionState::Up) {
+                    let detect = v.remote_desired_min_tx.max(cfg.min_rx) * u32::from(v.remote_mult);
+                    detect_at = Instant::now() + detect;
+                } else {
+                    detect_at = far_future();
+                }
+            }
+        }
+    }
+}
