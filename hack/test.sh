@@ -48,4 +48,6 @@ step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step build cargo build --workspace --bins
 step test cargo test --workspace
+# The BGP decoders under libFuzzer for a bounded time (issue: no panics, no unbounded allocation).
+step fuzz bash fuzz/run.sh "${BERTH_FUZZ_SECS:-30}"
 echo "test.sh: all steps passed in $(($(date +%s) - start))s" >&2
