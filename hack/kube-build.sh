@@ -42,6 +42,8 @@ retry() {
 
 cached() {
   [[ -f $STAMP ]] || return 1
+  # Builds before the reflect2 fix (stamp without it) panic at run time: rebuild them.
+  grep 'reflect2-fix' "$STAMP" >/dev/null || return 1
   local b
   for b in "${REQUIRED[@]}"; do
     [[ -x $BIN/$b ]] || return 1
@@ -70,7 +72,8 @@ APT_OPTS=(-y -q -o DPkg::Lock::Timeout=600)
 
 # Build tools (hack/install-deps.sh installs them too; this keeps the script usable alone).
 need=()
-for p in golang-go rsync make; do
+# golang-github-modern-go-reflect2-dev: see the reflect2 note below.
+for p in golang-go rsync make golang-github-modern-go-reflect2-dev; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || need+=("$p")
 done
 
@@ -181,6 +184,22 @@ tree=$(cd "$tree" && pwd)
 log "unpacked after $(elapsed)"
 
 cd "$tree"
+# Kubernetes 1.20 vendors github.com/modern-go/reflect2 v1.0.1, which reads Go runtime internals
+# that changed in Go 1.18: built with Debian's Go 1.19 the apiserver compiles but panics (nil
+# pointer in reflect2.(*frozenConfig).Type2) whenever json-iterator encodes a map, i.e. on most
+# requests. reflect2 v1.0.2 fixed exactly that with the same API; Debian ships it, so replace the
+# vendored copy with Debian's (go.mod/modules.txt keep the old version string, which the go
+# command does not check against file contents).
+r2_debian=/usr/share/gocode/src/github.com/modern-go/reflect2
+r2_vendor=vendor/github.com/modern-go/reflect2
+if grep -E '^# github.com/modern-go/reflect2 v1\.0\.1( |$)' vendor/modules.txt >/dev/null; then
+  [[ -f $r2_debian/reflect2.go ]] || { log "missing $r2_debian (golang-github-modern-go-reflect2-dev)"; exit 1; }
+  rm -f "$r2_vendor"/*.go "$r2_vendor"/*.s
+  cp "$r2_debian"/*.go "$r2_debian"/*.s "$r2_vendor"/
+  rm -f "$r2_vendor"/*_test.go
+  log "vendored reflect2 v1.0.1 replaced by Debian's $(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev) (Go >= 1.18 fix)"
+fi
+
 mkdir -p .go/src/k8s.io
 ln -sfn ../../.. .go/src/k8s.io/kubernetes
 cd .go/src/k8s.io/kubernetes
@@ -210,5 +229,5 @@ for b in "${REQUIRED[@]}"; do
   [[ -x $BIN/$b ]] || { log "missing after build: $BIN/$b"; exit 1; }
 done
 "$BIN/kube-apiserver" --version >&2
-echo "kubernetes v$VERSION built $(date -u +%FT%TZ) in $(elapsed)" >"$STAMP"
+echo "kubernetes v$VERSION reflect2-fix built $(date -u +%FT%TZ) in $(elapsed)" >"$STAMP"
 log "done: $BIN in $(elapsed)"
