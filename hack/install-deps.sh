@@ -14,6 +14,8 @@ PKGS=(
   etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins keepalived
   iputils-arping iputils-ping tcpdump iproute2 iptables conntrack rsync protobuf-compiler
   socat openssl jq
+  # Kubernetes control plane for the tests, built from Debian's source by hack/kube-build.sh.
+  golang-go make curl golang-github-modern-go-reflect2-dev
 )
 # shellcheck disable=SC2206
 EXTRA=(${BERTH_EXTRA_PKGS:-})

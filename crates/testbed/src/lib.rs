@@ -44,10 +44,25 @@
 //! let result = out.ok().unwrap();                    // parsed JSON; out.elapsed is the latency
 //! println!("{:?}", pod.addr_list("eth0").unwrap());   // ["198.18.10.2/24", "fe80::…/64"]
 //! ```
+//!
+//! A real Kubernetes control plane (kube-apiserver + kube-controller-manager v1.20.2, built once
+//! with `cargo xtask kube build`), its own etcd, on a free loopback port:
+//!
+//! ```no_run
+//! use berth_testbed::{require_kube_binaries, KubeControlPlane};
+//! use serde_json::json;
+//! require_kube_binaries();                            // fails loudly, naming the build command
+//! let cp = KubeControlPlane::start().unwrap();       // ~8 s; cp.timings() tells
+//! // kube-rs: Config::from_custom_kubeconfig(Kubeconfig::read_from(cp.kubeconfig())?, &Default::default())
+//! let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"}});
+//! assert_eq!(cp.request("POST", "/api/v1/nodes", Some(&node)).unwrap().status, 201);
+//! cp.restart_apiserver().unwrap();                   // same port, same etcd: objects survive
+//! ```
 
 mod check;
 mod cni;
 mod etcd;
+mod kube;
 mod net;
 mod process;
 mod tls;
@@ -58,6 +73,10 @@ pub use cni::{
     result_ips, with_prev_result, Cni, CniCommand, CniOutput, CniTarget, DEBIAN_CNI_DIR,
 };
 pub use etcd::{Etcd, EtcdBuilder, EtcdCluster};
+pub use kube::{
+    kube_bin_dir, require_kube_binaries, ApiResponse, KubeBuilder, KubeControlPlane, KubeTimings,
+    KUBE_CONTROLLERS, KUBE_SERVICE_CIDR, KUBE_VERSION,
+};
 pub use net::{pod_netns, Fabric, Netns, FABRIC_BRIDGE};
 pub use process::Daemon;
 pub use tls::TlsFiles;
@@ -77,6 +96,7 @@ mod tests {
         check::<crate::Netns>();
         check::<crate::Fabric>();
         check::<crate::Cni>();
+        check::<crate::KubeControlPlane>();
         fn check_send<T: Send>() {}
         check_send::<crate::Daemon>();
     }
