@@ -126,3 +126,49 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     }
     Ok(out)
 }
+
+/// Create or update Berth's CRDs on a cluster and wait until the API server serves them.
+/// Used by tests and by `berth controller --install-crds`; production installs apply
+/// `deploy/crds.yaml`.
+pub async fn install(
+    client: &kube::Client,
+    timeout: std::time::Duration,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::CustomResourceExt;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crds = [Pool::crd(), Block::crd(), Claim::crd(), Binding::crd()];
+    for crd in &crds {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("berth").force(),
+            &Patch::Apply(crd),
+        )
+        .await?;
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    for crd in &crds {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        loop {
+            let c = api.get(&name).await?;
+            let established = c
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(kube::Error::Service(
+                    format!("CRD {name} not established in {timeout:?}").into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}

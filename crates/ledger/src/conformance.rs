@@ -1,12 +1,45 @@
 //! The conformance suite every ledger backend must pass.
 //!
 //! Each case gets a fresh, empty ledger from the caller's factory, so cases never see each other's
-//! records. Backends call [`run_all`] from their own integration tests.
+//! records. Backends call [`run_all`] from their own integration tests. Values are well-formed
+//! records of their kind (a backend may validate them, as Kubernetes does against the CRD schema)
+//! carrying a marker string, and are compared as JSON (a backend may re-serialize them).
 
 use crate::{Kind, Ledger, LedgerError, Version};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
+
+/// A well-formed record of `kind` carrying `marker`.
+pub fn record(kind: Kind, marker: &str) -> Vec<u8> {
+    let v = match kind {
+        Kind::Pool => serde_json::json!({
+            "name": marker, "use": "pod",
+            "subnets": [{"cidr": "198.18.0.0/24", "block_prefix": 26}]
+        }),
+        Kind::Block => serde_json::json!({"pool": "p", "cidr": "198.18.0.0/26", "node": marker}),
+        Kind::Claim => serde_json::json!({
+            "identity": {"kind": "key", "key": "k"}, "pool": marker, "addresses": [], "since": 1
+        }),
+        Kind::Binding => serde_json::json!({
+            "address": "198.18.0.1", "prefix_len": 24, "pool": "p", "node": marker,
+            "owner": {"network": "n", "container_id": "c", "ifname": "eth0"},
+            "kind": "fixed", "since": 1
+        }),
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// The marker of a record made by [`record`].
+pub fn marker(kind: Kind, value: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(value).unwrap_or_default();
+    let field = match kind {
+        Kind::Pool => "name",
+        Kind::Block | Kind::Binding => "node",
+        Kind::Claim => "pool",
+    };
+    v[field].as_str().unwrap_or_default().to_string()
+}
 
 /// A factory of fresh, empty ledgers.
 pub trait Fresh: Fn() -> Self::Fut {
@@ -33,121 +66,104 @@ pub async fn run_all<F: Fresh>(fresh: F) {
     large_lists_are_complete(fresh().await).await;
 }
 
+fn is_conflict(e: &LedgerError) -> bool {
+    matches!(e, LedgerError::Conflict { .. })
+}
+
 /// The basic life of a record.
 pub async fn create_get_update_delete(l: Arc<dyn Ledger>) {
+    let b = Kind::Binding;
     assert!(
-        l.get(Kind::Binding, "198.18.0.5").await.unwrap().is_none(),
+        l.get(b, "198.18.0.5").await.unwrap().is_none(),
         "fresh ledger is empty"
     );
-    let v1 = l
-        .create(Kind::Binding, "198.18.0.5", b"one".to_vec())
-        .await
-        .unwrap();
+    let v1 = l.create(b, "198.18.0.5", record(b, "one")).await.unwrap();
     let e = l
-        .get(Kind::Binding, "198.18.0.5")
+        .get(b, "198.18.0.5")
         .await
         .unwrap()
         .expect("created record is readable");
-    assert_eq!(e.value, b"one");
+    assert_eq!(marker(b, &e.value), "one");
     assert_eq!(e.version, v1, "get returns the version create returned");
     let v2 = l
-        .update(Kind::Binding, "198.18.0.5", b"two".to_vec(), &v1)
+        .update(b, "198.18.0.5", record(b, "two"), &v1)
         .await
         .unwrap();
     assert_ne!(v1, v2, "an update changes the version");
-    let e = l.get(Kind::Binding, "198.18.0.5").await.unwrap().unwrap();
-    assert_eq!((e.value.as_slice(), &e.version), (&b"two"[..], &v2));
-    l.delete(Kind::Binding, "198.18.0.5", &v2).await.unwrap();
+    let e = l.get(b, "198.18.0.5").await.unwrap().unwrap();
+    assert_eq!((marker(b, &e.value), &e.version), ("two".to_string(), &v2));
+    l.delete(b, "198.18.0.5", &v2).await.unwrap();
     assert!(
-        l.get(Kind::Binding, "198.18.0.5").await.unwrap().is_none(),
+        l.get(b, "198.18.0.5").await.unwrap().is_none(),
         "deleted record is gone"
     );
     // A record can be created again after deletion.
-    l.create(Kind::Binding, "198.18.0.5", b"three".to_vec())
-        .await
-        .unwrap();
+    l.create(b, "198.18.0.5", record(b, "three")).await.unwrap();
 }
 
 /// `create` never overwrites.
 pub async fn create_is_exclusive(l: Arc<dyn Ledger>) {
-    l.create(Kind::Block, "p/198.18.0.0/26", b"a".to_vec())
+    let k = Kind::Block;
+    l.create(k, "p/198.18.0.0/26", record(k, "a"))
         .await
         .unwrap();
     let err = l
-        .create(Kind::Block, "p/198.18.0.0/26", b"b".to_vec())
+        .create(k, "p/198.18.0.0/26", record(k, "b"))
         .await
         .unwrap_err();
     assert!(
         matches!(err, LedgerError::Exists { .. }),
         "second create: {err}"
     );
-    assert_eq!(
-        l.get(Kind::Block, "p/198.18.0.0/26")
-            .await
-            .unwrap()
-            .unwrap()
-            .value,
-        b"a"
-    );
+    let e = l.get(k, "p/198.18.0.0/26").await.unwrap().unwrap();
+    assert_eq!(marker(k, &e.value), "a");
 }
 
 /// Updates and deletes naming an old version lose, and change nothing.
 pub async fn stale_versions_conflict(l: Arc<dyn Ledger>) {
-    let v1 = l.create(Kind::Claim, "c", b"1".to_vec()).await.unwrap();
-    let v2 = l
-        .update(Kind::Claim, "c", b"2".to_vec(), &v1)
-        .await
-        .unwrap();
-    let err = l
-        .update(Kind::Claim, "c", b"x".to_vec(), &v1)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, LedgerError::Conflict { .. }),
-        "stale update: {err}"
+    let c = Kind::Claim;
+    let v1 = l.create(c, "c", record(c, "1")).await.unwrap();
+    let v2 = l.update(c, "c", record(c, "2"), &v1).await.unwrap();
+    let err = l.update(c, "c", record(c, "x"), &v1).await.unwrap_err();
+    assert!(is_conflict(&err), "stale update: {err}");
+    let err = l.delete(c, "c", &v1).await.unwrap_err();
+    assert!(is_conflict(&err), "stale delete: {err}");
+    let e = l.get(c, "c").await.unwrap().unwrap();
+    assert_eq!(
+        (marker(c, &e.value), e.version),
+        ("2".to_string(), v2.clone())
     );
-    let err = l.delete(Kind::Claim, "c", &v1).await.unwrap_err();
-    assert!(
-        matches!(err, LedgerError::Conflict { .. }),
-        "stale delete: {err}"
-    );
-    let e = l.get(Kind::Claim, "c").await.unwrap().unwrap();
-    assert_eq!((e.value.as_slice(), e.version), (&b"2"[..], v2.clone()));
     // Deleting or updating a missing record conflicts too: the version named no longer exists.
-    l.delete(Kind::Claim, "c", &v2).await.unwrap();
-    assert!(matches!(
-        l.delete(Kind::Claim, "c", &v2).await.unwrap_err(),
-        LedgerError::Conflict { .. }
-    ));
-    assert!(matches!(
-        l.update(Kind::Claim, "c", b"y".to_vec(), &v2)
-            .await
-            .unwrap_err(),
-        LedgerError::Conflict { .. }
+    l.delete(c, "c", &v2).await.unwrap();
+    assert!(is_conflict(&l.delete(c, "c", &v2).await.unwrap_err()));
+    assert!(is_conflict(
+        &l.update(c, "c", record(c, "y"), &v2).await.unwrap_err()
     ));
     // A version that was never issued conflicts rather than erroring oddly.
-    l.create(Kind::Claim, "d", b"1".to_vec()).await.unwrap();
-    assert!(matches!(
-        l.update(
-            Kind::Claim,
-            "d",
-            b"z".to_vec(),
-            &Version("not-a-version".into())
-        )
-        .await
-        .unwrap_err(),
-        LedgerError::Conflict { .. }
-    ));
+    l.create(c, "d", record(c, "1")).await.unwrap();
+    let bogus = Version("not-a-version".into());
+    let err = l.update(c, "d", record(c, "z"), &bogus).await.unwrap_err();
+    assert!(
+        is_conflict(&err),
+        "update naming a never-issued version: {err:?}"
+    );
+    let err = l.delete(c, "d", &bogus).await.unwrap_err();
+    assert!(
+        is_conflict(&err),
+        "delete naming a never-issued version: {err:?}"
+    );
 }
 
 /// Kinds do not see each other's records; lists are in name order.
 pub async fn kinds_are_separate_keyspaces(l: Arc<dyn Ledger>) {
     for n in ["b", "a", "c"] {
-        l.create(Kind::Pool, n, n.as_bytes().to_vec())
+        l.create(Kind::Pool, n, record(Kind::Pool, n))
             .await
             .unwrap();
     }
-    l.create(Kind::Block, "a", b"block".to_vec()).await.unwrap();
+    l.create(Kind::Block, "a", record(Kind::Block, "block"))
+        .await
+        .unwrap();
     let pools: Vec<String> = l
         .list(Kind::Pool)
         .await
@@ -158,12 +174,13 @@ pub async fn kinds_are_separate_keyspaces(l: Arc<dyn Ledger>) {
     assert_eq!(pools, ["a", "b", "c"]);
     let blocks = l.list(Kind::Block).await.unwrap();
     assert_eq!(blocks.len(), 1);
-    assert_eq!(blocks[0].value, b"block");
+    assert_eq!(marker(Kind::Block, &blocks[0].value), "block");
     assert!(l.list(Kind::Binding).await.unwrap().is_empty());
 }
 
 /// Names with slashes, colons and dots (block CIDRs, IPv6 addresses) round-trip exactly.
 pub async fn awkward_names_round_trip(l: Arc<dyn Ledger>) {
+    let b = Kind::Binding;
     let names = [
         "2001:db8::1",
         "pool-a/2001:db8::/122",
@@ -171,12 +188,10 @@ pub async fn awkward_names_round_trip(l: Arc<dyn Ledger>) {
         "ns/name.with.dots",
     ];
     for n in names {
-        l.create(Kind::Binding, n, n.as_bytes().to_vec())
-            .await
-            .unwrap();
+        l.create(b, n, record(b, n)).await.unwrap();
     }
     let listed: BTreeSet<String> = l
-        .list(Kind::Binding)
+        .list(b)
         .await
         .unwrap()
         .into_iter()
@@ -184,10 +199,7 @@ pub async fn awkward_names_round_trip(l: Arc<dyn Ledger>) {
         .collect();
     assert_eq!(listed, names.iter().map(|s| s.to_string()).collect());
     for n in names {
-        assert_eq!(
-            l.get(Kind::Binding, n).await.unwrap().unwrap().value,
-            n.as_bytes()
-        );
+        assert_eq!(marker(b, &l.get(b, n).await.unwrap().unwrap().value), n);
     }
 }
 
@@ -196,10 +208,8 @@ pub async fn concurrent_creates_have_one_winner(l: Arc<dyn Ledger>) {
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let l = Arc::clone(&l);
-            tokio::spawn(async move {
-                l.create(Kind::Binding, "198.18.1.1", format!("{i}").into_bytes())
-                    .await
-            })
+            let v = record(Kind::Binding, &format!("w{i}"));
+            tokio::spawn(async move { l.create(Kind::Binding, "198.18.1.1", v).await })
         })
         .collect();
     let mut winners = 0;
@@ -215,9 +225,8 @@ pub async fn concurrent_creates_have_one_winner(l: Arc<dyn Ledger>) {
 
 /// Concurrent read-modify-write loops on one counter lose no increment.
 pub async fn concurrent_compare_and_swap_loses_no_update(l: Arc<dyn Ledger>) {
-    l.create(Kind::Claim, "counter", b"0".to_vec())
-        .await
-        .unwrap();
+    let c = Kind::Claim;
+    l.create(c, "counter", record(c, "0")).await.unwrap();
     let (workers, each) = (6, 15);
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
@@ -225,15 +234,10 @@ pub async fn concurrent_compare_and_swap_loses_no_update(l: Arc<dyn Ledger>) {
             tokio::spawn(async move {
                 let mut done = 0;
                 while done < each {
-                    let e = l.get(Kind::Claim, "counter").await.unwrap().unwrap();
-                    let n: u64 = String::from_utf8(e.value).unwrap().parse().unwrap();
+                    let e = l.get(c, "counter").await.unwrap().unwrap();
+                    let n: u64 = marker(c, &e.value).parse().unwrap();
                     match l
-                        .update(
-                            Kind::Claim,
-                            "counter",
-                            (n + 1).to_string().into_bytes(),
-                            &e.version,
-                        )
+                        .update(c, "counter", record(c, &(n + 1).to_string()), &e.version)
                         .await
                     {
                         Ok(_) => done += 1,
@@ -247,11 +251,8 @@ pub async fn concurrent_compare_and_swap_loses_no_update(l: Arc<dyn Ledger>) {
     for t in tasks {
         t.await.unwrap();
     }
-    let e = l.get(Kind::Claim, "counter").await.unwrap().unwrap();
-    assert_eq!(
-        String::from_utf8(e.value).unwrap(),
-        (workers * each).to_string()
-    );
+    let e = l.get(c, "counter").await.unwrap().unwrap();
+    assert_eq!(marker(c, &e.value), (workers * each).to_string());
 }
 
 /// Lists larger than one backend page are complete and unique.
@@ -262,7 +263,8 @@ pub async fn large_lists_are_complete(l: Arc<dyn Ledger>) {
             let l = Arc::clone(&l);
             tokio::spawn(async move {
                 let name = format!("198.18.{}.{}", i / 256, i % 256);
-                l.create(Kind::Binding, &name, vec![b'x'; 200]).await
+                l.create(Kind::Binding, &name, record(Kind::Binding, &name))
+                    .await
             })
         })
         .collect();
@@ -273,4 +275,7 @@ pub async fn large_lists_are_complete(l: Arc<dyn Ledger>) {
     assert_eq!(listed.len(), n);
     let unique: BTreeSet<&str> = listed.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(unique.len(), n);
+    for e in &listed {
+        assert_eq!(marker(Kind::Binding, &e.value), e.name, "values intact");
+    }
 }

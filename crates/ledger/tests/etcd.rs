@@ -1,6 +1,7 @@
 //! The etcd backend on Debian's real etcd: the conformance suite, TLS as kube-ipam configures it,
 //! and a three-member cluster losing a member in the middle of a burst of writes.
 
+use berth_ledger::conformance::{marker, record};
 use berth_ledger::etcd::Etcd;
 use berth_ledger::{conformance, Kind, Ledger, LedgerError, TlsFiles};
 use berth_testbed::{require_root_and_tools, EtcdCluster};
@@ -43,7 +44,9 @@ async fn tls_etcd_needs_the_client_certificate() {
         ca: Some(files.ca_pem().to_path_buf()),
     };
     let l = connect(etcd.client_urls(), Some(&tls), "/berth/").await;
-    l.create(Kind::Pool, "p", b"{}".to_vec()).await.unwrap();
+    l.create(Kind::Pool, "p", record(Kind::Pool, "p"))
+        .await
+        .unwrap();
     assert_eq!(l.list(Kind::Pool).await.unwrap().len(), 1);
 
     // https without any certificate configured is refused up front, naming the settings to give.
@@ -106,7 +109,7 @@ async fn three_members_losing_one_mid_burst_lose_no_write() {
                     let deadline = Instant::now() + Duration::from_secs(30);
                     loop {
                         match l
-                            .create(Kind::Binding, &name, name.clone().into_bytes())
+                            .create(Kind::Binding, &name, record(Kind::Binding, &name))
                             .await
                         {
                             Ok(_) | Err(LedgerError::Exists { .. }) => break,
@@ -143,7 +146,7 @@ async fn three_members_losing_one_mid_burst_lose_no_write() {
     );
     assert_eq!(listed.len(), writers * each);
     for e in l.list(Kind::Binding).await.unwrap() {
-        assert_eq!(e.value, e.name.as_bytes(), "values intact");
+        assert_eq!(marker(Kind::Binding, &e.value), e.name, "values intact");
     }
     eprintln!(
         "{} writes across a leader kill in {:?}",
