@@ -13,8 +13,10 @@
 //! Each cell (variant x concurrency) runs `--ops` ADD+DEL pairs: N worker threads each exec ADD
 //! then DEL for distinct container IDs. ADD and DEL latencies are spawn-to-exit wall times;
 //! throughput is pairs per second of the cell's wall time. Every configuration is run `--runs`
-//! times, interleaved (run 1 of every cell, then run 2, ...), and the table shows medians over
-//! runs: the machine is shared, so single runs are noisy.
+//! times and the table shows medians over runs; within a run the variants take turns in chunks
+//! of `--chunk` pairs, so every variant sees the same background load (the machine is shared).
+//! CPU per pair (plugin processes + agent + etcd, from /proc) is reported too: unlike latency it
+//! hardly depends on other load.
 
 use crate::release_bins;
 use anyhow::{bail, Context, Result};
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 
 const SUBNET: &str = "198.18.0.0/16";
 const NETWORK: &str = "benchnet";
-const USAGE: &str = "usage: cargo xtask bench ipam [--ops N] [--runs R] [--conc 1,8] [--warmup W] \
+const USAGE: &str = "usage: cargo xtask bench ipam [--ops N] [--runs R] [--conc 1,8] [--warmup W] [--chunk C] \
 [--bins DIR] [--direct-etcd] [--etcd-arg ARG]... [--only NAME[,NAME...]] [--markdown FILE]";
 
 /// Run a benchmark by name.
@@ -44,6 +46,7 @@ struct Opts {
     runs: usize,
     conc: Vec<usize>,
     warmup: usize,
+    chunk: usize,
     bins: Option<PathBuf>,
     direct_etcd: bool,
     etcd_args: Vec<String>,
@@ -58,6 +61,7 @@ impl Opts {
             runs: 3,
             conc: vec![1, 8],
             warmup: 8,
+            chunk: 100,
             bins: None,
             direct_etcd: false,
             etcd_args: vec![],
@@ -75,6 +79,7 @@ impl Opts {
                 "--ops" => o.ops = val()?.parse().context("--ops")?,
                 "--runs" => o.runs = val()?.parse().context("--runs")?,
                 "--warmup" => o.warmup = val()?.parse().context("--warmup")?,
+                "--chunk" => o.chunk = val()?.parse().context("--chunk")?,
                 "--conc" => {
                     o.conc = val()?
                         .split(',')
@@ -90,7 +95,7 @@ impl Opts {
                 _ => bail!("unknown option {a:?}; {USAGE}"),
             }
         }
-        if o.ops == 0 || o.runs == 0 || o.conc.is_empty() || o.conc.contains(&0) {
+        if o.ops == 0 || o.runs == 0 || o.chunk == 0 || o.conc.is_empty() || o.conc.contains(&0) {
             bail!("--ops, --runs and every --conc value must be at least 1");
         }
         Ok(o)
@@ -105,6 +110,8 @@ struct Variant {
     /// The agent serving this variant, checked alive around every cell (a dead agent would make
     /// the plugin silently fall back to the direct path).
     agent: Option<Daemon>,
+    /// Server processes whose CPU time counts towards this variant (agent, etcd).
+    servers: Vec<u32>,
 }
 
 impl Variant {
@@ -120,13 +127,32 @@ impl Variant {
     }
 }
 
+#[derive(Default)]
 struct Cell {
     add: Vec<Duration>,
     del: Vec<Duration>,
     wall: Duration,
+    /// CPU seconds used by the plugin processes and the variant's servers.
+    cpu: f64,
 }
 
 impl Cell {
+    fn merge(&mut self, o: Cell) {
+        self.add.extend(o.add);
+        self.del.extend(o.del);
+        self.wall += o.wall;
+        self.cpu += o.cpu;
+    }
+
+    fn finish(&mut self) {
+        self.add.sort();
+        self.del.sort();
+    }
+
+    fn cpu_ms_per_pair(&self) -> f64 {
+        self.cpu * 1000.0 / self.add.len() as f64
+    }
+
     fn pairs_per_s(&self) -> f64 {
         self.add.len() as f64 / self.wall.as_secs_f64()
     }
@@ -171,10 +197,29 @@ fn exec(plugin: &Path, command: &str, id: &str, config: &[u8]) -> Result<Duratio
     Ok(elapsed)
 }
 
+/// CPU seconds (user + system) from `/proc/PID/stat`; for `self`, those of waited-for children.
+fn cpu_secs(pid: Option<u32>) -> f64 {
+    let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the parenthesised command name; utime is field 14, cutime 16 (1-based).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let (a, b) = if pid.is_some() { (11, 12) } else { (13, 14) };
+    (f.get(a).unwrap_or(&0.0) + f.get(b).unwrap_or(&0.0)) / 100.0
+}
+
+fn cpu_of(servers: &[u32]) -> f64 {
+    cpu_secs(None) + servers.iter().map(|&p| cpu_secs(Some(p))).sum::<f64>()
+}
+
 /// `ops` ADD+DEL pairs on `conc` worker threads.
 fn cell(v: &Variant, conc: usize, ops: usize, tag: &str) -> Result<Cell> {
     let config = v.config();
     let next = AtomicUsize::new(0);
+    let cpu0 = cpu_of(&v.servers);
     let start = Instant::now();
     let results: Vec<Result<(Vec<Duration>, Vec<Duration>)>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..conc)
@@ -201,17 +246,15 @@ fn cell(v: &Variant, conc: usize, ops: usize, tag: &str) -> Result<Cell> {
     });
     let wall = start.elapsed();
     let mut c = Cell {
-        add: vec![],
-        del: vec![],
         wall,
+        cpu: cpu_of(&v.servers) - cpu0,
+        ..Cell::default()
     };
     for r in results {
         let (a, d) = r?;
         c.add.extend(a);
         c.del.extend(d);
     }
-    c.add.sort();
-    c.del.sort();
     Ok(c)
 }
 
@@ -275,6 +318,7 @@ struct Row {
     pps: f64,
     pps_min: f64,
     pps_max: f64,
+    cpu: f64,
 }
 
 fn ipam(o: Opts) -> Result<()> {
@@ -309,6 +353,7 @@ fn ipam(o: Opts) -> Result<()> {
         plugin: host_local.clone(),
         ipam: json!({"type": "host-local", "dataDir": dir.join("host-local"), "ranges": range}),
         agent: None,
+        servers: vec![],
     }];
     if want("direct/embedded") {
         variants.push(Variant {
@@ -317,6 +362,7 @@ fn ipam(o: Opts) -> Result<()> {
             ipam: json!({"type": "berth-ipam", "dataDir": dir.join("direct-embedded"),
                          "agentSocket": nobody, "nodeName": "bench-direct", "ranges": range}),
             agent: None,
+            servers: vec![],
         });
     }
     if want("agent/embedded") {
@@ -334,6 +380,7 @@ fn ipam(o: Opts) -> Result<()> {
             // the agent's ledger lock and fail instead of silently measuring the direct path.
             ipam: json!({"type": "berth-ipam", "dataDir": data, "agentSocket": socket,
                          "nodeName": "bench-agent-embedded", "ranges": range}),
+            servers: vec![d.pid()],
             agent: Some(d),
         });
     }
@@ -355,6 +402,7 @@ fn ipam(o: Opts) -> Result<()> {
     };
     if let Some(e) = &etcd {
         let url = e.client_url(0);
+        let etcd_pid = e.member_pid(0).context("etcd member pid")?;
         if want("agent/etcd") {
             let (d, socket) = start_agent(&berth, dir, "agent-etcd", &format!("etcd:{url}"))?;
             variants.push(Variant {
@@ -363,6 +411,7 @@ fn ipam(o: Opts) -> Result<()> {
                 ipam: json!({"type": "berth-ipam", "etcdConfig": {"etcdURL": url},
                              "agentSocket": socket, "nodeName": "bench-agent-etcd",
                              "ranges": range}),
+                servers: vec![d.pid(), etcd_pid],
                 agent: Some(d),
             });
         }
@@ -374,6 +423,7 @@ fn ipam(o: Opts) -> Result<()> {
                              "agentSocket": nobody, "nodeName": "bench-direct-etcd",
                              "ranges": range}),
                 agent: None,
+                servers: vec![etcd_pid],
             });
         }
     }
@@ -394,19 +444,33 @@ fn ipam(o: Opts) -> Result<()> {
         .collect();
     for run in 0..o.runs {
         for (ci, &conc) in o.conc.iter().enumerate() {
-            for (vi, v) in variants.iter_mut().enumerate() {
-                let tag = format!("r{run}c{conc}");
-                cell(v, conc, o.warmup.max(conc), &format!("{tag}w"))
+            let mut acc: Vec<Cell> = variants.iter().map(|_| Cell::default()).collect();
+            for v in variants.iter() {
+                cell(v, conc, o.warmup.max(conc), &format!("r{run}c{conc}w"))
                     .with_context(|| format!("{} warm-up", v.name))?;
-                let c = cell(v, conc, o.ops, &tag)
-                    .with_context(|| format!("{} at concurrency {conc}", v.name))?;
+            }
+            // Chunks of every variant take turns (starting variant rotating), so all variants
+            // see the same background load over time.
+            let chunks = o.ops.div_ceil(o.chunk);
+            for k in 0..chunks {
+                let n = o.chunk.min(o.ops - k * o.chunk);
+                for j in 0..variants.len() {
+                    let vi = (j + k) % variants.len();
+                    let v = &variants[vi];
+                    let c = cell(v, conc, n, &format!("r{run}c{conc}k{k}"))
+                        .with_context(|| format!("{} at concurrency {conc}", v.name))?;
+                    acc[vi].merge(c);
+                }
+            }
+            for (vi, (v, mut c)) in variants.iter_mut().zip(acc).enumerate() {
                 if let Some(a) = v.agent.as_mut() {
                     if !a.is_running() {
                         bail!("the {} agent died; log:\n{}", v.name, a.log_tail(30));
                     }
                 }
+                c.finish();
                 eprintln!(
-                    "run {}/{} c={conc:<2} {:<16} ADD p50 {:6.2} p99 {:6.2}  DEL p50 {:6.2} p99 {:6.2} ms  {:7.1} pairs/s",
+                    "run {}/{} c={conc:<2} {:<16} ADD p50 {:6.2} p99 {:6.2}  DEL p50 {:6.2} p99 {:6.2} ms  {:7.1} pairs/s  {:5.2} CPU ms/pair",
                     run + 1,
                     o.runs,
                     v.name,
@@ -414,7 +478,8 @@ fn ipam(o: Opts) -> Result<()> {
                     ms(pct(&c.add, 99.0)),
                     ms(pct(&c.del, 50.0)),
                     ms(pct(&c.del, 99.0)),
-                    c.pairs_per_s()
+                    c.pairs_per_s(),
+                    c.cpu_ms_per_pair(),
                 );
                 cells[vi][ci].push(c);
             }
@@ -437,6 +502,7 @@ fn ipam(o: Opts) -> Result<()> {
                 pps: median(pps.clone()),
                 pps_min: pps.iter().copied().fold(f64::INFINITY, f64::min),
                 pps_max: pps.iter().copied().fold(0.0, f64::max),
+                cpu: m(&Cell::cpu_ms_per_pair),
             });
         }
     }
@@ -445,15 +511,18 @@ fn ipam(o: Opts) -> Result<()> {
     let mut out = String::new();
     let ipam_size = std::fs::metadata(&ipam_bin).map(|m| m.len()).unwrap_or(0);
     out.push_str(&format!(
-        "IPAM-only ADD+DEL, one plugin process per operation, {} pairs per cell, {} subnet; \
-         medians over {} interleaved runs (shared 2-core machine: single runs are noisy). \
-         Latencies in ms, spawn to exit. Ratios are to host-local at the same concurrency \
-         (ADD p99 ×: lower is better; pairs/s ×: higher is better).\n\
+        "IPAM-only ADD+DEL, one plugin process per operation (as a runtime runs it), {} pairs per \
+         cell, {} subnet. Medians over {} runs; within a run the variants take turns in chunks of \
+         {} pairs, so all see the same background load (shared 2-core machine: single runs are \
+         noisy). Latencies in ms, spawn to exit. CPU ms/pair: user+system CPU of the plugin \
+         processes plus the agent and etcd serving them, per ADD+DEL pair. Ratios are to \
+         host-local at the same concurrency (p99 ×: lower is better; pairs/s ×: higher is better).\n\
          host-local: Debian containernetworking-plugins ({}); berth-ipam: release build ({:.1} MB); \
          etcd: Debian 3.4, one member on 127.0.0.1, fsync on{}.\n\n",
         o.ops,
         SUBNET,
         o.runs,
+        o.chunk,
         host_local.display(),
         ipam_size as f64 / 1e6,
         if o.etcd_args.is_empty() {
@@ -463,14 +532,14 @@ fn ipam(o: Opts) -> Result<()> {
         }
     ));
     out.push_str(
-        "| variant | conc | ADD p50 | ADD p99 | DEL p50 | DEL p99 | pairs/s (min–max) | ADD p99 × | DEL p99 × | pairs/s × |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| variant | conc | ADD p50 | ADD p99 | DEL p50 | DEL p99 | pairs/s (min–max) | CPU ms/pair | ADD p99 × | DEL p99 × | pairs/s × |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &rows {
         let b = base(r.conc);
         let ratio = |x: f64, y: Option<f64>| y.map_or("–".to_string(), |y| format!("{:.2}", x / y));
         out.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} ({:.0}–{:.0}) | {} | {} | {} |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} ({:.0}–{:.0}) | {:.2} | {} | {} | {} |\n",
             r.variant,
             r.conc,
             r.add_p50,
@@ -480,6 +549,7 @@ fn ipam(o: Opts) -> Result<()> {
             r.pps,
             r.pps_min,
             r.pps_max,
+            r.cpu,
             ratio(r.add_p99, b.map(|b| b.add_p99)),
             ratio(r.del_p99, b.map(|b| b.del_p99)),
             ratio(r.pps, b.map(|b| b.pps)),
