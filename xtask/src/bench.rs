@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 const SUBNET: &str = "198.18.0.0/16";
 const NETWORK: &str = "benchnet";
-const USAGE: &str = "usage: cargo xtask bench ipam [--ops N] [--runs R] [--conc 1,8] [--warmup W] [--chunk C] \
+const USAGE: &str =
+    "usage: cargo xtask bench ipam [--ops N] [--runs R] [--conc 1,8] [--warmup W] [--chunk C] \
 [--bins DIR] [--direct-etcd] [--etcd-arg ARG]... [--only NAME[,NAME...]] [--markdown FILE]";
 
 /// Run a benchmark by name.
@@ -182,7 +183,11 @@ fn exec(plugin: &Path, command: &str, id: &str, config: &[u8]) -> Result<Duratio
         && match command {
             "ADD" => serde_json::from_str::<Value>(&stdout)
                 .ok()
-                .and_then(|v| v.get("ips").and_then(Value::as_array).map(|a| !a.is_empty()))
+                .and_then(|v| {
+                    v.get("ips")
+                        .and_then(Value::as_array)
+                        .map(|a| !a.is_empty())
+                })
                 .unwrap_or(false),
             _ => stdout.trim().is_empty(),
         };
@@ -302,7 +307,11 @@ fn start_agent(berth: &Path, dir: &Path, name: &str, ledger: &str) -> Result<(Da
         .arg(&socket)
         .args(["--ledger", ledger, "--node", &format!("bench-{name}")])
         .env("RUST_LOG", "warn");
-    let mut d = Daemon::spawn(&format!("bench-{name}"), cmd, Some(&dir.join(format!("{name}.log"))))?;
+    let mut d = Daemon::spawn(
+        &format!("bench-{name}"),
+        cmd,
+        Some(&dir.join(format!("{name}.log"))),
+    )?;
     wait_socket(&mut d, &socket)?;
     Ok((d, socket))
 }
@@ -391,11 +400,7 @@ fn ipam(o: Opts) -> Result<()> {
             b = b.arg(a.clone());
         }
         let e = b.start().context("starting etcd")?;
-        eprintln!(
-            "etcd {} healthy in {:?}",
-            e.client_url(0),
-            e.startup_time()
-        );
+        eprintln!("etcd {} healthy in {:?}", e.client_url(0), e.startup_time());
         Some(e)
     } else {
         None
@@ -506,7 +511,10 @@ fn ipam(o: Opts) -> Result<()> {
             });
         }
     }
-    let base = |conc: usize| rows.iter().find(|r| r.variant == "host-local" && r.conc == conc);
+    let base = |conc: usize| {
+        rows.iter()
+            .find(|r| r.variant == "host-local" && r.conc == conc)
+    };
 
     let mut out = String::new();
     let ipam_size = std::fs::metadata(&ipam_bin).map(|m| m.len()).unwrap_or(0);
@@ -537,7 +545,8 @@ fn ipam(o: Opts) -> Result<()> {
     );
     for r in &rows {
         let b = base(r.conc);
-        let ratio = |x: f64, y: Option<f64>| y.map_or("–".to_string(), |y| format!("{:.2}", x / y));
+        let ratio =
+            |x: f64, y: Option<f64>| y.map_or("–".to_string(), |y| format!("{:.2}", x / y));
         out.push_str(&format!(
             "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} ({:.0}–{:.0}) | {:.2} | {} | {} | {} |\n",
             r.variant,
@@ -560,7 +569,8 @@ fn ipam(o: Opts) -> Result<()> {
     for &conc in &o.conc {
         if let (Some(b), Some(r)) = (
             base(conc),
-            rows.iter().find(|r| r.variant == "agent/etcd" && r.conc == conc),
+            rows.iter()
+                .find(|r| r.variant == "agent/etcd" && r.conc == conc),
         ) {
             let (a, d) = (r.add_p99 / b.add_p99, r.del_p99 / b.del_p99);
             out.push_str(&format!(
@@ -570,9 +580,16 @@ fn ipam(o: Opts) -> Result<()> {
         }
     }
     if let Some(b) = base(8) {
-        for r in rows.iter().filter(|r| r.conc == 8 && r.variant != "host-local") {
+        for r in rows
+            .iter()
+            .filter(|r| r.conc == 8 && r.variant != "host-local")
+        {
             let x = r.pps / b.pps;
-            let headline = if r.variant == "agent/etcd" { "" } else { " (informative)" };
+            let headline = if r.variant == "agent/etcd" {
+                ""
+            } else {
+                " (informative)"
+            };
             out.push_str(&format!(
                 "- {}: {} throughput ≥ 2× host-local at concurrency 8: {x:.2}×{headline}\n",
                 verdict(x >= 2.0),
