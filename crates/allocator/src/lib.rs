@@ -206,7 +206,7 @@ impl Allocator {
 
     async fn rollback(&self, created: &[Binding]) {
         for b in created {
-            if let Err(e) = self.release_one(b.address, &b.owner).await {
+            if let Err(e) = self.release_one(b.address, &b.owner, None).await {
                 tracing::warn!(address = %b.address, error = %e, "could not roll back a partial ADD; GC will release it");
             }
         }
@@ -531,7 +531,34 @@ impl Allocator {
 
     /// Owner-checked release of one address: freed only if the ledger still shows this attachment
     /// holding it. Returns the released binding.
-    async fn release_one(&self, ip: IpAddr, owner: &Owner) -> Result<Option<Binding>, AllocError> {
+    ///
+    /// With the cached record of the binding (`cached`), the first attempt is a compare-and-swap
+    /// delete against the cached version, without reading first: versions are unique per write,
+    /// so the delete succeeds only if the ledger still holds exactly the cached record (whose
+    /// owner was checked). Any other outcome falls back to read-check-delete. This saves a ledger
+    /// round trip per DEL on the agent, whose cache is normally current.
+    async fn release_one(
+        &self,
+        ip: IpAddr,
+        owner: &Owner,
+        cached: Option<&Stored<Binding>>,
+    ) -> Result<Option<Binding>, AllocError> {
+        if let Some(c) =
+            cached.filter(|c| c.value.address == ip && c.value.owner.same_attachment(owner))
+        {
+            match self
+                .ledger
+                .delete(Kind::Binding, &ip.to_string(), &c.version)
+                .await
+            {
+                Ok(()) => {
+                    self.state().remove_binding(ip);
+                    return Ok(Some(c.value.clone()));
+                }
+                Err(LedgerError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let r = Records(self.ledger.as_ref());
         for _ in 0..MAX_RACES {
             let Some(cur) = r.get::<Binding>(Kind::Binding, &ip.to_string()).await? else {
@@ -567,7 +594,7 @@ impl Allocator {
         let held = self.state().held_by(owner);
         let mut out = vec![];
         for b in held {
-            if let Some(released) = self.release_one(b.value.address, owner).await? {
+            if let Some(released) = self.release_one(b.value.address, owner, Some(&b)).await? {
                 out.push(released);
             }
         }
@@ -618,7 +645,7 @@ impl Allocator {
         };
         let mut out = vec![];
         for b in stale {
-            if let Some(released) = self.release_one(b.address, &b.owner).await? {
+            if let Some(released) = self.release_one(b.address, &b.owner, None).await? {
                 tracing::info!(address = %released.address, container = %released.owner.container_id, "GC released");
                 out.push(released);
             }
