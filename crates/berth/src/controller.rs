@@ -29,6 +29,9 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease (default: hostname and PID).
     #[arg(long)]
     pub id: Option<String>,
+    /// Create or update Berth's CRDs at start (otherwise apply deploy/crds.yaml).
+    #[arg(long)]
+    pub install_crds: bool,
     #[command(flatten)]
     pub ledger: LedgerArgs,
 }
@@ -37,6 +40,11 @@ pub struct ControllerArgs {
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let ledger = args.ledger.open().await.context("opening the ledger")?;
     let (client, server) = berth_k8s::client(args.ledger.kubeconfig.as_deref()).await?;
+    if args.install_crds {
+        berth_k8s::crd::install(&client, Duration::from_secs(60))
+            .await
+            .context("installing Berth's CRDs")?;
+    }
     let identity = args.id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -51,6 +59,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             identity,
             duration: args.lease_duration,
         },
+        pool_status: args.ledger.is_kubernetes(),
     };
     tokio::select! {
         _ = berth_controller::run(client, ledger, cfg) => Ok(()),

@@ -414,4 +414,32 @@ fn pods_keep_their_addresses_across_nodes() {
     assert_eq!(w.add_ok(node, p)[0], *freed);
 
     w.audit();
+
+    // The controller writes pool usage into the Pool's status (kubectl's Used/Free columns).
+    let out = Command::new(BERTH)
+        .args(["bindings", "--json"])
+        .args(w.ledger_args())
+        .output()
+        .unwrap();
+    let bound = serde_json::from_slice::<Vec<Value>>(&out.stdout)
+        .unwrap()
+        .len() as u64;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let updated = rt.block_on(async {
+        let (client, _) = berth_k8s::client(Some(w.cp.kubeconfig())).await.unwrap();
+        let ledger = berth_k8s::KubeLedger::new(client.clone());
+        berth_controller::update_pool_status(&client, &ledger)
+            .await
+            .unwrap()
+    });
+    assert_eq!(updated, 1);
+    let pools = w.api("GET", "/apis/berth.dev/v1alpha1/pools", None);
+    let status = &pools["items"][0]["status"];
+    assert_eq!(status["used"].as_u64(), Some(bound), "{status}");
+    assert!(status["blocks"].as_u64().unwrap() >= 2, "{status}");
+    let free = status["free"].as_u64().unwrap();
+    assert!(
+        free > 60_000 && free < u64::MAX,
+        "IPv4 range 198.18.1.0-198.18.255.254 plus IPv6: {status}"
+    );
 }

@@ -25,6 +25,8 @@ pub struct ControllerConfig {
     pub interval: Duration,
     /// The Lease.
     pub lease: LeaseConfig,
+    /// Write pool usage into the Pool objects' status (when the ledger is Berth's CRDs).
+    pub pool_status: bool,
 }
 
 /// Why a round was skipped.
@@ -252,6 +254,55 @@ pub async fn round(
     Ok(report)
 }
 
+/// Write each pool's blocks, used and free counts into its `pools.berth.dev` status, so
+/// `kubectl get pools.berth.dev` shows them. Returns how many pools were updated.
+pub async fn update_pool_status(client: &Client, ledger: &dyn Ledger) -> Result<usize, RoundError> {
+    use berth_core::{BindingKind, PoolSpec};
+    use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+    let r = Records(ledger);
+    let pools: Vec<Stored<PoolSpec>> = r.list(Kind::Pool).await?;
+    let blocks: Vec<Stored<Block>> = r.list(Kind::Block).await?;
+    let claims: Vec<Stored<Claim>> = r.list(Kind::Claim).await?;
+    let bindings: Vec<Stored<Binding>> = r.list(Kind::Binding).await?;
+    let api: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::erase::<berth_k8s::crd::Pool>(&()),
+    );
+    let mut updated = 0;
+    for p in pools {
+        let pool = &p.value;
+        let used = bindings
+            .iter()
+            .filter(|b| b.value.pool == pool.name)
+            .count() as u64;
+        let nblocks = blocks.iter().filter(|b| b.value.pool == pool.name).count() as u64;
+        let capacity: u128 = pool.subnets.iter().map(|s| s.dynamic_capacity()).sum();
+        // Dynamic addresses taken: bound from blocks, or kept by claims.
+        let taken = bindings
+            .iter()
+            .filter(|b| {
+                b.value.pool == pool.name && matches!(b.value.kind, BindingKind::Dynamic { .. })
+            })
+            .count() as u128
+            + claims
+                .iter()
+                .filter(|c| c.value.pool == pool.name)
+                .map(|c| c.value.addresses.len() as u128)
+                .sum::<u128>();
+        let free = u64::try_from(capacity.saturating_sub(taken)).unwrap_or(u64::MAX);
+        let patch = serde_json::json!({"status": {"blocks": nblocks, "used": used, "free": free}});
+        let name = berth_k8s::names::object_name(&pool.name);
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => updated += 1,
+            Err(e) => tracing::warn!(pool = %pool.name, error = %e, "could not update pool status"),
+        }
+    }
+    Ok(updated)
+}
+
 /// Run until the process ends: hold the Lease, and while holding it, run a round per interval.
 pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ControllerConfig) {
     let elector = Elector::new(client.clone(), cfg.lease.clone());
@@ -274,6 +325,11 @@ pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ControllerConfig)
                 Ok(r) if r != Report::default() => tracing::info!(?r, "controller round"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "controller round skipped"),
+            }
+            if cfg.pool_status {
+                if let Err(e) = update_pool_status(&client, ledger.as_ref()).await {
+                    tracing::warn!(error = %e, "pool status not updated");
+                }
             }
         }
         tokio::time::sleep(cfg.interval).await;

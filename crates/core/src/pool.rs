@@ -287,6 +287,62 @@ impl SubnetSpec {
         self.is_usable(ip) && (self.is_reserved(ip) || self.fixed_anywhere)
     }
 
+    /// How many addresses can be handed out dynamically, counted by range arithmetic (so a /64
+    /// costs nothing to count): the dynamic ranges less the reserved ranges, excludes, gateway and
+    /// the network and broadcast addresses that fall inside them. Excludes that overlap each other
+    /// are subtracted once each, so the figure can be slightly low, never high.
+    pub fn dynamic_capacity(&self) -> u128 {
+        let (first, last) = net_bounds(&self.cidr);
+        let host_bits = self.family().bits() - self.cidr.prefix_len();
+        let overlap = |a: (u128, u128), b: (u128, u128)| -> u128 {
+            let (lo, hi) = (a.0.max(b.0), a.1.min(b.1));
+            if lo <= hi {
+                hi - lo + 1
+            } else {
+                0
+            }
+        };
+        let mut total: u128 = 0;
+        for r in self.dynamic_ranges() {
+            let span = r.bounds();
+            let mut n = span.1 - span.0 + 1;
+            for f in &self.fixed {
+                n = n.saturating_sub(overlap(span, f.bounds()));
+            }
+            for ex in &self.excludes {
+                n = n.saturating_sub(overlap(span, net_bounds(ex)));
+            }
+            let mut special = vec![];
+            if host_bits > 1 {
+                special.push(first);
+                if self.family() == Family::V4 {
+                    special.push(last);
+                }
+            }
+            if let Some(gw) = self.gateway {
+                special.push(to_u128(gw));
+            }
+            special.sort();
+            special.dedup();
+            for a in special {
+                let in_span = span.0 <= a && a <= span.1;
+                let already = self
+                    .fixed
+                    .iter()
+                    .any(|f| f.contains(crate::addr::from_u128(a, self.family())))
+                    || self
+                        .excludes
+                        .iter()
+                        .any(|e| e.contains(&crate::addr::from_u128(a, self.family())));
+                if in_span && !already {
+                    n = n.saturating_sub(1);
+                }
+            }
+            total = total.saturating_add(n);
+        }
+        total
+    }
+
     /// The ranges dynamic addresses come from, explicit or implied.
     pub fn dynamic_ranges(&self) -> Vec<AddrRange> {
         if self.ranges.is_empty() {

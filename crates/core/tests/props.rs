@@ -116,6 +116,18 @@ proptest! {
         }
     }
 
+    /// Counting the dynamic capacity by arithmetic agrees with walking every candidate block.
+    #[test]
+    fn dynamic_capacity_matches_the_blocks(s in subnet_strategy()) {
+        let walked: u128 = candidate_blocks(&s, "n")
+            .map(|cidr| Block { pool: "p".into(), cidr, node: "n".into() }.capacity(&s))
+            .sum();
+        prop_assert!(s.dynamic_capacity() <= walked);
+        if s.excludes.is_empty() {
+            prop_assert_eq!(s.dynamic_capacity(), walked);
+        }
+    }
+
     /// After a release, the next pick does not reuse the released address while others are free.
     #[test]
     fn release_is_not_reused_immediately(s in subnet_strategy()) {
