@@ -81,3 +81,17 @@ fn corrected_seed_accepts_berth_ipam_type_too() {
     let b = parse_config(conf.as_bytes()).expect("berth-ipam");
     assert_eq!(a, b);
 }
+
+/// The example network configuration in `deploy/10-berth.conflist` parses, as the runtime hands
+/// each plugin its own entry with the list's name and version.
+#[test]
+fn deploy_example_conflist_parses() {
+    let text = include_str!("../../../deploy/10-berth.conflist");
+    let list: serde_json::Value = serde_json::from_str(text).unwrap();
+    let mut conf = list["plugins"][0].clone();
+    conf["name"] = list["name"].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    let cfg = berth_cni::parse_config(conf.to_string().as_bytes()).unwrap();
+    assert_eq!(cfg.pool.name, "pods");
+    assert_eq!(cfg.pool.subnets.len(), 2);
+}

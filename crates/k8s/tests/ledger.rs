@@ -79,3 +79,41 @@ async fn records_are_readable_berth_objects() {
         .is_err());
     assert_eq!(l.list(Kind::Binding).await.unwrap().len(), 1);
 }
+
+#[test]
+fn deploy_manifests_are_accepted_by_the_api_server() {
+    berth_testbed::require_root();
+    let cp = KubeControlPlane::start().unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/berth.yaml"
+    ))
+    .unwrap();
+    let mut kinds = vec![];
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        let kind = v["kind"].as_str().unwrap().to_string();
+        let ns = v["metadata"]["namespace"].as_str().unwrap_or("");
+        let path = match kind.as_str() {
+            "ServiceAccount" => format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+            "ClusterRole" => "/apis/rbac.authorization.k8s.io/v1/clusterroles".to_string(),
+            "ClusterRoleBinding" => {
+                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings".to_string()
+            }
+            "DaemonSet" => format!("/apis/apps/v1/namespaces/{ns}/daemonsets"),
+            "Deployment" => format!("/apis/apps/v1/namespaces/{ns}/deployments"),
+            other => panic!("deploy/berth.yaml has a {other} this test does not know"),
+        };
+        let r = cp
+            .request("POST", &format!("{path}?dryRun=All"), Some(&v))
+            .unwrap();
+        assert!(
+            r.status == 201 || r.status == 200,
+            "{kind}: HTTP {} {}",
+            r.status,
+            r.body
+        );
+        kinds.push(kind);
+    }
+    assert_eq!(kinds.len(), 8, "{kinds:?}");
+}
