@@ -250,32 +250,41 @@ impl Allocator {
         }
         let b = self.binding(pool, subnet, owner, ip, BindingKind::Fixed);
         self.state().pending.insert(ip);
-        let res = Records(self.ledger.as_ref())
-            .create(Kind::Binding, &b.name(), &b)
-            .await;
+        let res = self.create_binding(b).await;
         self.state().pending.remove(&ip);
-        match res {
+        match res? {
+            Ok(b) => Ok(b),
+            Err(Some(h)) if h.owner.same_attachment(owner) => Ok(h),
+            Err(Some(h)) => Err(AllocError::AddressHeld {
+                address: ip,
+                holder: describe(&h.owner),
+                node: h.node,
+            }),
+            Err(None) => Err(AllocError::Contended {
+                what: format!("address {ip}"),
+            }),
+        }
+    }
+
+    /// Create a binding record. `Ok(Ok(b))`: the address is ours now. `Ok(Err(holder))`: someone
+    /// holds it (the cache has learned who; `None` if the record vanished meanwhile). A failure
+    /// with an unclear outcome is remembered for a later DEL (see [`Self::maybe_written`]).
+    async fn create_binding(
+        &self,
+        b: Binding,
+    ) -> Result<Result<Binding, Option<Binding>>, AllocError> {
+        match Records(self.ledger.as_ref())
+            .create(Kind::Binding, &b.name(), &b)
+            .await
+        {
             Ok(version) => {
                 self.state().insert_binding(Stored {
                     value: b.clone(),
                     version,
                 });
-                Ok(b)
+                Ok(Ok(b))
             }
-            Err(LedgerError::Exists { .. }) => {
-                let held = self.refresh_binding(ip).await?;
-                match held {
-                    Some(h) if h.owner.same_attachment(owner) => Ok(h),
-                    Some(h) => Err(AllocError::AddressHeld {
-                        address: ip,
-                        holder: describe(&h.owner),
-                        node: h.node,
-                    }),
-                    None => Err(AllocError::Contended {
-                        what: format!("address {ip}"),
-                    }),
-                }
-            }
+            Err(LedgerError::Exists { .. }) => Ok(Err(self.refresh_binding(b.address).await?)),
             Err(e) => Err(self.maybe_written(b, e)),
         }
     }
@@ -330,23 +339,11 @@ impl Allocator {
                 continue;
             };
             let b = self.binding(pool, &subnet, owner, ip, BindingKind::Dynamic { block });
-            let res = Records(self.ledger.as_ref())
-                .create(Kind::Binding, &b.name(), &b)
-                .await;
+            let res = self.create_binding(b).await;
             self.state().pending.remove(&ip);
-            match res {
-                Ok(version) => {
-                    self.state().insert_binding(Stored {
-                        value: b.clone(),
-                        version,
-                    });
-                    return Ok(b);
-                }
-                Err(LedgerError::Exists { .. }) => {
-                    // Someone else (a fixed request, a stale cache) holds it: learn and move on.
-                    self.refresh_binding(ip).await?;
-                }
-                Err(e) => return Err(self.maybe_written(b, e)),
+            // Held by someone else (a fixed request, a stale cache): the cache learned it; next.
+            if let Ok(b) = res? {
+                return Ok(b);
             }
         }
         Err(AllocError::Contended {
@@ -397,20 +394,11 @@ impl Allocator {
                         claim: name.clone(),
                     },
                 );
-                match r.create(Kind::Binding, &b.name(), &b).await {
-                    Ok(version) => {
-                        self.state().insert_binding(Stored {
-                            value: b.clone(),
-                            version,
-                        });
-                        return Ok(b);
-                    }
-                    Err(LedgerError::Exists { .. }) => match self.refresh_binding(*ip).await? {
-                        Some(h) if h.owner.same_attachment(owner) => return Ok(h),
-                        Some(h) => busy.push(format!("{} by {}", ip, describe(&h.owner))),
-                        None => {}
-                    },
-                    Err(e) => return Err(self.maybe_written(b, e)),
+                match self.create_binding(b).await? {
+                    Ok(b) => return Ok(b),
+                    Err(Some(h)) if h.owner.same_attachment(owner) => return Ok(h),
+                    Err(Some(h)) => busy.push(format!("{} by {}", ip, describe(&h.owner))),
+                    Err(None) => {}
                 }
             }
             if members.len() as u32 >= req.size {
@@ -456,18 +444,8 @@ impl Allocator {
                             claim: name.clone(),
                         },
                     );
-                    match r.create(Kind::Binding, &b.name(), &b).await {
-                        Ok(version) => {
-                            self.state().insert_binding(Stored {
-                                value: b.clone(),
-                                version,
-                            });
-                            return Ok(b);
-                        }
-                        Err(LedgerError::Exists { .. }) => {
-                            self.refresh_binding(ip).await?;
-                        }
-                        Err(e) => return Err(self.maybe_written(b, e)),
+                    if let Ok(b) = self.create_binding(b).await? {
+                        return Ok(b);
                     }
                 }
                 Err(LedgerError::Exists { .. } | LedgerError::Conflict { .. }) => continue,
