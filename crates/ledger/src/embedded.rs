@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -73,6 +73,10 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> LedgerError {
 }
 
 /// Take an exclusive `flock` on `path`, waiting at most `wait`. Held for the ledger's lifetime.
+///
+/// The wait is a blocking `flock` in a helper thread, so concurrent plugin processes queue in the
+/// kernel and each is woken the moment the lock is free, instead of polling. If the wait times
+/// out, the helper thread releases the lock as soon as it gets it (nobody receives the file).
 fn lock_file(path: &Path, wait: Duration) -> Result<File> {
     let file = OpenOptions::new()
         .create(true)
@@ -80,29 +84,41 @@ fn lock_file(path: &Path, wait: Duration) -> Result<File> {
         .write(true)
         .open(path)
         .map_err(|e| io_err(path, e))?;
-    let deadline = Instant::now() + wait;
-    let mut pause = Duration::from_micros(200);
-    loop {
+    let try_now = |f: &File| {
         // SAFETY: flock on a file descriptor we own; no memory is touched.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(file);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(io_err(path, err));
-        }
-        if Instant::now() >= deadline {
-            return Err(LedgerError::Unavailable {
-                backend: format!("embedded:{}", path.display()),
-                reason: format!(
-                    "another process has held the ledger lock for over {:?} (is a berth agent using this data dir without serving its socket?)",
-                    wait
-                ),
-            });
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(5));
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }
+    };
+    if try_now(&file) == 0 {
+        return Ok(file);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(io_err(path, err));
+    }
+    let (tx, rx) = mpsc::sync_channel::<std::io::Result<File>>(1);
+    std::thread::Builder::new()
+        .name("ledger-lock".into())
+        .spawn(move || {
+            // SAFETY: as above; blocks until the lock is ours.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            let res = if rc == 0 {
+                Ok(file)
+            } else {
+                Err(std::io::Error::last_os_error())
+            };
+            // If the opener gave up, the send fails and dropping the file releases the lock.
+            let _ = tx.send(res);
+        })
+        .map_err(|e| io_err(path, e))?;
+    match rx.recv_timeout(wait) {
+        Ok(Ok(file)) => Ok(file),
+        Ok(Err(e)) => Err(io_err(path, e)),
+        Err(_) => Err(LedgerError::Unavailable {
+            backend: format!("embedded:{}", path.display()),
+            reason: format!(
+                "another process has held the ledger lock for over {wait:?} (is a berth agent using this data dir without serving its socket?)"
+            ),
+        }),
     }
 }
 

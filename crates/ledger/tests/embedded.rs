@@ -42,7 +42,7 @@ async fn records_survive_reopening_and_versions_keep_increasing() {
 #[tokio::test]
 async fn a_second_process_waits_for_the_lock_then_says_unavailable() {
     let dir = tempfile::tempdir().unwrap();
-    let _held = Embedded::open(dir.path(), Duration::from_secs(1)).unwrap();
+    let held = Embedded::open(dir.path(), Duration::from_secs(1)).unwrap();
     let t = std::time::Instant::now();
     let err = match Embedded::open(dir.path(), Duration::from_millis(300)) {
         Ok(_) => panic!("a second open must not get the lock while it is held"),
@@ -51,4 +51,10 @@ async fn a_second_process_waits_for_the_lock_then_says_unavailable() {
     assert!(t.elapsed() >= Duration::from_millis(300));
     assert!(matches!(err, LedgerError::Unavailable { .. }), "{err}");
     assert!(err.to_string().contains("lock"), "{err}");
+    // The waiter that gave up must not keep the lock once the holder lets go.
+    drop(held);
+    let t = std::time::Instant::now();
+    let again = Embedded::open(dir.path(), Duration::from_secs(5));
+    assert!(again.is_ok(), "the lock was released: {:?}", again.err());
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
 }
