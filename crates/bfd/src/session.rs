@@ -159,6 +159,10 @@ pub(crate) async fn run(
     };
     let far_future = || Instant::now() + Duration::from_secs(86400);
     let mut next_tx = Instant::now();
+    // When the last periodic packet went out and the interval it was
+    // scheduled with, so a shorter interval learnt later takes effect at once.
+    let mut last_tx = Instant::now();
+    let mut tx_interval = SLOW;
     let mut detect_at = far_future();
     let packet = |v: &Vars, fin: bool| Packet {
         diag: v.local_diag,
@@ -176,11 +180,12 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             _ = sleep_until(next_tx) => {
-                let interval = v.desired_min_tx.max(v.remote_min_rx);
+                tx_interval = v.desired_min_tx.max(v.remote_min_rx);
                 if !v.remote_min_rx.is_zero() {
                     let _ = sock.send_to(&packet(&v, false).encode(), dst).await;
                 }
-                next_tx = Instant::now() + jitter(interval, cfg.multiplier);
+                last_tx = Instant::now();
+                next_tx = last_tx + jitter(tx_interval, cfg.multiplier);
             }
             _ = sleep_until(detect_at) => {
                 detect_at = far_future();
@@ -236,6 +241,18 @@ pub(crate) async fn run(
                 }
                 if p.poll {
                     let _ = sock.send_to(&packet(&v, true).encode(), dst).await;
+                }
+                // The transmit interval is max(Desired Min TX, remote Required
+                // Min RX) (§6.8.7). A peer that is not Up yet may ask for 1 s
+                // (FRR's Init packets do) and lower it to the configured rate
+                // in its Poll a moment later; keeping the packet scheduled from
+                // the 1 s value would leave the peer 750-1000 ms without a
+                // packet while it already detects at 3 x 100 ms: it declares
+                // the session Down, and the next Init starts the same again.
+                let interval = v.desired_min_tx.max(v.remote_min_rx);
+                if interval < tx_interval {
+                    tx_interval = interval;
+                    next_tx = next_tx.min(last_tx + jitter(interval, cfg.multiplier));
                 }
                 if matches!(v.state, SessionState::Init | SessionState::Up) {
                     let detect = v.remote_desired_min_tx.max(cfg.min_rx) * u32::from(v.remote_mult);
