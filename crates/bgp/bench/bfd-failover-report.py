@@ -25,14 +25,14 @@ def iso(ts):
 
 
 trials = [(s, int(i), float(t)) for s, i, t in (l.split() for l in read("trials.txt"))]
-deletes = {}
+deletes, adds = {}, {}
 for r in ("r1", "r2"):
-    ev = []
+    ev, ad = [], []
     for l in read(f"mon-{r}.log"):
-        m = re.match(r"\[(\S+)\] Deleted (\S+) ", l)
+        m = re.match(r"\[(\S+)\] (Deleted )?(\S+) ", l)
         if m:
-            ev.append((iso(m.group(1)), m.group(2)))
-    deletes[r] = ev
+            (ev if m.group(2) else ad).append((iso(m.group(1)), m.group(3)))
+    deletes[r], adds[r] = ev, ad
 links = {}
 for sp in ("s1", "s3"):
     ev = []
@@ -91,6 +91,13 @@ for sp, (ip, pfx, routers) in SPK.items():
             lk = [t for t in links.get(sp, []) if tcmd <= t < tcmd + 1]
             t0 = lk[0] if lk else tcmd
             dl = [t for (t, p) in deletes[r] if p == pfx and t > t0 and t < t0 + 10]
+            # Skip a trial whose route was already gone at link down (a flap
+            # between speaker and router, not the failure being measured).
+            ev = [(t, True) for (t, p) in deletes[r] if p == pfx and t0 - 3 < t <= t0]
+            ev += [(t, False) for (t, p) in adds[r] if p == pfx and t0 - 3 < t <= t0]
+            if ev and max(ev)[1]:
+                print(f"{sp} trial {i} {NAME[r]}: route already gone at link down, skipped", file=sys.stderr)
+                continue
             mine = [t for (t, src) in pkts[r] if src == ip]
             # No packet gets through once the link is down, and the link is
             # not brought up again before the route is gone: the last packet
