@@ -267,3 +267,22 @@ pub(crate) async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transmit_interval_is_75_to_90_percent() {
+        let d = Duration::from_millis(100);
+        for mult in [1, 3] {
+            for _ in 0..2000 {
+                let j = jitter(d, mult);
+                assert!(
+                    j >= Duration::from_millis(75) && j < Duration::from_millis(90),
+                    "{j:?}"
+                );
+            }
+        }
+    }
+}
