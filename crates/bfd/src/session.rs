@@ -272,6 +272,79 @@ pub(crate) async fn run(
 mod tests {
     use super::*;
 
+    fn pkt(state: SessionState, poll: bool, rx_us: u32) -> Packet {
+        Packet {
+            diag: 0,
+            state,
+            poll,
+            fin: false,
+            demand: false,
+            detect_mult: 3,
+            my_disc: 7,
+            your_disc: 1,
+            desired_min_tx: rx_us,
+            required_min_rx: rx_us,
+            required_min_echo_rx: 0,
+        }
+    }
+
+    /// FRR's Init asks for 1 s (its slow timers) and its Poll lowers that to
+    /// 100 ms: the next periodic packet must come within 100 ms then, not
+    /// 750-1000 ms after the one scheduled from the Init's 1 s.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn shorter_remote_rx_interval_applies_at_once() {
+        let peer: IpAddr = Ipv4Addr::new(127, 0, 0, 1).into();
+        // The peer's end: port 3784 on loopback (skipped if taken).
+        let far = match std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, CONTROL_PORT)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("skipped: 127.0.0.1:{CONTROL_PORT}: {e}");
+                return;
+            }
+        };
+        far.set_nonblocking(true).unwrap();
+        let far = tokio::net::UdpSocket::from_std(far).unwrap();
+        let cfg = BfdConfig {
+            min_rx: Duration::from_millis(100),
+            min_tx: Duration::from_millis(100),
+            multiplier: 3,
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let (st_tx, mut st_rx) = watch::channel(SessionState::Down);
+        let sock = tx_socket(peer).unwrap();
+        let task = tokio::spawn(run(peer, 1, cfg, sock, rx, st_tx));
+        let next = || async {
+            let mut buf = [0u8; 64];
+            let n = far.recv(&mut buf).await.unwrap();
+            Packet::decode(&buf[..n]).unwrap()
+        };
+        // First packet (Down) goes out at once.
+        assert_eq!(next().await.state, SessionState::Down);
+        // Init with 1 s: we go Up and send Up + Poll at once.
+        tx.send((pkt(SessionState::Init, false, 1_000_000), peer))
+            .await
+            .unwrap();
+        st_rx.changed().await.unwrap();
+        assert_eq!(*st_rx.borrow(), SessionState::Up);
+        let p = next().await;
+        assert!(p.state == SessionState::Up && p.poll, "{p:?}");
+        // The peer's Poll with 100 ms: Final at once.
+        tx.send((pkt(SessionState::Up, true, 100_000), peer))
+            .await
+            .unwrap();
+        let p = next().await;
+        assert!(p.fin, "{p:?}");
+        let t = Instant::now();
+        let p = next().await;
+        assert!(!p.fin && p.state == SessionState::Up, "{p:?}");
+        assert!(
+            t.elapsed() <= Duration::from_millis(100),
+            "next packet after {:?}",
+            t.elapsed()
+        );
+        task.abort();
+    }
+
     #[test]
     fn transmit_interval_is_75_to_90_percent() {
         let d = Duration::from_millis(100);
