@@ -128,10 +128,13 @@ struct Vars {
     poll: bool,
 }
 
-fn jitter(d: Duration, mult: u8) -> Duration {
-    // 75–100 % of the interval, 75–90 % when the multiplier is 1 (§6.8.7).
-    let span = if mult == 1 { 150 } else { 250 };
-    let f = 750 + random_u32() % span;
+fn jitter(d: Duration, _mult: u8) -> Duration {
+    // §6.8.7: 75–100 % of the interval (75–90 % when the multiplier is 1),
+    // never more. Timer and scheduling latency on a busy host adds a few ms
+    // (gaps of up to 109 ms measured at 100 ms with a 75–100 % draw), so
+    // draw from 75–90 % for every multiplier: the gap stays within the
+    // interval with 10 % to spare.
+    let f = 750 + random_u32() % 150;
     d * f / 1000
 }
 
@@ -159,6 +162,10 @@ pub(crate) async fn run(
     };
     let far_future = || Instant::now() + Duration::from_secs(86400);
     let mut next_tx = Instant::now();
+    // When the last periodic packet went out and the interval it was
+    // scheduled with, so a shorter interval learnt later takes effect at once.
+    let mut last_tx = Instant::now();
+    let mut tx_interval = SLOW;
     let mut detect_at = far_future();
     let packet = |v: &Vars, fin: bool| Packet {
         diag: v.local_diag,
@@ -176,11 +183,12 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             _ = sleep_until(next_tx) => {
-                let interval = v.desired_min_tx.max(v.remote_min_rx);
+                tx_interval = v.desired_min_tx.max(v.remote_min_rx);
                 if !v.remote_min_rx.is_zero() {
                     let _ = sock.send_to(&packet(&v, false).encode(), dst).await;
                 }
-                next_tx = Instant::now() + jitter(interval, cfg.multiplier);
+                last_tx = Instant::now();
+                next_tx = last_tx + jitter(tx_interval, cfg.multiplier);
             }
             _ = sleep_until(detect_at) => {
                 detect_at = far_future();
@@ -237,12 +245,116 @@ pub(crate) async fn run(
                 if p.poll {
                     let _ = sock.send_to(&packet(&v, true).encode(), dst).await;
                 }
+                // The transmit interval is max(Desired Min TX, remote Required
+                // Min RX) (§6.8.7). A peer that is not Up yet may ask for 1 s
+                // (FRR's Init packets do) and lower it to the configured rate
+                // in its Poll a moment later; keeping the packet scheduled from
+                // the 1 s value would leave the peer 750-1000 ms without a
+                // packet while it already detects at 3 x 100 ms: it declares
+                // the session Down, and the next Init starts the same again.
+                let interval = v.desired_min_tx.max(v.remote_min_rx);
+                if interval < tx_interval {
+                    tx_interval = interval;
+                    next_tx = next_tx.min(last_tx + jitter(interval, cfg.multiplier));
+                }
                 if matches!(v.state, SessionState::Init | SessionState::Up) {
                     let detect = v.remote_desired_min_tx.max(cfg.min_rx) * u32::from(v.remote_mult);
                     detect_at = Instant::now() + detect;
                 } else {
                     detect_at = far_future();
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(state: SessionState, poll: bool, rx_us: u32) -> Packet {
+        Packet {
+            diag: 0,
+            state,
+            poll,
+            fin: false,
+            demand: false,
+            detect_mult: 3,
+            my_disc: 7,
+            your_disc: 1,
+            desired_min_tx: rx_us,
+            required_min_rx: rx_us,
+            required_min_echo_rx: 0,
+        }
+    }
+
+    /// FRR's Init asks for 1 s (its slow timers) and its Poll lowers that to
+    /// 100 ms: the next periodic packet must come within 100 ms then, not
+    /// 750-1000 ms after the one scheduled from the Init's 1 s.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn shorter_remote_rx_interval_applies_at_once() {
+        let peer: IpAddr = Ipv4Addr::new(127, 0, 0, 1).into();
+        // The peer's end: port 3784 on loopback (skipped if taken).
+        let far = match std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, CONTROL_PORT)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("skipped: 127.0.0.1:{CONTROL_PORT}: {e}");
+                return;
+            }
+        };
+        far.set_nonblocking(true).unwrap();
+        let far = tokio::net::UdpSocket::from_std(far).unwrap();
+        let cfg = BfdConfig {
+            min_rx: Duration::from_millis(100),
+            min_tx: Duration::from_millis(100),
+            multiplier: 3,
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let (st_tx, mut st_rx) = watch::channel(SessionState::Down);
+        let sock = tx_socket(peer).unwrap();
+        let task = tokio::spawn(run(peer, 1, cfg, sock, rx, st_tx));
+        let next = || async {
+            let mut buf = [0u8; 64];
+            let n = far.recv(&mut buf).await.unwrap();
+            Packet::decode(&buf[..n]).unwrap()
+        };
+        // First packet (Down) goes out at once.
+        assert_eq!(next().await.state, SessionState::Down);
+        // Init with 1 s: we go Up and send Up + Poll at once.
+        tx.send((pkt(SessionState::Init, false, 1_000_000), peer))
+            .await
+            .unwrap();
+        st_rx.changed().await.unwrap();
+        assert_eq!(*st_rx.borrow(), SessionState::Up);
+        let p = next().await;
+        assert!(p.state == SessionState::Up && p.poll, "{p:?}");
+        // The peer's Poll with 100 ms: Final at once.
+        tx.send((pkt(SessionState::Up, true, 100_000), peer))
+            .await
+            .unwrap();
+        let p = next().await;
+        assert!(p.fin, "{p:?}");
+        let t = Instant::now();
+        let p = next().await;
+        assert!(!p.fin && p.state == SessionState::Up, "{p:?}");
+        assert!(
+            t.elapsed() <= Duration::from_millis(100),
+            "next packet after {:?}",
+            t.elapsed()
+        );
+        task.abort();
+    }
+
+    #[test]
+    fn transmit_interval_is_75_to_90_percent() {
+        let d = Duration::from_millis(100);
+        for mult in [1, 3] {
+            for _ in 0..2000 {
+                let j = jitter(d, mult);
+                assert!(
+                    j >= Duration::from_millis(75) && j < Duration::from_millis(90),
+                    "{j:?}"
+                );
             }
         }
     }

@@ -406,9 +406,14 @@ impl Lab {
         fs::create_dir_all(&d).unwrap();
         let ds = d.to_str().unwrap().to_string();
         fs::write(d.join("zebra.conf"), "hostname r\n").unwrap();
+        // bfdd logs its state changes with microsecond timestamps (UTC) to
+        // bfdd.dlog: the failover test reads FRR's detection time from it.
         fs::write(
             d.join("bfdd.conf"),
-            "hostname r\nbfd\n profile fast\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n",
+            format!(
+                "hostname r\nlog file {ds}/bfdd.dlog debugging\nlog timestamp precision 6\ndebug bfd peer\n\
+                 bfd\n profile fast\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n"
+            ),
         )
         .unwrap();
         fs::write(d.join("bgpd.conf"), bgp_conf).unwrap();
@@ -438,6 +443,8 @@ impl Lab {
             &node.ns,
             &format!("{name}-bfdd"),
             &[
+                "env",
+                "TZ=UTC",
                 "/usr/lib/frr/bfdd",
                 "-f",
                 &format!("{ds}/bfdd.conf"),
@@ -579,6 +586,11 @@ pub fn utc_day_seconds() -> f64 {
 /// Time (seconds since midnight UTC) of the first `ip -ts monitor route` line
 /// in `log` that contains all of `needles`.
 pub fn monitor_time(log: &str, needles: &[&str]) -> Option<f64> {
+    monitor_time_after(log, f64::MIN, needles)
+}
+
+/// Like [`monitor_time`], the first such line later than `after`.
+pub fn monitor_time_after(log: &str, after: f64, needles: &[&str]) -> Option<f64> {
     for l in log.lines() {
         if !needles.iter().all(|n| l.contains(n)) {
             continue;
@@ -589,7 +601,47 @@ pub fn monitor_time(log: &str, needles: &[&str]) -> Option<f64> {
         let h: f64 = it.next()?.parse().ok()?;
         let m: f64 = it.next()?.parse().ok()?;
         let s: f64 = it.next()?.parse().ok()?;
-        return Some(h * 3600.0 + m * 60.0 + s);
+        let t = h * 3600.0 + m * 60.0 + s;
+        if t > after {
+            return Some(t);
+        }
+    }
+    None
+}
+
+/// Seconds since midnight UTC of a Unix time.
+pub fn day_seconds(unix: f64) -> f64 {
+    unix.rem_euclid(86400.0)
+}
+
+/// Arrival times (seconds since midnight UTC) of the UDP packets from `src`
+/// in a `tcpdump -n -tt -l` log.
+pub fn tcpdump_times(log: &str, src: &str) -> Vec<f64> {
+    let from = format!(" IP {src}.");
+    log.lines()
+        .filter(|l| l.contains(&from))
+        .filter_map(|l| l.split(' ').next()?.parse::<f64>().ok())
+        .map(day_seconds)
+        .collect()
+}
+
+/// Time (seconds since midnight UTC) of the first line of an FRR log written
+/// with `log timestamp precision 6` in UTC ("YYYY/MM/DD HH:MM:SS.ffffff ...")
+/// that is later than `after` and contains all of `needles`.
+pub fn frr_log_time(log: &str, after: f64, needles: &[&str]) -> Option<f64> {
+    for l in log.lines() {
+        if !needles.iter().all(|n| l.contains(n)) {
+            continue;
+        }
+        let t = l.split(' ').nth(1)?;
+        let mut it = t.split(':');
+        let h: f64 = it.next()?.parse().ok()?;
+        let m: f64 = it.next()?.parse().ok()?;
+        let s: f64 = it.next()?.parse().ok()?;
+        let t = h * 3600.0 + m * 60.0 + s;
+        if t > after {
+            return Some(t);
+        }
     }
     None
 }
