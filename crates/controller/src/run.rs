@@ -156,6 +156,24 @@ fn values<T: Clone>(v: &[Stored<T>]) -> Vec<T> {
     v.iter().map(|s| s.value.clone()).collect()
 }
 
+/// Whether a fresh GET shows the node gone or fenced now. A node created (or un-tainted) after
+/// the node list was read is alive: its new blocks and bindings are newer than the list, and
+/// blocks carry no timestamp to tell. Errors count as "alive" (fail closed).
+async fn node_still_gone(client: &Client, node: &str) -> bool {
+    match Api::<Node>::all(client.clone()).get_opt(node).await {
+        Ok(None) => true,
+        Ok(Some(n)) => n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE)),
+        Err(e) => {
+            tracing::warn!(error = %e, %node, "node lookup failed; keeping its records");
+            false
+        }
+    }
+}
+
 /// One round: read, decide, release. Public so tests can drive rounds directly.
 pub async fn round(
     client: &Client,
@@ -164,6 +182,17 @@ pub async fn round(
 ) -> Result<Report, RoundError> {
     // The cluster first, then the ledger: a binding made after the pod list is newer than it.
     let view = read_cluster(client).await?;
+    round_with_view(client, ledger, grace, view).await
+}
+
+/// The rest of a round, from a view of the cluster read earlier (by [`read_cluster`]): list the
+/// ledger, decide, release. Public so tests can widen the window between the two reads.
+pub async fn round_with_view(
+    client: &Client,
+    ledger: &dyn Ledger,
+    grace: Duration,
+    view: ClusterView,
+) -> Result<Report, RoundError> {
     let r = Records(ledger);
     let claims: Vec<Stored<Claim>> = r.list(Kind::Claim).await?;
     let bindings: Vec<Stored<Binding>> = r.list(Kind::Binding).await?;
@@ -190,7 +219,40 @@ pub async fn round(
         grace.as_secs(),
     );
     let mut report = Report::default();
+    // Nodes the view calls gone or fenced, confirmed once per round with a fresh GET.
+    let mut gone_now: HashMap<String, bool> = HashMap::new();
+    let node_of_binding: HashMap<String, String> = bindings
+        .iter()
+        .map(|s| (s.value.name(), s.value.node.clone()))
+        .collect();
+    let node_of_block: HashMap<String, String> = blocks
+        .iter()
+        .map(|s| (s.value.name(), s.value.node.clone()))
+        .collect();
     for action in decision.actions {
+        let node = match &action {
+            Action::ReleaseBinding {
+                name,
+                recheck_pod: None,
+                ..
+            } => node_of_binding.get(name),
+            Action::ReclaimBlock { name, .. } => node_of_block.get(name),
+            _ => None,
+        };
+        if let Some(node) = node {
+            let gone = match gone_now.get(node) {
+                Some(g) => *g,
+                None => {
+                    let g = node_still_gone(client, node).await;
+                    gone_now.insert(node.clone(), g);
+                    g
+                }
+            };
+            if !gone {
+                report.kept += 1;
+                continue;
+            }
+        }
         match action {
             Action::ReleaseBinding {
                 name,
