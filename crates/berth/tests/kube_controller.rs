@@ -267,6 +267,43 @@ async fn gc_race_and_claims_in_process() {
 
     // ---- 2. GC racing new pods ------------------------------------------------------------------
     let t = Instant::now();
+    // The widest form of the race, made deterministic: a node joins and its first pod is ADDed
+    // between the controller's read of the cluster and its read of the ledger. From that view
+    // the node looks deleted (the pure decision would release its binding and reclaim its
+    // block); the round must confirm with a fresh read and keep both.
+    let view = berth_controller::run::read_cluster(&client).await.unwrap();
+    create_node(&cp, "joined");
+    let aj = Allocator::new(ledger.clone(), "joined");
+    let juid = create_pod(&cp, "joined-0", "joined", json!({}));
+    let jip = add(&aj, "race", "c-joined-0", Some(("joined-0", &juid))).await;
+    {
+        let r = Records(ledger.as_ref());
+        let bl: Vec<Stored<Binding>> = r.list(Kind::Binding).await.unwrap();
+        let bk: Vec<Stored<berth_core::Block>> = r.list(Kind::Block).await.unwrap();
+        let d = berth_controller::decide(
+            &view,
+            &bk.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
+            &[],
+            &bl.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
+            0,
+        );
+        assert!(
+            d.actions.iter().any(|a| matches!(a, berth_controller::Action::ReleaseBinding { name, .. } if *name == jip.to_string())),
+            "the stale view should call the new node's binding releasable: {d:?}"
+        );
+    }
+    let rep = berth_controller::run::round_with_view(&client, ledger.as_ref(), Duration::ZERO, view)
+        .await
+        .unwrap();
+    assert!(
+        ledger_bindings(ledger.as_ref()).await.contains_key(&jip),
+        "a binding on a node that joined after the node list was released: {rep:?}"
+    );
+    let jblocks: Vec<Stored<berth_core::Block>> = Records(ledger.as_ref()).list(Kind::Block).await.unwrap();
+    assert!(
+        jblocks.iter().any(|b| b.value.node == "joined"),
+        "the block of a node that joined after the node list was reclaimed: {rep:?}"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = {
         let (client, ledger, stop) = (client.clone(), ledger.clone(), stop.clone());
