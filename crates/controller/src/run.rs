@@ -174,7 +174,50 @@ async fn node_still_gone(client: &Client, node: &str) -> bool {
     }
 }
 
+/// What the controller remembers across rounds: when it first saw each record whose owner is
+/// gone (a binding of a vanished pod, a claim of a vanished or scaled-down StatefulSet), at
+/// which version. The grace period counts from there, not only from the record's creation: an
+/// old binding of a pod deleted with `--force` is not released while its container may still be
+/// running on the node. A new leader starts with an empty memory, so it waits a full grace.
+#[derive(Debug, Default)]
+pub struct Memory {
+    first_seen: std::sync::Mutex<HashMap<(Kind, String), (Version, std::time::Instant)>>,
+}
+
+impl Memory {
+    /// Whether `name` (at `version`) has been an orphan for at least `grace`; starts its clock
+    /// when first seen. `seen` collects this round's orphans, to forget the others afterwards.
+    fn orphan_long_enough(
+        &self,
+        kind: Kind,
+        name: &str,
+        version: Option<&Version>,
+        grace: Duration,
+        seen: &mut Vec<(Kind, String)>,
+    ) -> bool {
+        let Some(version) = version else { return false };
+        let key = (kind, name.to_string());
+        seen.push(key.clone());
+        let mut m = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let entry = m.entry(key).or_insert_with(|| (version.clone(), now));
+        if entry.0 != *version {
+            *entry = (version.clone(), now);
+        }
+        now.duration_since(entry.1) >= grace
+    }
+
+    fn forget_all_but(&self, kinds: &[Kind], seen: &[(Kind, String)]) {
+        let keep: std::collections::HashSet<&(Kind, String)> = seen.iter().collect();
+        let mut m = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|k, _| !kinds.contains(&k.0) || keep.contains(k));
+    }
+}
+
 /// One round: read, decide, release. Public so tests can drive rounds directly.
+///
+/// Without memory the grace period counts from each record's creation only; the controller's
+/// loop uses [`round_remembering`].
 pub async fn round(
     client: &Client,
     ledger: &dyn Ledger,
@@ -182,7 +225,18 @@ pub async fn round(
 ) -> Result<Report, RoundError> {
     // The cluster first, then the ledger: a binding made after the pod list is newer than it.
     let view = read_cluster(client).await?;
-    round_with_view(client, ledger, grace, view).await
+    round_with_view(client, ledger, grace, view, None).await
+}
+
+/// One round whose grace period also counts from when each orphan was first seen (`memory`).
+pub async fn round_remembering(
+    client: &Client,
+    ledger: &dyn Ledger,
+    grace: Duration,
+    memory: &Memory,
+) -> Result<Report, RoundError> {
+    let view = read_cluster(client).await?;
+    round_with_view(client, ledger, grace, view, Some(memory)).await
 }
 
 /// The rest of a round, from a view of the cluster read earlier (by [`read_cluster`]): list the
@@ -192,6 +246,7 @@ pub async fn round_with_view(
     ledger: &dyn Ledger,
     grace: Duration,
     view: ClusterView,
+    memory: Option<&Memory>,
 ) -> Result<Report, RoundError> {
     let r = Records(ledger);
     let claims: Vec<Stored<Claim>> = r.list(Kind::Claim).await?;
@@ -229,7 +284,27 @@ pub async fn round_with_view(
         .iter()
         .map(|s| (s.value.name(), s.value.node.clone()))
         .collect();
+    let mut seen = vec![];
     for action in decision.actions {
+        // An orphan waits out the grace period from when it was first seen (with memory).
+        if let Some(m) = memory {
+            let key = match &action {
+                Action::ReleaseBinding {
+                    name,
+                    recheck_pod: Some(_),
+                    ..
+                } => Some((Kind::Binding, name)),
+                Action::ReleaseClaim { name, .. } => Some((Kind::Claim, name)),
+                _ => None,
+            };
+            if let Some((kind, name)) = key {
+                let v = versions.get(&(kind, name.clone()));
+                if !m.orphan_long_enough(kind, name, v, grace, &mut seen) {
+                    report.kept += 1;
+                    continue;
+                }
+            }
+        }
         let node = match &action {
             Action::ReleaseBinding {
                 name,
@@ -311,6 +386,9 @@ pub async fn round_with_view(
             }
         }
     }
+    if let Some(m) = memory {
+        m.forget_all_but(&[Kind::Binding, Kind::Claim], &seen);
+    }
     Ok(report)
 }
 
@@ -318,10 +396,13 @@ pub async fn round_with_view(
 pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ControllerConfig) {
     let elector = Elector::new(client.clone(), cfg.lease.clone());
     let mut leading = false;
+    let mut memory = Memory::default();
     loop {
         match elector.try_acquire_or_renew().await {
             Ok(now) => {
                 if now != leading {
+                    // What a previous term saw may be stale: start the grace clocks afresh.
+                    memory = Memory::default();
                     tracing::info!(leader = now, identity = %cfg.lease.identity, "controller leadership changed");
                 }
                 leading = now;
@@ -332,7 +413,7 @@ pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ControllerConfig)
             }
         }
         if leading {
-            match round(&client, ledger.as_ref(), cfg.grace).await {
+            match round_remembering(&client, ledger.as_ref(), cfg.grace, &memory).await {
                 Ok(r) if r != Report::default() => tracing::info!(?r, "controller round"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "controller round skipped"),
