@@ -263,6 +263,33 @@ async fn gc_race_and_claims_in_process() {
     }
     let held = ledger_bindings(ledger.as_ref()).await;
     assert_eq!(held.keys().copied().collect::<BTreeSet<_>>(), [live, nopod, re_new].into(), "after GC");
+    // A pod deleted long after its binding was made (`--force`: its container may still run on
+    // the node) keeps its binding for the grace period counted from when the controller first
+    // saw it gone, not from the binding's creation.
+    let memory = berth_controller::run::Memory::default();
+    delete_pod(&cp, "live");
+    let deleted = Instant::now();
+    {
+        let view = berth_controller::run::read_cluster(&client).await.unwrap();
+        let bl: Vec<Stored<Binding>> = Records(ledger.as_ref()).list(Kind::Binding).await.unwrap();
+        let d = berth_controller::decide(&view, &[], &[], &bl.iter().map(|s| s.value.clone()).collect::<Vec<_>>(), grace.as_secs());
+        assert!(
+            d.actions.iter().any(|a| matches!(a, berth_controller::Action::ReleaseBinding { name, .. } if *name == live.to_string())),
+            "the binding is older than the grace: by its age alone it is releasable at once: {d:?}"
+        );
+    }
+    let released = loop {
+        berth_controller::run::round_remembering(&client, ledger.as_ref(), grace, &memory)
+            .await
+            .unwrap();
+        if !ledger_bindings(ledger.as_ref()).await.contains_key(&live) {
+            break deleted.elapsed();
+        }
+        assert!(deleted.elapsed() < grace * 3, "binding of the deleted pod never released");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("[timing] old binding of a force-deleted pod released {released:?} after the deletion (grace {grace:?})");
+    assert!(released >= grace, "released {released:?} after the pod was deleted, within the grace of {grace:?}");
     timing("scenario 1 (GC after grace)", t);
 
     // ---- 2. GC racing new pods ------------------------------------------------------------------
@@ -292,7 +319,7 @@ async fn gc_race_and_claims_in_process() {
             "the stale view should call the new node's binding releasable: {d:?}"
         );
     }
-    let rep = berth_controller::run::round_with_view(&client, ledger.as_ref(), Duration::ZERO, view)
+    let rep = berth_controller::run::round_with_view(&client, ledger.as_ref(), Duration::ZERO, view, None)
         .await
         .unwrap();
     assert!(
