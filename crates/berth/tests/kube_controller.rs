@@ -49,14 +49,24 @@ fn create_node(cp: &KubeControlPlane, name: &str) {
             Some(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})),
         )
         .unwrap();
-    assert!(r.is_success(), "creating node {name}: HTTP {}: {}", r.status, r.body);
+    assert!(
+        r.is_success(),
+        "creating node {name}: HTTP {}: {}",
+        r.status,
+        r.body
+    );
 }
 
 fn delete_node(cp: &KubeControlPlane, name: &str) {
     let r = cp
         .request("DELETE", &format!("/api/v1/nodes/{name}"), None)
         .unwrap();
-    assert!(r.is_success(), "deleting node {name}: HTTP {}: {}", r.status, r.body);
+    assert!(
+        r.is_success(),
+        "deleting node {name}: HTTP {}: {}",
+        r.status,
+        r.body
+    );
 }
 
 fn taint_out_of_service(cp: &KubeControlPlane, node: &str) {
@@ -69,7 +79,12 @@ fn taint_out_of_service(cp: &KubeControlPlane, node: &str) {
             ]}})),
         )
         .unwrap();
-    assert!(r.is_success(), "tainting {node}: HTTP {}: {}", r.status, r.body);
+    assert!(
+        r.is_success(),
+        "tainting {node}: HTTP {}: {}",
+        r.status,
+        r.body
+    );
 }
 
 /// Create a pod bound to `node`; returns its UID.
@@ -98,7 +113,12 @@ fn delete_pod(cp: &KubeControlPlane, name: &str) {
             None,
         )
         .unwrap();
-    assert!(r.is_success(), "deleting pod {name}: HTTP {}: {}", r.status, r.body);
+    assert!(
+        r.is_success(),
+        "deleting pod {name}: HTTP {}: {}",
+        r.status,
+        r.body
+    );
     let t = Instant::now();
     while pod_uid(cp, name).is_some() {
         assert!(t.elapsed() < Duration::from_secs(10), "pod {name} not gone");
@@ -112,7 +132,12 @@ fn pod_uid(cp: &KubeControlPlane, name: &str) -> Option<String> {
         .unwrap();
     match r.status {
         404 => None,
-        200 => Some(r.json().unwrap()["metadata"]["uid"].as_str().unwrap().to_string()),
+        200 => Some(
+            r.json().unwrap()["metadata"]["uid"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ),
         s => panic!("GET pod {name}: HTTP {s}: {}", r.body),
     }
 }
@@ -197,7 +222,6 @@ async fn ledger_claims(l: &dyn Ledger) -> BTreeSet<String> {
     v.into_iter().map(|s| s.value.name()).collect()
 }
 
-
 /// Scenarios 1 (GC after grace), 2 (GC racing new pods) and 4 (StatefulSet claims), with the
 /// allocator in-process and `round` driven directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -242,27 +266,46 @@ async fn gc_race_and_claims_in_process() {
                 released_at.entry(ip).or_insert(now);
             }
         }
-        for (ip, what) in [(live, "live pod"), (nopod, "binding without pod"), (re_new, "recreated pod")] {
-            assert!(held.contains_key(&ip), "GC released the binding of the {what} ({ip}); round {r:?}");
+        for (ip, what) in [
+            (live, "live pod"),
+            (nopod, "binding without pod"),
+            (re_new, "recreated pod"),
+        ] {
+            assert!(
+                held.contains_key(&ip),
+                "GC released the binding of the {what} ({ip}); round {r:?}"
+            );
         }
         if released_at.len() == 2 {
             break;
         }
-        assert!(now < grace + Duration::from_secs(8), "bindings of gone pods not released {now:?} after they were made: {held:?}");
+        assert!(
+            now < grace + Duration::from_secs(8),
+            "bindings of gone pods not released {now:?} after they were made: {held:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for (ip, at) in &released_at {
         // `since` has whole seconds: the release may come up to 1 s early by the wall clock of
         // the test, never earlier.
-        assert!(*at + Duration::from_secs(1) >= grace, "binding {ip} released {at:?} after it was made, before the grace of {grace:?}");
+        assert!(
+            *at + Duration::from_secs(1) >= grace,
+            "binding {ip} released {at:?} after it was made, before the grace of {grace:?}"
+        );
     }
     eprintln!("[timing] released after {released_at:?} (grace {grace:?})");
     // Further rounds keep the rest.
     for _ in 0..3 {
-        berth_controller::run::round(&client, ledger.as_ref(), Duration::ZERO).await.unwrap();
+        berth_controller::run::round(&client, ledger.as_ref(), Duration::ZERO)
+            .await
+            .unwrap();
     }
     let held = ledger_bindings(ledger.as_ref()).await;
-    assert_eq!(held.keys().copied().collect::<BTreeSet<_>>(), [live, nopod, re_new].into(), "after GC");
+    assert_eq!(
+        held.keys().copied().collect::<BTreeSet<_>>(),
+        [live, nopod, re_new].into(),
+        "after GC"
+    );
     // A pod deleted long after its binding was made (`--force`: its container may still run on
     // the node) keeps its binding for the grace period counted from when the controller first
     // saw it gone, not from the binding's creation.
@@ -272,7 +315,13 @@ async fn gc_race_and_claims_in_process() {
     {
         let view = berth_controller::run::read_cluster(&client).await.unwrap();
         let bl: Vec<Stored<Binding>> = Records(ledger.as_ref()).list(Kind::Binding).await.unwrap();
-        let d = berth_controller::decide(&view, &[], &[], &bl.iter().map(|s| s.value.clone()).collect::<Vec<_>>(), grace.as_secs());
+        let d = berth_controller::decide(
+            &view,
+            &[],
+            &[],
+            &bl.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
+            grace.as_secs(),
+        );
         assert!(
             d.actions.iter().any(|a| matches!(a, berth_controller::Action::ReleaseBinding { name, .. } if *name == live.to_string())),
             "the binding is older than the grace: by its age alone it is releasable at once: {d:?}"
@@ -285,11 +334,17 @@ async fn gc_race_and_claims_in_process() {
         if !ledger_bindings(ledger.as_ref()).await.contains_key(&live) {
             break deleted.elapsed();
         }
-        assert!(deleted.elapsed() < grace * 3, "binding of the deleted pod never released");
+        assert!(
+            deleted.elapsed() < grace * 3,
+            "binding of the deleted pod never released"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     eprintln!("[timing] old binding of a force-deleted pod released {released:?} after the deletion (grace {grace:?})");
-    assert!(released >= grace, "released {released:?} after the pod was deleted, within the grace of {grace:?}");
+    assert!(
+        released >= grace,
+        "released {released:?} after the pod was deleted, within the grace of {grace:?}"
+    );
     timing("scenario 1 (GC after grace)", t);
 
     // ---- 2. GC racing new pods ------------------------------------------------------------------
@@ -319,14 +374,21 @@ async fn gc_race_and_claims_in_process() {
             "the stale view should call the new node's binding releasable: {d:?}"
         );
     }
-    let rep = berth_controller::run::round_with_view(&client, ledger.as_ref(), Duration::ZERO, view, None)
-        .await
-        .unwrap();
+    let rep = berth_controller::run::round_with_view(
+        &client,
+        ledger.as_ref(),
+        Duration::ZERO,
+        view,
+        None,
+    )
+    .await
+    .unwrap();
     assert!(
         ledger_bindings(ledger.as_ref()).await.contains_key(&jip),
         "a binding on a node that joined after the node list was released: {rep:?}"
     );
-    let jblocks: Vec<Stored<berth_core::Block>> = Records(ledger.as_ref()).list(Kind::Block).await.unwrap();
+    let jblocks: Vec<Stored<berth_core::Block>> =
+        Records(ledger.as_ref()).list(Kind::Block).await.unwrap();
     assert!(
         jblocks.iter().any(|b| b.value.node == "joined"),
         "the block of a node that joined after the node list was reclaimed: {rep:?}"
@@ -386,22 +448,38 @@ async fn gc_race_and_claims_in_process() {
     let existing = pods(&cp);
     for (name, (uid, ip)) in &expect_live {
         assert_eq!(existing.get(name), Some(uid), "pod {name} vanished");
-        let b = held.get(ip).unwrap_or_else(|| panic!("GC released {ip} of live pod {name} during the race"));
-        assert_eq!(b.owner.pod.as_ref().map(|p| p.name.as_str()), Some(name.as_str()));
+        let b = held
+            .get(ip)
+            .unwrap_or_else(|| panic!("GC released {ip} of live pod {name} during the race"));
+        assert_eq!(
+            b.owner.pod.as_ref().map(|p| p.name.as_str()),
+            Some(name.as_str())
+        );
     }
     // Every gone pod's binding is released eventually.
     let t_drain = Instant::now();
     loop {
-        berth_controller::run::round(&client, ledger.as_ref(), Duration::ZERO).await.unwrap();
+        berth_controller::run::round(&client, ledger.as_ref(), Duration::ZERO)
+            .await
+            .unwrap();
         let held = ledger_bindings(ledger.as_ref()).await;
-        let left: Vec<_> = expect_gone.iter().filter(|(_, ip)| held.contains_key(ip)).collect();
+        let left: Vec<_> = expect_gone
+            .iter()
+            .filter(|(_, ip)| held.contains_key(ip))
+            .collect();
         if left.is_empty() {
             for (name, (_, ip)) in &expect_live {
-                assert!(held.contains_key(ip), "GC released {ip} of live pod {name} after the race");
+                assert!(
+                    held.contains_key(ip),
+                    "GC released {ip} of live pod {name} after the race"
+                );
             }
             break;
         }
-        assert!(t_drain.elapsed() < Duration::from_secs(10), "bindings of gone pods not released: {left:?}");
+        assert!(
+            t_drain.elapsed() < Duration::from_secs(10),
+            "bindings of gone pods not released: {left:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     eprintln!(
@@ -413,18 +491,26 @@ async fn gc_race_and_claims_in_process() {
 
     // ---- 4. StatefulSet claims --------------------------------------------------------------------
     let t = Instant::now();
-    let sts = |name: &str, replicas: u32| json!({
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"replicas": replicas, "serviceName": name, "podManagementPolicy": "Parallel",
-                 "selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"automountServiceAccountToken": false,
-                                       "containers": [{"name": "c", "image": "busybox"}]}}}
-    });
+    let sts = |name: &str, replicas: u32| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"replicas": replicas, "serviceName": name, "podManagementPolicy": "Parallel",
+                     "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"automountServiceAccountToken": false,
+                                           "containers": [{"name": "c", "image": "busybox"}]}}}
+        })
+    };
     for (name, n) in [("web", 3), ("db", 1)] {
-        cp.request("POST", &format!("/apis/apps/v1/namespaces/{NS}/statefulsets"), Some(&sts(name, n)))
-            .unwrap().ok().unwrap();
+        cp.request(
+            "POST",
+            &format!("/apis/apps/v1/namespaces/{NS}/statefulsets"),
+            Some(&sts(name, n)),
+        )
+        .unwrap()
+        .ok()
+        .unwrap();
     }
     // The StatefulSet controller creates the pods; the test schedules them to n1 (no scheduler
     // runs), so that deleting them waits for a kubelet that never comes: they linger.
@@ -434,15 +520,29 @@ async fn gc_race_and_claims_in_process() {
         let p = pods(&cp);
         if want.iter().all(|w| p.contains_key(*w)) {
             for w in want {
-                let r = cp.request("POST", &format!("/api/v1/namespaces/{NS}/pods/{w}/binding"), Some(&json!({
-                    "apiVersion": "v1", "kind": "Binding", "metadata": {"name": w},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}
-                }))).unwrap();
-                assert!(r.is_success(), "scheduling {w}: HTTP {}: {}", r.status, r.body);
+                let r = cp
+                    .request(
+                        "POST",
+                        &format!("/api/v1/namespaces/{NS}/pods/{w}/binding"),
+                        Some(&json!({
+                            "apiVersion": "v1", "kind": "Binding", "metadata": {"name": w},
+                            "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}
+                        })),
+                    )
+                    .unwrap();
+                assert!(
+                    r.is_success(),
+                    "scheduling {w}: HTTP {}: {}",
+                    r.status,
+                    r.body
+                );
             }
             break p;
         }
-        assert!(Instant::now() < deadline, "StatefulSet pods not created: {p:?}");
+        assert!(
+            Instant::now() < deadline,
+            "StatefulSet pods not created: {p:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let claim_add = |name: &'static str, set: &'static str, ordinal: u32| {
@@ -455,13 +555,20 @@ async fn gc_race_and_claims_in_process() {
                     owner: owner("sts", &format!("c-{name}"), Some((name, &uid))),
                     fixed: vec![],
                     claim: Some(ClaimRequest {
-                        identity: Identity::StatefulSet { namespace: NS.into(), name: set.into(), ordinal },
+                        identity: Identity::StatefulSet {
+                            namespace: NS.into(),
+                            name: set.into(),
+                            ordinal,
+                        },
                         size: 1,
                     }),
                 })
                 .await
                 .unwrap_or_else(|e| panic!("ADD {name}: {e}"));
-            (b[0].clone(), owner("sts", &format!("c-{name}"), Some((name, &uid))))
+            (
+                b[0].clone(),
+                owner("sts", &format!("c-{name}"), Some((name, &uid))),
+            )
         }
     };
     let (_w0, _) = claim_add("web-0", "web", 0).await;
@@ -469,39 +576,88 @@ async fn gc_race_and_claims_in_process() {
     let (_w2, o2) = claim_add("web-2", "web", 2).await;
     let (_d0, od) = claim_add("db-0", "db", 0).await;
     let claim_name = |set: &str, ord: u32| format!("sts/statefulset/{NS}/{set}/{ord}");
-    let all_claims: BTreeSet<String> = [claim_name("web", 0), claim_name("web", 1), claim_name("web", 2), claim_name("db", 0)].into();
+    let all_claims: BTreeSet<String> = [
+        claim_name("web", 0),
+        claim_name("web", 1),
+        claim_name("web", 2),
+        claim_name("db", 0),
+    ]
+    .into();
     assert_eq!(ledger_claims(ledger.as_ref()).await, all_claims);
     // Scale web to 1 (web-1 and web-2 above it), delete db; db-0 still holds its address.
-    cp.request("PATCH", &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/web"), Some(&json!({"spec": {"replicas": 1}})))
-        .unwrap().ok().unwrap();
-    let r = cp.request("DELETE", &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/db"), None).unwrap();
+    cp.request(
+        "PATCH",
+        &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/web"),
+        Some(&json!({"spec": {"replicas": 1}})),
+    )
+    .unwrap()
+    .ok()
+    .unwrap();
+    let r = cp
+        .request(
+            "DELETE",
+            &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/db"),
+            None,
+        )
+        .unwrap();
     assert!(r.is_success(), "{}", r.body);
     // web-1 and web-2 went away with their CNI DEL; db-0 has not (its pod lingers).
     a1.release(&o1).await.unwrap();
     a1.release(&o2).await.unwrap();
+    // The controller's loop remembers when it first saw each orphaned claim: a claim is released
+    // only a grace period after that (a StatefulSet scaled down and up again keeps its addresses).
+    let memory = berth_controller::run::Memory::default();
     let grace = Duration::from_secs(2);
+    let orphaned = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        berth_controller::run::round(&client, ledger.as_ref(), grace).await.unwrap();
+    let released = loop {
+        berth_controller::run::round_remembering(&client, ledger.as_ref(), grace, &memory)
+            .await
+            .unwrap();
         let c = ledger_claims(ledger.as_ref()).await;
-        assert!(c.contains(&claim_name("web", 0)), "claim of web-0 (ordinal below replicas) released");
-        assert!(c.contains(&claim_name("db", 0)), "claim of db-0 released while its binding is in use");
+        assert!(
+            c.contains(&claim_name("web", 0)),
+            "claim of web-0 (ordinal below replicas) released"
+        );
+        assert!(
+            c.contains(&claim_name("db", 0)),
+            "claim of db-0 released while its binding is in use"
+        );
         if !c.contains(&claim_name("web", 1)) && !c.contains(&claim_name("web", 2)) {
-            break;
+            break orphaned.elapsed();
         }
-        assert!(Instant::now() < deadline, "claims above the replica count not released: {c:?}");
+        assert!(
+            Instant::now() < deadline,
+            "claims above the replica count not released: {c:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    eprintln!("[timing] claims above the replica count released {released:?} after they were orphaned (grace {grace:?})");
+    assert!(
+        released >= grace,
+        "claims released {released:?} after scale-down, within the grace of {grace:?}"
+    );
     // db-0's DEL: the claim of the deleted StatefulSet is no longer in use and goes.
     a1.release(&od).await.unwrap();
+    let orphaned = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        berth_controller::run::round(&client, ledger.as_ref(), grace).await.unwrap();
+        berth_controller::run::round_remembering(&client, ledger.as_ref(), grace, &memory)
+            .await
+            .unwrap();
         let c = ledger_claims(ledger.as_ref()).await;
         if c == [claim_name("web", 0)].into() {
+            let released = orphaned.elapsed();
+            assert!(
+                released >= grace,
+                "claim of db-0 released {released:?} after its DEL, within the grace"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "claim of the deleted StatefulSet not released: {c:?}");
+        assert!(
+            Instant::now() < deadline,
+            "claim of the deleted StatefulSet not released: {c:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     timing("scenario 4 (claims)", t);
@@ -569,7 +725,11 @@ fn spawn_agent(cp: &KubeControlPlane, socket: &Path, node: &str) -> Daemon {
     let d = Daemon::spawn(&format!("agent-{node}"), cmd, Some(&log)).expect("spawning berth agent");
     let t = Instant::now();
     while !socket.exists() {
-        assert!(t.elapsed() < Duration::from_secs(20), "agent {node} not serving:\n{}", d.log_tail(30));
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "agent {node} not serving:\n{}",
+            d.log_tail(30)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     d
@@ -582,22 +742,41 @@ fn spawn_controller(cp: &KubeControlPlane, id: &str, grace: &str) -> Daemon {
         .arg("kubernetes")
         .arg("--kubeconfig")
         .arg(cp.kubeconfig())
-        .args(["--grace", grace, "--interval", "500ms", "--lease-duration", "3s"])
+        .args([
+            "--grace",
+            grace,
+            "--interval",
+            "500ms",
+            "--lease-duration",
+            "3s",
+        ])
         .args(["--lease-namespace", NS, "--id", id])
         .env("BERTH_LOG", "info");
     // A log file per process, so a restarted replica's log holds only its own life.
-    let log = cp.dir().join(format!("controller-{id}-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+    let log = cp.dir().join(format!(
+        "controller-{id}-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
     Daemon::spawn(&format!("controller-{id}"), cmd, Some(&log)).expect("spawning berth controller")
 }
 
 fn lease_holder(cp: &KubeControlPlane) -> Option<String> {
     let r = cp
-        .request("GET", &format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/berth-controller"), None)
+        .request(
+            "GET",
+            &format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/berth-controller"),
+            None,
+        )
         .unwrap();
     if r.status == 404 {
         return None;
     }
-    r.ok().unwrap()["spec"]["holderIdentity"].as_str().map(String::from)
+    r.ok().unwrap()["spec"]["holderIdentity"]
+        .as_str()
+        .map(String::from)
 }
 
 /// A log without ANSI colour sequences.
@@ -616,7 +795,9 @@ fn plain_log(d: &Daemon) -> String {
 }
 
 fn leads_in_log(d: &Daemon) -> bool {
-    plain_log(d).lines().any(|l| l.contains("controller leadership changed") && l.contains("leader=true"))
+    plain_log(d)
+        .lines()
+        .any(|l| l.contains("controller leadership changed") && l.contains("leader=true"))
 }
 
 struct Node {
@@ -629,18 +810,28 @@ fn conf(n: &Node, fallback: &common::Ledger) -> Value {
 }
 
 /// ADD through `berth-ipam` for a pod (namespace, name, UID in CNI_ARGS); the result or the CNI error.
-fn cni_add(cni: &berth_testbed::Cni, n: &Node, fallback: &common::Ledger, pod: &str, uid: &str) -> berth_testbed::CniOutput {
+fn cni_add(
+    cni: &berth_testbed::Cni,
+    n: &Node,
+    fallback: &common::Ledger,
+    pod: &str,
+    uid: &str,
+) -> berth_testbed::CniOutput {
     let t = CniTarget {
         container_id: format!("ctr-{pod}-{}", &uid[..8]),
         netns: PathBuf::from(format!("/var/run/netns/berth-kctl-{pod}")),
         ifname: "eth0".into(),
-        args: Some(format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={pod};K8S_POD_UID={uid}")),
+        args: Some(format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={pod};K8S_POD_UID={uid}"
+        )),
     };
     ipam(cni, CniCommand::Add, Some(&t), &conf(n, fallback))
 }
 
 fn added_ip(out: &berth_testbed::CniOutput, what: &str) -> IpAddr {
-    let r = out.ok().unwrap_or_else(|e| panic!("ADD {what} failed: {e:#}"));
+    let r = out
+        .ok()
+        .unwrap_or_else(|e| panic!("ADD {what} failed: {e:#}"));
     result_addrs(&r)[0]
 }
 
@@ -654,21 +845,37 @@ fn fencing_election_and_restart_with_processes() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let c = kube_client(&cp).await;
-            berth_k8s::crd::install(&c, Duration::from_secs(30)).await.unwrap();
+            berth_k8s::crd::install(&c, Duration::from_secs(30))
+                .await
+                .unwrap();
         });
     }
-    let dir = tempfile::Builder::new().prefix("berth-kctl-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("berth-kctl-")
+        .tempdir()
+        .unwrap();
     // Without an agent the plugin would fall back to an embedded ledger: keep it in the temp dir
     // and check at the end it was never used.
-    let fallback = common::Ledger::Embedded(tempfile::Builder::new().prefix("berth-kctl-fallback-").tempdir().unwrap());
+    let fallback = common::Ledger::Embedded(
+        tempfile::Builder::new()
+            .prefix("berth-kctl-fallback-")
+            .tempdir()
+            .unwrap(),
+    );
     let nodes: Vec<Node> = ["n1", "n2"]
         .iter()
-        .map(|n| Node { name: n.to_string(), socket: dir.path().join(format!("{n}.sock")) })
+        .map(|n| Node {
+            name: n.to_string(),
+            socket: dir.path().join(format!("{n}.sock")),
+        })
         .collect();
     for n in &nodes {
         create_node(&cp, &n.name);
     }
-    let mut agents: Vec<Daemon> = nodes.iter().map(|n| spawn_agent(&cp, &n.socket, &n.name)).collect();
+    let mut agents: Vec<Daemon> = nodes
+        .iter()
+        .map(|n| spawn_agent(&cp, &n.socket, &n.name))
+        .collect();
     let cni = runtime();
 
     // Pods: a fixed address and two dynamic ones on n1, two dynamic on n2.
@@ -691,10 +898,16 @@ fn fencing_election_and_restart_with_processes() {
     let before = cli_bindings(&cp);
     assert_eq!(before.len(), 5);
     for (addr, b) in &before {
-        assert!(b["owner"]["pod"]["uid"].is_string(), "binding {addr} carries no pod UID: {b}");
+        assert!(
+            b["owner"]["pod"]["uid"].is_string(),
+            "binding {addr} carries no pod UID: {b}"
+        );
     }
     let blocks_before = cli_blocks(&cp);
-    assert!(blocks_before.iter().any(|b| b["node"] == "n1") && blocks_before.iter().any(|b| b["node"] == "n2"));
+    assert!(
+        blocks_before.iter().any(|b| b["node"] == "n1")
+            && blocks_before.iter().any(|b| b["node"] == "n2")
+    );
 
     // ---- 5. leader election ------------------------------------------------------------------
     let t = Instant::now();
@@ -712,16 +925,30 @@ fn fencing_election_and_restart_with_processes() {
             Instant::now() < deadline,
             "no controller took the Lease (holder {:?}):\n{}",
             lease_holder(&cp),
-            ctl.values().map(|d| d.log_tail(10)).collect::<Vec<_>>().join("\n---\n")
+            ctl.values()
+                .map(|d| d.log_tail(10))
+                .collect::<Vec<_>>()
+                .join("\n---\n")
         );
         std::thread::sleep(Duration::from_millis(100));
     };
     // Two lease durations: still one leader, the same one, and only it says so.
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(lease_holder(&cp).as_deref(), Some(leader.as_str()), "the Lease changed hands without a failure");
+    assert_eq!(
+        lease_holder(&cp).as_deref(),
+        Some(leader.as_str()),
+        "the Lease changed hands without a failure"
+    );
     let follower = if leader == "ctl-a" { "ctl-b" } else { "ctl-a" }.to_string();
-    assert!(leads_in_log(&ctl[&leader]), "leader {leader} does not log its leadership");
-    assert!(!leads_in_log(&ctl[&follower]), "both replicas lead:\n{}", ctl[&follower].log());
+    assert!(
+        leads_in_log(&ctl[&leader]),
+        "leader {leader} does not log its leadership"
+    );
+    assert!(
+        !leads_in_log(&ctl[&follower]),
+        "both replicas lead:\n{}",
+        ctl[&follower].log()
+    );
     for d in ctl.values_mut() {
         assert!(d.is_running(), "a controller exited:\n{}", d.log_tail(20));
     }
@@ -738,21 +965,44 @@ fn fencing_election_and_restart_with_processes() {
         if lease_holder(&cp).as_deref() == Some(follower.as_str()) {
             break;
         }
-        assert!(Instant::now() < deadline, "{follower} did not take over:\n{}", ctl[&follower].log_tail(20));
+        assert!(
+            Instant::now() < deadline,
+            "{follower} did not take over:\n{}",
+            ctl[&follower].log_tail(20)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let takeover = killed.elapsed();
-    eprintln!("[timing] takeover {takeover:?} after kill -9 of the leader (lease 3 s, interval 500 ms)");
-    assert!(takeover >= Duration::from_millis(2000), "took over after {takeover:?}, before the old lease could expire");
+    eprintln!(
+        "[timing] takeover {takeover:?} after kill -9 of the leader (lease 3 s, interval 500 ms)"
+    );
+    assert!(
+        takeover >= Duration::from_millis(2000),
+        "took over after {takeover:?}, before the old lease could expire"
+    );
     assert!(leads_in_log(&ctl[&follower]));
     // The killed replica comes back with the same identity: it must stand by.
     ctl.insert(leader.clone(), spawn_controller(&cp, &leader, "30s"));
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(lease_holder(&cp).as_deref(), Some(follower.as_str()), "the restarted replica took the Lease back");
-    assert!(!leads_in_log(&ctl[&leader]), "the restarted replica leads while the other holds the Lease");
+    assert_eq!(
+        lease_holder(&cp).as_deref(),
+        Some(follower.as_str()),
+        "the restarted replica took the Lease back"
+    );
+    assert!(
+        !leads_in_log(&ctl[&leader]),
+        "the restarted replica leads while the other holds the Lease"
+    );
     let after = cli_bindings(&cp);
-    assert_eq!(before, after, "bindings changed across the controller restart");
-    assert_eq!(blocks_before, cli_blocks(&cp), "blocks changed across the controller restart");
+    assert_eq!(
+        before, after,
+        "bindings changed across the controller restart"
+    );
+    assert_eq!(
+        blocks_before,
+        cli_blocks(&cp),
+        "blocks changed across the controller restart"
+    );
     assert_audit_kube(&cp);
     timing("scenario 5+6 (failover, restart)", t);
 
@@ -761,7 +1011,11 @@ fn fencing_election_and_restart_with_processes() {
     // The fixed address is held on n1: a pod on n2 asking for it is refused.
     let f2 = create_pod(&cp, "f2", "n2", json!({"berth.dev/ips": "198.18.0.20"}));
     let refused = cni_add(&cni, &nodes[1], &fallback, "f2", &f2);
-    assert!(!refused.success(), "198.18.0.20 bound twice: {}", refused.stdout);
+    assert!(
+        !refused.success(),
+        "198.18.0.20 bound twice: {}",
+        refused.stdout
+    );
     taint_out_of_service(&cp, "n1");
     let tainted = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -772,19 +1026,32 @@ fn fencing_election_and_restart_with_processes() {
         if on_n1 == 0 && blocks_n1 == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "n1 fenced but {on_n1} bindings / {blocks_n1} blocks remain");
+        assert!(
+            Instant::now() < deadline,
+            "n1 fenced but {on_n1} bindings / {blocks_n1} blocks remain"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let fenced_in = tainted.elapsed();
     eprintln!("[timing] fenced node released in {fenced_in:?} (grace 30 s, interval 500 ms)");
-    assert!(fenced_in < Duration::from_secs(5), "fencing took {fenced_in:?}: not within a round or two");
+    assert!(
+        fenced_in < Duration::from_secs(5),
+        "fencing took {fenced_in:?}: not within a round or two"
+    );
     let b = cli_bindings(&cp);
     for pod in ["b1", "b2"] {
         let ip = ips[pod].to_string();
-        assert_eq!(b.get(&ip), before.get(&ip), "binding of {pod} on n2 changed by fencing n1");
+        assert_eq!(
+            b.get(&ip),
+            before.get(&ip),
+            "binding of {pod} on n2 changed by fencing n1"
+        );
     }
     // The fixed address moves to n2.
-    let moved = added_ip(&cni_add(&cni, &nodes[1], &fallback, "f2", &f2), "f2 after fencing");
+    let moved = added_ip(
+        &cni_add(&cni, &nodes[1], &fallback, "f2", &f2),
+        "f2 after fencing",
+    );
     assert_eq!(moved, fixed);
     assert_eq!(cli_bindings(&cp)[&fixed.to_string()]["node"], "n2");
 
@@ -798,21 +1065,44 @@ fn fencing_election_and_restart_with_processes() {
         if nb == 0 && nblk == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "n2 deleted but {nb} bindings / {nblk} blocks remain");
+        assert!(
+            Instant::now() < deadline,
+            "n2 deleted but {nb} bindings / {nblk} blocks remain"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("[timing] deleted node released in {:?}", deleted.elapsed());
+    // GC continued under the replica that took over; the restarted one stood by.
+    let leader_log = plain_log(&ctl[&follower]);
+    assert!(
+        leader_log.contains("released binding")
+            && leader_log.contains("is out of service")
+            && leader_log.contains("reclaimed block"),
+        "the new leader {follower} did not log the releases:\n{leader_log}"
+    );
+    assert!(
+        !plain_log(&ctl[&leader]).contains("released binding"),
+        "the standby replica released bindings"
+    );
     assert_audit_kube(&cp);
     timing("scenario 3 (fencing)", t);
 
     for (id, d) in ctl.iter_mut() {
-        assert!(d.is_running(), "controller {id} exited:\n{}", d.log_tail(20));
+        assert!(
+            d.is_running(),
+            "controller {id} exited:\n{}",
+            d.log_tail(20)
+        );
     }
     for a in agents.iter_mut() {
         assert!(a.is_running(), "an agent exited:\n{}", a.log_tail(20));
     }
     if let common::Ledger::Embedded(d) = &fallback {
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "the plugin fell back to its embedded ledger");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "the plugin fell back to its embedded ledger"
+        );
     }
     timing("fencing_election_and_restart_with_processes", t0);
 }
