@@ -960,6 +960,27 @@ fn fencing_election_and_restart_with_processes() {
     // kill -9 the leader: the follower takes over once the Lease expires (3 s after its last
     // renewal), and GC continues under it.
     let t = Instant::now();
+    // Kill right after a renewal, so the old lease has its full 3 s left.
+    let renew_time = || {
+        cp.request(
+            "GET",
+            &format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/berth-controller"),
+            None,
+        )
+        .unwrap()
+        .ok()
+        .unwrap()["spec"]["renewTime"]
+            .clone()
+    };
+    let last = renew_time();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while renew_time() == last {
+        assert!(
+            Instant::now() < deadline,
+            "the leader stopped renewing its Lease"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let killed = Instant::now();
     ctl.get_mut(&leader).unwrap().kill();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -979,7 +1000,7 @@ fn fencing_election_and_restart_with_processes() {
         "[timing] takeover {takeover:?} after kill -9 of the leader (lease 3 s, interval 500 ms)"
     );
     assert!(
-        takeover >= Duration::from_millis(2000),
+        takeover >= Duration::from_millis(2700),
         "took over after {takeover:?}, before the old lease could expire"
     );
     assert!(leads_in_log(&ctl[&follower]));
