@@ -271,7 +271,10 @@ pub async fn round_with_view(
         &values(&blocks),
         &values(&claims),
         &values(&bindings),
-        grace.as_secs(),
+        // With memory the grace counts from when an orphan is first seen (always after its
+        // creation), so `decide` needs only its race guard (records newer than the pod list are
+        // kept); counting it from creation as well would make young orphans wait twice.
+        if memory.is_some() { 0 } else { grace.as_secs() },
     );
     let mut report = Report::default();
     // Nodes the view calls gone or fenced, confirmed once per round with a fresh GET.
