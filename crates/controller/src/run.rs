@@ -158,7 +158,68 @@ fn values<T: Clone>(v: &[Stored<T>]) -> Vec<T> {
     v.iter().map(|s| s.value.clone()).collect()
 }
 
+/// Whether a fresh GET shows the node gone or fenced now. A node created (or un-tainted) after
+/// the node list was read is alive: its new blocks and bindings are newer than the list, and
+/// blocks carry no timestamp to tell. Errors count as "alive" (fail closed).
+async fn node_still_gone(client: &Client, node: &str) -> bool {
+    match Api::<Node>::all(client.clone()).get_opt(node).await {
+        Ok(None) => true,
+        Ok(Some(n)) => n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE)),
+        Err(e) => {
+            tracing::warn!(error = %e, %node, "node lookup failed; keeping its records");
+            false
+        }
+    }
+}
+
+/// What the controller remembers across rounds: when it first saw each record whose owner is
+/// gone (a binding of a vanished pod, a claim of a vanished or scaled-down StatefulSet), at
+/// which version. The grace period counts from there, not only from the record's creation: an
+/// old binding of a pod deleted with `--force` is not released while its container may still be
+/// running on the node. A new leader starts with an empty memory, so it waits a full grace.
+#[derive(Debug, Default)]
+pub struct Memory {
+    first_seen: std::sync::Mutex<HashMap<(Kind, String), (Version, std::time::Instant)>>,
+}
+
+impl Memory {
+    /// Whether `name` (at `version`) has been an orphan for at least `grace`; starts its clock
+    /// when first seen. `seen` collects this round's orphans, to forget the others afterwards.
+    fn orphan_long_enough(
+        &self,
+        kind: Kind,
+        name: &str,
+        version: Option<&Version>,
+        grace: Duration,
+        seen: &mut Vec<(Kind, String)>,
+    ) -> bool {
+        let Some(version) = version else { return false };
+        let key = (kind, name.to_string());
+        seen.push(key.clone());
+        let mut m = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let entry = m.entry(key).or_insert_with(|| (version.clone(), now));
+        if entry.0 != *version {
+            *entry = (version.clone(), now);
+        }
+        now.duration_since(entry.1) >= grace
+    }
+
+    fn forget_all_but(&self, kinds: &[Kind], seen: &[(Kind, String)]) {
+        let keep: std::collections::HashSet<&(Kind, String)> = seen.iter().collect();
+        let mut m = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|k, _| !kinds.contains(&k.0) || keep.contains(k));
+    }
+}
+
 /// One round: read, decide, release. Public so tests can drive rounds directly.
+///
+/// Without memory the grace period counts from each record's creation only; the controller's
+/// loop uses [`round_remembering`].
 pub async fn round(
     client: &Client,
     ledger: &dyn Ledger,
@@ -166,6 +227,29 @@ pub async fn round(
 ) -> Result<Report, RoundError> {
     // The cluster first, then the ledger: a binding made after the pod list is newer than it.
     let view = read_cluster(client).await?;
+    round_with_view(client, ledger, grace, view, None).await
+}
+
+/// One round whose grace period also counts from when each orphan was first seen (`memory`).
+pub async fn round_remembering(
+    client: &Client,
+    ledger: &dyn Ledger,
+    grace: Duration,
+    memory: &Memory,
+) -> Result<Report, RoundError> {
+    let view = read_cluster(client).await?;
+    round_with_view(client, ledger, grace, view, Some(memory)).await
+}
+
+/// The rest of a round, from a view of the cluster read earlier (by [`read_cluster`]): list the
+/// ledger, decide, release. Public so tests can widen the window between the two reads.
+pub async fn round_with_view(
+    client: &Client,
+    ledger: &dyn Ledger,
+    grace: Duration,
+    view: ClusterView,
+    memory: Option<&Memory>,
+) -> Result<Report, RoundError> {
     let r = Records(ledger);
     let claims: Vec<Stored<Claim>> = r.list(Kind::Claim).await?;
     let bindings: Vec<Stored<Binding>> = r.list(Kind::Binding).await?;
@@ -189,10 +273,66 @@ pub async fn round(
         &values(&blocks),
         &values(&claims),
         &values(&bindings),
-        grace.as_secs(),
+        // With memory the grace counts from when an orphan is first seen (always after its
+        // creation), so `decide` needs only its race guard (records newer than the pod list are
+        // kept); counting it from creation as well would make young orphans wait twice.
+        if memory.is_some() { 0 } else { grace.as_secs() },
     );
     let mut report = Report::default();
+    // Nodes the view calls gone or fenced, confirmed once per round with a fresh GET.
+    let mut gone_now: HashMap<String, bool> = HashMap::new();
+    let node_of_binding: HashMap<String, String> = bindings
+        .iter()
+        .map(|s| (s.value.name(), s.value.node.clone()))
+        .collect();
+    let node_of_block: HashMap<String, String> = blocks
+        .iter()
+        .map(|s| (s.value.name(), s.value.node.clone()))
+        .collect();
+    let mut seen = vec![];
     for action in decision.actions {
+        // An orphan waits out the grace period from when it was first seen (with memory).
+        if let Some(m) = memory {
+            let key = match &action {
+                Action::ReleaseBinding {
+                    name,
+                    recheck_pod: Some(_),
+                    ..
+                } => Some((Kind::Binding, name)),
+                Action::ReleaseClaim { name, .. } => Some((Kind::Claim, name)),
+                _ => None,
+            };
+            if let Some((kind, name)) = key {
+                let v = versions.get(&(kind, name.clone()));
+                if !m.orphan_long_enough(kind, name, v, grace, &mut seen) {
+                    report.kept += 1;
+                    continue;
+                }
+            }
+        }
+        let node = match &action {
+            Action::ReleaseBinding {
+                name,
+                recheck_pod: None,
+                ..
+            } => node_of_binding.get(name),
+            Action::ReclaimBlock { name, .. } => node_of_block.get(name),
+            _ => None,
+        };
+        if let Some(node) = node {
+            let gone = match gone_now.get(node) {
+                Some(g) => *g,
+                None => {
+                    let g = node_still_gone(client, node).await;
+                    gone_now.insert(node.clone(), g);
+                    g
+                }
+            };
+            if !gone {
+                report.kept += 1;
+                continue;
+            }
+        }
         match action {
             Action::ReleaseBinding {
                 name,
@@ -251,6 +391,9 @@ pub async fn round(
             }
         }
     }
+    if let Some(m) = memory {
+        m.forget_all_but(&[Kind::Binding, Kind::Claim], &seen);
+    }
     Ok(report)
 }
 
@@ -307,10 +450,13 @@ pub async fn update_pool_status(client: &Client, ledger: &dyn Ledger) -> Result<
 pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ControllerConfig) {
     let elector = Elector::new(client.clone(), cfg.lease.clone());
     let mut leading = false;
+    let mut memory = Memory::default();
     loop {
         match elector.try_acquire_or_renew().await {
             Ok(now) => {
                 if now != leading {
+                    // What a previous term saw may be stale: start the grace clocks afresh.
+                    memory = Memory::default();
                     tracing::info!(leader = now, identity = %cfg.lease.identity, "controller leadership changed");
                 }
                 leading = now;
@@ -321,7 +467,7 @@ pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ControllerConfig)
             }
         }
         if leading {
-            match round(&client, ledger.as_ref(), cfg.grace).await {
+            match round_remembering(&client, ledger.as_ref(), cfg.grace, &memory).await {
                 Ok(r) if r != Report::default() => tracing::info!(?r, "controller round"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "controller round skipped"),
