@@ -10,28 +10,34 @@
 //! ever confirm a graceful deletion), and no CNI DEL is sent unless a scenario says so.
 //!
 //! - `gc_race_and_claims_in_process` (one control plane, rounds driven with `run::round*`):
-//!   1. GC: bindings of a deleted pod and of a pod recreated under the same name (old UID) are
-//!      kept before the grace and released after it; a live pod's binding, the recreated pod's
-//!      new binding and a binding without pod information are never released. An old binding of
-//!      a force-deleted pod waits the grace from the deletion (the controller's memory).
-//!   2. Race: a node joining between the controller's read of the cluster and of the ledger keeps
-//!      its binding and block (deterministic); then 10 s of pod creations + ADDs (new nodes
-//!      joining, a third of the pods deleted again) under grace-0 rounds started every 200 ms:
-//!      no live pod's binding is released, every gone pod's binding is released afterwards.
-//!   4. Claims: a StatefulSet scaled below ordinals loses those claims (after the grace from
-//!      the scale-down), keeps the ones below; a deleted StatefulSet's claim is kept while its
-//!      binding is in use and released after its DEL. `berth audit` clean.
+//!
+//! Scenario 1. GC: bindings of a deleted pod and of a pod recreated under the same name (old UID) are
+//! kept before the grace and released after it; a live pod's binding, the recreated pod's
+//! new binding and a binding without pod information are never released. An old binding of
+//! a force-deleted pod waits the grace from the deletion (the controller's memory).
+//!
+//! Scenario 2. Race: a node joining between the controller's read of the cluster and of the ledger keeps
+//! its binding and block (deterministic); then 10 s of pod creations + ADDs (new nodes
+//! joining, a third of the pods deleted again) under grace-0 rounds started every 200 ms:
+//! no live pod's binding is released, every gone pod's binding is released afterwards.
+//!
+//! Scenario 4. Claims: a StatefulSet scaled below ordinals loses those claims (after the grace from
+//! the scale-down), keeps the ones below; a deleted StatefulSet's claim is kept while its
+//! binding is in use and released after its DEL. `berth audit` clean.
 //! - `fencing_election_and_restart_with_processes` (real `berth agent`, `berth-ipam`, two
 //!   `berth controller` replicas sharing a Lease):
-//!   5. Exactly one replica holds the Lease and logs leadership; kill -9 of the leader right after
-//!      a renewal → the other takes over only once the lease has expired; the killed one,
-//!      restarted, stands by.
-//!   6. Across that restart, bindings and blocks are identical and `berth audit` is clean.
-//!   3. n1 shut down (agent killed) and tainted out-of-service → its bindings released and its
-//!      blocks reclaimed within about a round (grace 30 s does not apply), n2's untouched; the
-//!      fixed address refused on n2 before is then bound there. Untainted and rebooted, n1
-//!      allocates in a fresh block. Deleting Node n2 releases its bindings and blocks too. GC
-//!      after the failover is done by the new leader, not the standby.
+//!
+//! Scenario 5. Exactly one replica holds the Lease and logs leadership; kill -9 of the leader right after
+//! a renewal → the other takes over only once the lease has expired; the killed one,
+//! restarted, stands by.
+//!
+//! Scenario 6. Across that restart, bindings and blocks are identical and `berth audit` is clean.
+//!
+//! Scenario 3. n1 shut down (agent killed) and tainted out-of-service → its bindings released and its
+//! blocks reclaimed within about a round (grace 30 s does not apply), n2's untouched; the
+//! fixed address refused on n2 before is then bound there. Untainted and rebooted, n1
+//! allocates in a fresh block. Deleting Node n2 releases its bindings and blocks too. GC
+//! after the failover is done by the new leader, not the standby.
 
 mod common;
 

@@ -56,5 +56,9 @@ async fn a_second_process_waits_for_the_lock_then_says_unavailable() {
     let t = std::time::Instant::now();
     let again = Embedded::open(dir.path(), Duration::from_secs(5));
     assert!(again.is_ok(), "the lock was released: {:?}", again.err());
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
 }
