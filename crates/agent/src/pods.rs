@@ -14,24 +14,58 @@ pub trait PodSource: Send + Sync {
     /// The pod's request for network `cfg`, from the `K8S_POD_*` arguments. Not a Kubernetes pod
     /// (no such arguments): an empty request.
     async fn ask(&self, args: &CniArgs, cfg: &IpamConfig) -> Result<PodAsk, CniError>;
+
+    /// Why this node must not allocate now (out of service, deleted), if it must not.
+    fn fenced(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether the node came back from being fenced since the last call: the controller may have
+    /// released its bindings and reclaimed its blocks meanwhile, so the allocator must re-read
+    /// the ledger before the next allocation.
+    fn take_reload(&self) -> bool {
+        false
+    }
 }
 
 /// Pods from the node's watch cache; never an API call on the CNI path (Events aside, which are
 /// posted only for a bad annotation).
 pub struct KubePods {
     cache: PodCache,
+    node: Option<berth_k8s::pods::NodeWatch>,
+    reloaded_at: std::sync::atomic::AtomicU64,
     wait: Duration,
 }
 
 impl KubePods {
     /// A source over `cache`, waiting up to `wait` for a pod the watch has not delivered yet.
-    pub fn new(cache: PodCache, wait: Duration) -> Self {
-        KubePods { cache, wait }
+    pub fn new(cache: PodCache, node: Option<berth_k8s::pods::NodeWatch>, wait: Duration) -> Self {
+        KubePods {
+            cache,
+            node,
+            reloaded_at: Default::default(),
+            wait,
+        }
     }
 }
 
 #[async_trait]
 impl PodSource for KubePods {
+    fn fenced(&self) -> Option<String> {
+        self.node.as_ref().and_then(|n| n.fenced())
+    }
+
+    fn take_reload(&self) -> bool {
+        let Some(n) = &self.node else { return false };
+        if n.fenced().is_some() {
+            return false;
+        }
+        let now = n.fencings();
+        self.reloaded_at
+            .swap(now, std::sync::atomic::Ordering::SeqCst)
+            != now
+    }
+
     async fn ask(&self, args: &CniArgs, cfg: &IpamConfig) -> Result<PodAsk, CniError> {
         let (Some(ns), Some(name)) = (&args.pod_namespace, &args.pod_name) else {
             return Ok(PodAsk::default());

@@ -104,6 +104,22 @@ async fn cni_reply(line: &str, alloc: &Allocator, pods: Option<&dyn PodSource>) 
         },
         RequestConfig::Parsed(c) => (**c).clone(),
     };
+    if let Some(source) = pods {
+        if req.command == berth_cni::Command::Add {
+            if let Some(why) = source.fenced() {
+                return Response::from(Err(CniError::new(
+                    CniError::TRY_AGAIN_LATER,
+                    format!("{why}: its addresses may have been released, so this agent allocates nothing until the node is back"),
+                )));
+            }
+        }
+        if source.take_reload() {
+            tracing::info!("node is back in service; re-reading the ledger");
+            if let Err(e) = alloc.reload().await {
+                return Response::from(Err(berth_cni::handler::cni_error(e)));
+            }
+        }
+    }
     let pod = match (req.command, pods) {
         (berth_cni::Command::Add, Some(source)) => match source.ask(&req.args, &cfg).await {
             Ok(p) => p,

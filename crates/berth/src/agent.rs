@@ -74,8 +74,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let pods: Option<Arc<dyn berth_agent::PodSource>> = if watch {
         let (client, server) = berth_k8s::client(args.ledger.kubeconfig.as_deref()).await?;
         tracing::info!(%server, node = %node, "watching this node's pods");
-        let cache = berth_k8s::pods::PodCache::start(client, &node);
-        Some(Arc::new(berth_agent::KubePods::new(cache, args.pod_wait)))
+        let cache = berth_k8s::pods::PodCache::start(client.clone(), &node);
+        let node_watch = berth_k8s::pods::NodeWatch::start(client, &node);
+        Some(Arc::new(berth_agent::KubePods::new(
+            cache,
+            Some(node_watch),
+            args.pod_wait,
+        )))
     } else {
         None
     };

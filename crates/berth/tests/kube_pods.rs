@@ -442,4 +442,72 @@ fn pods_keep_their_addresses_across_nodes() {
         free > 60_000 && free < u64::MAX,
         "IPv4 range 198.18.1.0-198.18.255.254 plus IPv6: {status}"
     );
+
+    // Fencing with the agent still running: while node-b is out of service its agent allocates
+    // nothing; the controller releases node-b's bindings and reclaims its emptied blocks; once
+    // the taint is gone the agent re-reads the ledger and allocates in a block it really owns
+    // (the audit finds a binding in a reclaimed block otherwise). node-a's blocks would not do:
+    // they hold addresses that claims keep (mysql-0's, bound on node-b now).
+    w.api(
+        "PATCH",
+        "/api/v1/nodes/node-b",
+        Some(json!({"spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]}})),
+    );
+    let late = w.api(
+        "POST",
+        &format!("/api/v1/namespaces/{NS}/pods"),
+        Some(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "late"},
+                    "spec": {"nodeName": "node-b",
+                             "containers": [{"name": "c", "image": "berth.invalid/none:1"}]}}),
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = w.cni("ADD", "node-b", &late);
+        if !out.success() && msg(&out).contains("out-of-service") {
+            assert_eq!(code(&out), 11);
+            break;
+        }
+        if out.success() {
+            w.cni("DEL", "node-b", &late).ok().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never saw the taint: {}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = rt.block_on(async {
+        let (client, _) = berth_k8s::client(Some(w.cp.kubeconfig())).await.unwrap();
+        let ledger = berth_k8s::KubeLedger::new(client.clone());
+        berth_controller::round(&client, &ledger, Duration::from_secs(30))
+            .await
+            .unwrap()
+    });
+    assert!(report.bindings > 0 && report.blocks > 0, "{report:?}");
+    w.api(
+        "PATCH",
+        "/api/v1/nodes/node-b",
+        Some(json!({"spec": {"taints": null}})),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ips = loop {
+        let out = w.cni("ADD", "node-b", &late);
+        if out.success() {
+            break out.json.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-b never came back: {}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(ips["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .starts_with("198.18."));
+    w.audit();
 }

@@ -318,3 +318,82 @@ mod tests {
         assert!(e.to_string().contains("Deployment"), "{e}");
     }
 }
+
+/// The agent's view of its own Node: whether the cluster has taken the node out of service
+/// (`node.kubernetes.io/out-of-service` taint) or deleted it. While it has, the controller may
+/// release the node's bindings and reclaim its blocks, so the agent must not allocate.
+#[derive(Clone)]
+pub struct NodeWatch {
+    store: Store<k8s_openapi::api::core::v1::Node>,
+    node: String,
+    seen: Arc<std::sync::atomic::AtomicBool>,
+    fencings: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn out_of_service(n: &k8s_openapi::api::core::v1::Node) -> bool {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .map(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE))
+        .unwrap_or(false)
+}
+
+/// The taint that fences a node (Kubernetes' non-graceful node shutdown).
+pub const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
+
+impl NodeWatch {
+    /// Start watching the Node object named `node`.
+    pub fn start(client: Client, node: &str) -> Self {
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+        let (store, writer) = reflector::store();
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
+        let stream = watcher(api, cfg).default_backoff().reflect(writer);
+        let fencings = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (f, sn) = (Arc::clone(&fencings), Arc::clone(&seen));
+        tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(watcher::Event::Delete(_)) => {
+                        f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                        sn.store(true, std::sync::atomic::Ordering::SeqCst);
+                        if out_of_service(&n) {
+                            f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "node watch error; retrying"),
+                }
+            }
+        });
+        NodeWatch {
+            store,
+            node: node.to_string(),
+            seen,
+            fencings,
+        }
+    }
+
+    /// How many times the watch has seen the node fenced or deleted. When it changes, the
+    /// controller may have released the node's bindings and blocks: re-read the ledger.
+    pub fn fencings(&self) -> u64 {
+        self.fencings.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Why the node must not allocate now, if it must not. Before the first list arrives nothing
+    /// is known, and allocation goes on (the controller never fences a node it has not seen).
+    pub fn fenced(&self) -> Option<String> {
+        let Some(n) = self.store.get(&ObjectRef::new(&self.node)) else {
+            // Not (yet) in the watch: either the first list has not arrived, or the node was
+            // deleted. Only a node seen before and now gone counts as deleted.
+            return self
+                .seen
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then(|| format!("node {} was deleted from the cluster", self.node));
+        };
+        out_of_service(&n).then(|| format!("node {} has the {OUT_OF_SERVICE} taint", self.node))
+    }
+}
