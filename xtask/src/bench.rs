@@ -203,7 +203,7 @@ fn exec(plugin: &Path, command: &str, id: &str, config: &[u8]) -> Result<Duratio
 }
 
 /// CPU seconds (user + system) from `/proc/PID/stat`; for `self`, those of waited-for children.
-fn cpu_secs(pid: Option<u32>) -> f64 {
+pub(crate) fn cpu_secs(pid: Option<u32>) -> f64 {
     let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
     let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the parenthesised command name; utime is field 14, cutime 16 (1-based).
@@ -264,7 +264,7 @@ fn cell(v: &Variant, conc: usize, ops: usize, tag: &str) -> Result<Cell> {
 }
 
 /// Nearest-rank percentile of sorted samples.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
@@ -279,11 +279,11 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn wait_socket(agent: &mut Daemon, socket: &Path) -> Result<()> {
+pub(crate) fn wait_socket(agent: &mut Daemon, socket: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {

@@ -4,10 +4,13 @@
 //!   ledger (`berth lab demo`).
 //! - `cargo xtask test`: install the test world and run every check and test (what CI runs).
 //! - `cargo xtask bench ipam`: the IPAM benchmark, side by side with Debian's host-local.
+//! - `cargo xtask bench kube`: 1000 pods over 10 simulated nodes through a real kube-apiserver
+//!   and agents, Kubernetes ledger vs etcd ledger (`docs/bench-kube.md`).
 //! - `cargo xtask kube build`: build and cache kube-apiserver and kube-controller-manager v1.20.2
 //!   from Debian's source package (`hack/kube-build.sh`; ~8 minutes once, then cached).
 
 mod bench;
+mod bench_kube;
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -77,8 +80,11 @@ fn main() -> anyhow::Result<()> {
                 .args(["lab", "demo"])
                 .args(&args[1..]))
         }
+        Some("bench") if args.get(1).map(String::as_str) == Some("kube") => {
+            bench_kube::run(&args[2..])
+        }
         Some("bench") => bench::run(&args[1..]),
         Some("kube") if args.get(1).map(String::as_str) == Some("build") => kube_build(),
-        _ => bail!("usage: cargo xtask test | demo [--keep] | bench ipam [--ops N] | kube build"),
+        _ => bail!("usage: cargo xtask test | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | kube build"),
     }
 }

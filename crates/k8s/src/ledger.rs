@@ -47,8 +47,17 @@ impl KubeLedger {
     }
 
     /// Connect with a kubeconfig file, or the in-cluster / default configuration when `None`.
+    ///
+    /// The client does not retry by itself: kube-rs 5 retries 429/503/504 answers by default (up
+    /// to 15 times, exponential backoff from 5 ms), which held CNI DELs for 13 s against a
+    /// restarting kube-apiserver (503 until it is ready) and could outlast `berth-ipam`'s wait for
+    /// the agent, so that a write lands after the runtime was told the ADD failed. The ledger's
+    /// callers already treat "unavailable" as transient: the CNI call fails at once with "try
+    /// again" (code 11) and the kubelet retries.
     pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Self> {
-        let (client, server) = crate::client(kubeconfig).await?;
+        let mut config = crate::config(kubeconfig).await?;
+        config.default_retry = false;
+        let (client, server) = crate::client_from(config)?;
         Ok(KubeLedger {
             client,
             server: format!("kubernetes:{server}"),

@@ -21,20 +21,30 @@ use berth_ledger::LedgerError;
 pub async fn client(
     kubeconfig: Option<&std::path::Path>,
 ) -> Result<(kube::Client, String), LedgerError> {
-    let config = match kubeconfig {
+    client_from(config(kubeconfig).await?)
+}
+
+/// The client configuration from a kubeconfig file, or the in-cluster / default configuration when
+/// `None`.
+pub async fn config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, LedgerError> {
+    match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| LedgerError::Config(format!("kubeconfig {}: {e}", path.display())))?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
-                .map_err(|e| LedgerError::Config(format!("kubeconfig {}: {e}", path.display())))?
+                .map_err(|e| LedgerError::Config(format!("kubeconfig {}: {e}", path.display())))
         }
         None => kube::Config::infer().await.map_err(|e| {
             LedgerError::Config(format!(
                 "no Kubernetes configuration ({e}): pass --kubeconfig or run in a pod"
             ))
-        })?,
-    };
+        }),
+    }
+}
+
+/// A client from a configuration, and the server URL for messages.
+pub fn client_from(config: kube::Config) -> Result<(kube::Client, String), LedgerError> {
     let server = config.cluster_url.to_string();
     let client = kube::Client::try_from(config)
         .map_err(|e| LedgerError::Config(format!("Kubernetes client for {server}: {e}")))?;
