@@ -96,7 +96,7 @@ fn start_agent(cp: &KubeControlPlane, socket: &Path, node: &str) -> Daemon {
         if let Some(st) = d.try_status() {
             panic!("agent {node} exited on start ({st}):\n{}", d.log_tail(30));
         }
-        if snapshot_ok(socket) {
+        if common::snapshot_ok(socket) {
             return d;
         }
         assert!(
@@ -107,24 +107,6 @@ fn start_agent(cp: &KubeControlPlane, socket: &Path, node: &str) -> Daemon {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn snapshot_ok(socket: &Path) -> bool {
-    use std::io::{BufRead, BufReader, Write};
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    if s.write_all(b"{\"admin\":\"snapshot\"}\n").is_err() {
-        return false;
-    }
-    let mut line = String::new();
-    if BufReader::new(s).read_line(&mut line).is_err() {
-        return false;
-    }
-    serde_json::from_str::<Value>(&line)
-        .map(|v| v.get("bindings").is_some() && v.get("error").is_none())
-        .unwrap_or(false)
 }
 
 /// `berth SUB --ledger kubernetes --kubeconfig F [--json]`: (exit code, stdout, stderr).

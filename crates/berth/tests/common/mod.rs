@@ -188,12 +188,13 @@ fn spawn_agent(socket: &Path, ledger_arg: &str, node: &str) -> Daemon {
     Daemon::spawn(&format!("agent-{node}"), cmd, None).expect("spawning berth agent")
 }
 
-fn snapshot_ok(socket: &Path) -> bool {
+/// Whether an agent answers a ledger snapshot on `socket` (it is up and its ledger readable).
+pub fn snapshot_ok(socket: &Path) -> bool {
     use std::io::{BufRead, BufReader, Write};
     let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
         return false;
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     if s.write_all(b"{\"admin\":\"snapshot\"}\n").is_err() {
         return false;
     }
