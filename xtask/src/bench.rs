@@ -614,7 +614,8 @@ fn ipam(o: Opts) -> Result<()> {
     Ok(())
 }
 
-/// How an ELF executable is linked: "dynamic" (has an interpreter), "static-pie" or "static".
+/// How an ELF executable is linked: "dynamic" (has an interpreter), "static-pie" or "static
+/// non-PIE".
 fn elf_linkage(path: &Path) -> &'static str {
     let Ok(b) = std::fs::read(path) else {
         return "unreadable";
@@ -645,6 +646,6 @@ fn elf_linkage(path: &Path) -> &'static str {
     match (interp, ty) {
         (true, _) => "dynamic",
         (false, 3) => "static-pie",
-        (false, _) => "static",
+        (false, _) => "static non-PIE",
     }
 }
