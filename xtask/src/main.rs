@@ -40,18 +40,16 @@ fn kube_build() -> anyhow::Result<()> {
     sh(Command::new("bash").arg(root().join("hack/kube-build.sh")))
 }
 
-/// A cargo command for the workspace, cleared of what `cargo run` set for this xtask process.
+/// Remove from `cmd`'s environment what `cargo run` set for this xtask process.
 ///
 /// Why: `cargo run` gives xtask `CARGO_MANIFEST_DIR`, `CARGO_MANIFEST_PATH` and `CARGO_PKG_*` of
 /// the xtask package. A nested cargo inheriting them compares them with the values recorded by
 /// build scripts that declare `rerun-if-env-changed` on them (ring's does, for
 /// `CARGO_MANIFEST_DIR` and `CARGO_PKG_NAME`/`_VERSION_*`), so every switch between a plain
-/// `cargo build --release` and `cargo xtask` re-ran ring's build script and recompiled
+/// `cargo build`/`cargo test` and `cargo xtask` re-ran ring's build script and recompiled
 /// everything above it (`CARGO_LOG=cargo::core::compiler::fingerprint=info` shows
 /// `EnvVarChanged { name: "CARGO_MANIFEST_DIR", .. }`).
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(root());
+fn clear_cargo_run_env(cmd: &mut Command) -> &mut Command {
     for (k, _) in std::env::vars_os() {
         let Some(k) = k.to_str() else { continue };
         if k.starts_with("CARGO_PKG_")
@@ -65,9 +63,17 @@ fn cargo() -> Command {
                     | "CARGO_PRIMARY_PACKAGE"
             )
         {
-            c.env_remove(k);
+            cmd.env_remove(k);
         }
     }
+    cmd
+}
+
+/// A cargo command for the workspace (see [`clear_cargo_run_env`]).
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    clear_cargo_run_env(&mut c);
     c
 }
 
@@ -204,7 +210,8 @@ fn main() -> anyhow::Result<()> {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(5100);
             let left = budget.saturating_sub(t0.elapsed().as_secs());
-            sh(Command::new("bash")
+            // hack/test.sh runs cargo fmt/clippy/build/test.
+            sh(clear_cargo_run_env(&mut Command::new("bash"))
                 .arg(root().join("hack/test.sh"))
                 .env("BERTH_CI_BUDGET_SECS", left.to_string()))
         }
