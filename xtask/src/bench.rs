@@ -525,13 +525,14 @@ fn ipam(o: Opts) -> Result<()> {
          noisy). Latencies in ms, spawn to exit. CPU ms/pair: user+system CPU of the plugin \
          processes plus the agent and etcd serving them, per ADD+DEL pair. Ratios are to \
          host-local at the same concurrency (p99 ×: lower is better; pairs/s ×: higher is better).\n\
-         host-local: Debian containernetworking-plugins ({}); berth-ipam: release build ({:.1} MB); \
+         host-local: Debian containernetworking-plugins ({}); berth-ipam: release build ({}, {:.1} MB); \
          etcd: Debian 3.4, one member on 127.0.0.1, fsync on{}.\n\n",
         o.ops,
         SUBNET,
         o.runs,
         o.chunk,
         host_local.display(),
+        elf_linkage(&ipam_bin),
         ipam_size as f64 / 1e6,
         if o.etcd_args.is_empty() {
             String::new()
@@ -611,4 +612,40 @@ fn ipam(o: Opts) -> Result<()> {
     drop(etcd);
     drop(tmp);
     Ok(())
+}
+
+/// How an ELF executable is linked: "dynamic" (has an interpreter), "static-pie" or "static
+/// non-PIE".
+fn elf_linkage(path: &Path) -> &'static str {
+    let Ok(b) = std::fs::read(path) else {
+        return "unreadable";
+    };
+    let u16_at = |o: usize| {
+        b.get(o..o + 2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()) as usize)
+    };
+    // ELF64 little-endian only (what this benchmark builds); e_type, e_phoff, e_phentsize, e_phnum.
+    if b.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return "not ELF64";
+    }
+    let (Some(ty), Some(phoff), Some(phentsize), Some(phnum)) =
+        (u16_at(0x10), u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return "not ELF64";
+    };
+    const PT_INTERP: u32 = 3;
+    let interp = (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4)
+            .is_some_and(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) == PT_INTERP)
+    });
+    match (interp, ty) {
+        (true, _) => "dynamic",
+        (false, 3) => "static-pie",
+        (false, _) => "static non-PIE",
+    }
 }
