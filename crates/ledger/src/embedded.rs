@@ -295,13 +295,6 @@ fn apply(db: &Database, batch: &[Op]) -> std::result::Result<Vec<Result<Version>
     Ok(results)
 }
 
-fn parse_version(kind: Kind, name: &str, v: &Version) -> Result<u64> {
-    v.0.parse().map_err(|_| LedgerError::Conflict {
-        kind,
-        name: name.to_string(),
-    })
-}
-
 #[async_trait]
 impl Ledger for Embedded {
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<Entry>> {
@@ -348,12 +341,12 @@ impl Ledger for Embedded {
         value: Vec<u8>,
         expected: &Version,
     ) -> Result<Version> {
-        let want = parse_version(kind, name, expected)?;
+        let want = expected.revision::<u64>(kind, name)?;
         self.write(kind, name, Write::Update(value, want)).await
     }
 
     async fn delete(&self, kind: Kind, name: &str, expected: &Version) -> Result<()> {
-        let want = parse_version(kind, name, expected)?;
+        let want = expected.revision::<u64>(kind, name)?;
         self.write(kind, name, Write::Delete(want))
             .await
             .map(|_| ())

@@ -165,13 +165,6 @@ fn unavailable(endpoints: &[String], e: etcd_client::Error) -> LedgerError {
     }
 }
 
-fn version_of(kind: Kind, name: &str, v: &Version) -> Result<i64> {
-    v.0.parse().map_err(|_| LedgerError::Conflict {
-        kind,
-        name: name.to_string(),
-    })
-}
-
 #[async_trait]
 impl Ledger for Etcd {
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<Entry>> {
@@ -257,7 +250,7 @@ impl Ledger for Etcd {
         expected: &Version,
     ) -> Result<Version> {
         let key = self.key(kind, name);
-        let rev = version_of(kind, name, expected)?;
+        let rev = expected.revision::<i64>(kind, name)?;
         self.cas(
             kind,
             name,
@@ -269,7 +262,7 @@ impl Ledger for Etcd {
 
     async fn delete(&self, kind: Kind, name: &str, expected: &Version) -> Result<()> {
         let key = self.key(kind, name);
-        let rev = version_of(kind, name, expected)?;
+        let rev = expected.revision::<i64>(kind, name)?;
         self.cas(
             kind,
             name,

@@ -60,6 +60,17 @@ impl fmt::Display for Kind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Version(pub String);
 
+impl Version {
+    /// The version as the numeric revision a backend issued. A version that does not parse was
+    /// never issued by this backend, so naming it is a lost compare-and-swap.
+    pub fn revision<T: std::str::FromStr>(&self, kind: Kind, name: &str) -> Result<T> {
+        self.0.parse().map_err(|_| LedgerError::Conflict {
+            kind,
+            name: name.to_string(),
+        })
+    }
+}
+
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
