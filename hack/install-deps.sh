@@ -50,18 +50,8 @@ for p in "${PKGS[@]}"; do
   fi
 done
 
-retry() {
-  local n=1
-  until "$@"; do
-    if ((n >= 3)); then
-      log "failed 3 times: $*"
-      return 1
-    fi
-    log "retrying in $((n * 10))s: $*"
-    sleep $((n * 10))
-    n=$((n + 1))
-  done
-}
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if ((${#missing[@]} > 0)); then
   log "installing: ${missing[*]}"

@@ -27,18 +27,8 @@ SRC_LIST=/etc/apt/sources.list.d/berth-kube-src.sources
 
 log() { printf 'kube-build: %s\n' "$*" >&2; }
 
-retry() {
-  local n=1
-  until "$@"; do
-    if ((n >= 3)); then
-      log "failed 3 times: $*"
-      return 1
-    fi
-    log "retrying in $((n * 10))s: $*"
-    sleep $((n * 10))
-    n=$((n + 1))
-  done
-}
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 cached() {
   [[ -f $STAMP ]] || return 1
