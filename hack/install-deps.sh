@@ -12,10 +12,12 @@ set -euo pipefail
 
 PKGS=(
   etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins keepalived
-  iputils-arping iputils-ping tcpdump iproute2 iptables conntrack rsync protobuf-compiler
+  iputils-arping iputils-ping tcpdump iproute2 iptables conntrack rsync protobuf-compiler libprotobuf-dev
   socat openssl jq
   # Kubernetes control plane for the tests, built from Debian's source by hack/kube-build.sh.
   golang-go make curl golang-github-modern-go-reflect2-dev
+  # The fresh-machine check (hack/fresh-check.sh) builds a minimal Debian root.
+  mmdebstrap
 )
 # shellcheck disable=SC2206
 EXTRA=(${BERTH_EXTRA_PKGS:-})
@@ -75,7 +77,31 @@ if ((${#missing[@]} > 0)); then
   chmod 0755 "$policy"
 
   retry apt-get "${APT_OPTS[@]}" update
-  retry apt-get "${APT_OPTS[@]}" install --no-install-recommends "${missing[@]}"
+  # Name every package the archive cannot give, before apt fails on the first one.
+  unavailable=()
+  for p in "${missing[@]}"; do
+    cand=$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    [[ -n $cand && $cand != "(none)" ]] || unavailable+=("$p")
+  done
+  if ((${#unavailable[@]} > 0)); then
+    log "FAILED: no installation candidate for: ${unavailable[*]}"
+    log "the configured archive (/etc/apt/sources.list{,.d/}) must offer Debian 12 (bookworm) main; check it with: apt-cache policy ${unavailable[*]}"
+    exit 1
+  fi
+  if ! retry apt-get "${APT_OPTS[@]}" install --no-install-recommends "${missing[@]}"; then
+    log "FAILED: apt-get install --no-install-recommends ${missing[*]}: see apt's output above"
+    exit 1
+  fi
+  # Recommends are not installed: everything the build and tests use is named above, so a package
+  # that is still absent here is a failure, not something a later step trips over.
+  still=()
+  for p in "${missing[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || still+=("$p")
+  done
+  if ((${#still[@]} > 0)); then
+    log "FAILED: not installed after apt-get install: ${still[*]}"
+    exit 1
+  fi
 
   restore_policy
   trap - EXIT
@@ -125,18 +151,19 @@ if command -v update-rc.d >/dev/null 2>&1; then
   done
 fi
 
-# Facts the tests rely on.
-for f in /usr/bin/etcd /usr/bin/etcdctl /usr/lib/cni/bridge /usr/lib/cni/host-local; do
-  [[ -x $f ]] || { log "missing after install: $f"; exit 1; }
+# Facts the build and the tests rely on, checked by file so a package that stops shipping one
+# (or is only recommended by another) fails here, named, instead of in a later build step.
+for f in /usr/bin/etcd /usr/bin/etcdctl /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/bin/protoc \
+  /usr/bin/ip /usr/bin/ping /usr/sbin/iptables /usr/bin/socat /usr/bin/mmdebstrap; do
+  [[ -x $f ]] || { log "FAILED: $f is missing after the install"; exit 1; }
+done
+# etcd-client's build compiles etcd's .proto files, which import protobuf's well-known types.
+for f in /usr/include/google/protobuf/descriptor.proto; do
+  [[ -r $f ]] || { log "FAILED: $f is missing after the install (libprotobuf-dev): building etcd-client would fail"; exit 1; }
 done
 
-# Rust tooling: cargo, rustfmt, clippy come with the toolchain on these machines;
-# cargo-nextest ships too, else it is built from crates.io.
+# Rust tooling: cargo, rustfmt and clippy come with the toolchain (the README's precondition).
 if command -v cargo >/dev/null 2>&1; then
-  if ! cargo nextest --version >/dev/null 2>&1; then
-    log "installing cargo-nextest from crates.io"
-    retry cargo install cargo-nextest --locked
-  fi
   for sub in fmt clippy; do
     cargo "$sub" --version >/dev/null 2>&1 || log "warning: cargo $sub is missing (rustup component add)"
   done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager v1.20.2 from Debian's `kubernetes` source
-# package and caches them, idempotently, as root.
+# Builds the Kubernetes v1.20.2 components the tests run (kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy, and kubectl for `apply -k`) from Debian's `kubernetes` source package and caches them,
+# idempotently, as root.
 #
 # Why: the integration tests need a real Kubernetes control plane, but no registry the test
 # machines may reach ships kube-apiserver. Debian bookworm's source package `kubernetes`
@@ -12,17 +13,23 @@
 # Environment:
 #   BERTH_KUBE_CACHE   cache directory (default ~/.cache/berth/kubernetes-1.20.2); binaries go
 #                      to $BERTH_KUBE_CACHE/bin
-#   BERTH_KUBE_WHAT    extra targets to build besides the two, e.g. "cmd/kubectl cmd/kube-scheduler"
+#   BERTH_KUBE_WHAT    extra targets to build besides these, e.g. "cmd/kubeadm"
 #   BERTH_KUBE_KEEP    set to 1 to keep the build tree (for debugging)
+#
+# `--prepare` does everything but the compilation: the build tools, the deb-src entry and the
+# source package's download, and checks that the tools run. The fresh-machine check uses it on
+# runs where the Kubernetes cache is warm, so a missing package still shows.
 set -euo pipefail
+PREPARE=0
+[[ ${1:-} == --prepare ]] && PREPARE=1
 
 VERSION=1.20.2
 CACHE=${BERTH_KUBE_CACHE:-$HOME/.cache/berth/kubernetes-$VERSION}
 BIN=$CACHE/bin
 STAMP=$CACHE/.build-complete
-REQUIRED=(kube-apiserver kube-controller-manager)
+REQUIRED=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 # shellcheck disable=SC2206
-WHAT=(cmd/kube-apiserver cmd/kube-controller-manager ${BERTH_KUBE_WHAT:-})
+WHAT=(cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy cmd/kubectl ${BERTH_KUBE_WHAT:-})
 SRC_LIST=/etc/apt/sources.list.d/berth-kube-src.sources
 
 log() { printf 'kube-build: %s\n' "$*" >&2; }
@@ -40,7 +47,7 @@ cached() {
   done
 }
 
-if cached; then
+if ((!PREPARE)) && cached; then
   log "cached: $BIN ($(cat "$STAMP"))"
   exit 0
 fi
@@ -164,6 +171,14 @@ retry apt-get -q -o APT::Sandbox::User=root source --download-only kubernetes >&
 orig=$(ls ./kubernetes_*.orig.tar.gz 2>/dev/null | head -n1)
 [[ -n $orig ]] || { log "no kubernetes_*.orig.tar.gz downloaded"; ls -la >&2; exit 1; }
 log "downloaded $(basename "$orig") after $(elapsed)"
+if ((PREPARE)); then
+  for t in "go version" "make --version" "rsync --version" "tar --version" "gzip --version"; do
+    $t >/dev/null 2>&1 || { log "prepare: '$t' fails: a build tool is missing"; exit 1; }
+  done
+  tar -tzf "$orig" >/dev/null || { log "prepare: $orig is not a readable tarball"; exit 1; }
+  log "prepare: tools and source package ready after $(elapsed) (nothing compiled)"
+  exit 0
+fi
 
 mkdir src
 tar -xzf "$orig" -C src

@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask demo`: install what is missing, build, and run Berth's main job on the embedded
 //!   ledger (`berth lab demo`).
-//! - `cargo xtask test`: install the test world and run every check and test (what CI runs).
+//! - `cargo xtask test`: install the test world, run the fresh-machine check (`hack/fresh-check.sh`)
+//!   and every check and test (what CI runs). `--install-only` runs only its install step.
 //! - `cargo xtask bench ipam`: the IPAM benchmark, side by side with Debian's host-local.
 //! - `cargo xtask bench kube`: 1000 pods over 10 simulated nodes through a real kube-apiserver
 //!   and agents, Kubernetes ledger vs etcd ledger (`docs/bench-kube.md`).
@@ -41,6 +42,18 @@ fn install_deps() -> anyhow::Result<()> {
 /// package once and returns at once when the cache is complete.
 fn kube_build() -> anyhow::Result<()> {
     sh(Command::new("bash").arg(root().join("hack/kube-build.sh")))
+}
+
+/// The fresh-machine check (`hack/fresh-check.sh`): the quick start on a minimal Debian root.
+///
+/// Why: this machine has packages installed by hand; a user's does not. `BERTH_FRESH_CHECK=0`
+/// skips it for a quick local run; CI never sets it.
+fn fresh_check() -> anyhow::Result<()> {
+    if std::env::var("BERTH_FRESH_CHECK").is_ok_and(|v| v == "0") {
+        eprintln!("xtask: BERTH_FRESH_CHECK=0: the fresh-machine check is skipped");
+        return Ok(());
+    }
+    sh(Command::new("bash").arg(root().join("hack/fresh-check.sh")))
 }
 
 /// Remove from `cmd`'s environment what `cargo run` set for this xtask process.
@@ -202,9 +215,22 @@ fn bin_dir(mut c: Command) -> anyhow::Result<PathBuf> {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("test") if args.get(1).map(String::as_str) == Some("--install-only") => {
+            // The test command's install step alone (the fresh-machine check runs it): the test
+            // world's packages, and the Kubernetes build's tools and source (`--kube-build`: the
+            // build itself too).
+            install_deps()?;
+            let mut c = Command::new("bash");
+            c.arg(root().join("hack/kube-build.sh"));
+            if args.get(2).map(String::as_str) != Some("--kube-build") {
+                c.arg("--prepare");
+            }
+            sh(&mut c)
+        }
         Some("test") => {
             let t0 = std::time::Instant::now();
             install_deps()?;
+            fresh_check()?;
             kube_build()?;
             // hack/test.sh runs under a budget (default 85 min, below CI's 90); the install and
             // a cold Kubernetes build (~9 min) count against it too.
@@ -230,6 +256,6 @@ fn main() -> anyhow::Result<()> {
         }
         Some("bench") => bench::run(&args[1..]),
         Some("kube") if args.get(1).map(String::as_str) == Some("build") => kube_build(),
-        _ => bail!("usage: cargo xtask test | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | kube build"),
+        _ => bail!("usage: cargo xtask test [--install-only [--kube-build]] | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | kube build"),
     }
 }

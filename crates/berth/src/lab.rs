@@ -62,14 +62,50 @@ impl Drop for World {
             return;
         }
         if let Some(mut a) = self.agent.take() {
-            // SIGTERM so the agent removes its socket; it is our own child.
-            let _ = Command::new("kill").arg(a.id().to_string()).status();
-            let _ = a.wait();
+            stop_child(&mut a, AGENT_STOP_GRACE);
         }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "delete", ns]).status();
         }
     }
+}
+
+/// How long the agent gets to remove its socket after SIGTERM before it is killed.
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Stop a child of ours: SIGTERM, wait up to `grace`, then SIGKILL and reap it.
+///
+/// Why: the signal is sent by this process itself (no external `kill`, which minimal systems
+/// lack), and no wait is unbounded: a child that ignores SIGTERM is killed, not waited on forever.
+fn stop_child(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) with a PID we spawned and have not reaped yet, so it cannot name another
+    // process; it touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        eprintln!(
+            "warning: could not send SIGTERM to the agent (pid {pid}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let t = Instant::now();
+    while t.elapsed() < grace {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                eprintln!("warning: waiting for the agent (pid {pid}): {e}");
+                break;
+            }
+        }
+    }
+    eprintln!(
+        "warning: the agent (pid {pid}) did not stop within {grace:?} of SIGTERM: killing it"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<String> {
@@ -279,6 +315,9 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
             a0.1,
             if ok { "ok" } else { "FAILED" }
         );
+        if !ok {
+            bail!("pod {} cannot reach pod {} at {target}", a0.1, a1.1);
+        }
     }
     let ledger = format!("embedded:{}", a.data_dir.display());
     let sock = socket.display().to_string();
