@@ -13,6 +13,8 @@ set -euo pipefail
 PKGS=(
   etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins keepalived
   iputils-arping iputils-ping tcpdump iproute2 iptables conntrack rsync protobuf-compiler libprotobuf-dev
+  # berth-netlink's tests send Neighbor Solicitations with ndisc6 to Berth's NDP responder.
+  ndisc6
   socat openssl jq
   # Kubernetes control plane for the tests, built from Debian's source by hack/kube-build.sh.
   golang-go make curl golang-github-modern-go-reflect2-dev

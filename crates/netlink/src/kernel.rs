@@ -59,6 +59,10 @@ pub(crate) struct Inner {
     pub(crate) netns: Option<Netns>,
     _conn: AbortOnDrop,
     pub(crate) responders: Mutex<HashMap<String, crate::l2::Responder>>,
+    /// Send-only packet sockets by (ifindex, ethertype), kept open: opening and closing an
+    /// AF_PACKET socket costs an RCU grace period in the kernel (milliseconds), which a
+    /// takeover's GARPs must not pay.
+    pub(crate) senders: Mutex<HashMap<(u32, u16), Arc<crate::raw::PacketSocket>>>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -102,6 +106,7 @@ impl Kernel {
                 netns,
                 _conn: AbortOnDrop(task),
                 responders: Mutex::new(HashMap::new()),
+                senders: Mutex::new(HashMap::new()),
             }),
         })
     }

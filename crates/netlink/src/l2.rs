@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,20 +60,57 @@ impl Kernel {
             .map_err(|e| self.error(op, subject, ErrorKind::from_io(e, Some(dev))))
     }
 
+    /// Sends `frame` on `index` through a cached send-only socket; a socket that fails
+    /// (its interface was removed or re-created) is replaced once.
     async fn send_frame(
         &self,
         op: &'static str,
         subject: &str,
         dev: &str,
         index: u32,
-        listen: Listen,
+        ethertype: u16,
         frame: &[u8],
     ) -> Result<()> {
-        let sock = self.packet_socket(op, subject, dev, index, listen).await?;
+        let key = (index, ethertype);
+        let cached = self
+            .inner
+            .senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(sock) = cached {
+            if sock.send(frame).await.is_ok() {
+                return Ok(());
+            }
+            self.inner
+                .senders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        }
+        let sock = Arc::new(
+            self.packet_socket(op, subject, dev, index, Listen::SendOnly(ethertype))
+                .await?,
+        );
         sock.send(frame)
             .await
-            .map_err(|e| self.error(op, subject, ErrorKind::from_io(e, Some(dev))))
+            .map_err(|e| self.error(op, subject, ErrorKind::from_io(e, Some(dev))))?;
+        let mut senders = self.inner.senders.lock().unwrap_or_else(|e| e.into_inner());
+        if senders.len() >= MAX_SENDERS {
+            senders.clear();
+        }
+        senders.insert(key, sock);
+        Ok(())
     }
+}
+
+/// Cached send sockets per kernel handle (interfaces × 2 families); beyond it, start over.
+const MAX_SENDERS: usize = 64;
+
+/// Closes a packet socket off the async path: its close waits for an RCU grace period.
+fn close_later(sock: PacketSocket) {
+    tokio::task::spawn_blocking(move || drop(sock));
 }
 
 fn family_error(k: &Kernel, op: &'static str, subject: &str, want: &str) -> crate::Error {
@@ -93,15 +131,8 @@ impl ArpNdp for Kernel {
         };
         let (index, mac) = self.dev_mac(OP, &subject, dev).await?;
         let frame = packet::garp(mac, v4, form).encode();
-        self.send_frame(
-            OP,
-            &subject,
-            dev,
-            index,
-            Listen::SendOnly(packet::ETH_P_ARP),
-            &frame,
-        )
-        .await
+        self.send_frame(OP, &subject, dev, index, packet::ETH_P_ARP, &frame)
+            .await
     }
 
     async fn send_unsolicited_na(&self, dev: &str, ip: IpAddr) -> Result<()> {
@@ -112,15 +143,8 @@ impl ArpNdp for Kernel {
         };
         let (index, mac) = self.dev_mac(OP, &subject, dev).await?;
         let frame = packet::unsolicited_na(mac, v6).encode();
-        self.send_frame(
-            OP,
-            &subject,
-            dev,
-            index,
-            Listen::SendOnly(packet::ETH_P_IPV6),
-            &frame,
-        )
-        .await
+        self.send_frame(OP, &subject, dev, index, packet::ETH_P_IPV6, &frame)
+            .await
     }
 
     async fn probe(&self, dev: &str, ip: IpAddr, wait: Duration) -> Result<Option<Mac>> {
@@ -133,52 +157,11 @@ impl ArpNdp for Kernel {
         };
         // Listen before the first probe goes out, so no answer can be missed.
         let sock = self.packet_socket(OP, &subject, dev, index, listen).await?;
-        let io_err = |e| self.error(OP, &subject, ErrorKind::from_io(e, Some(dev)));
-        let start = Instant::now();
-        let deadline = start + wait;
-        let spacing = wait / PROBES;
-        let mut sent = 0u32;
-        let mut next_send = start;
-        let mut buf = vec![0u8; 2048];
-        loop {
-            if sent < PROBES && Instant::now() >= next_send {
-                sock.send(&frame).await.map_err(io_err)?;
-                sent += 1;
-                next_send = start + spacing * sent;
-            }
-            let wake = if sent < PROBES {
-                next_send.min(deadline)
-            } else {
-                deadline
-            };
-            tokio::select! {
-                r = sock.recv(&mut buf) => {
-                    let (n, pkttype) = match r {
-                        Ok(x) => x,
-                        Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => {
-                            return Err(self.error(OP, &subject, ErrorKind::Invalid(format!("{dev} went down while probing"))));
-                        }
-                        Err(e) => return Err(io_err(e)),
-                    };
-                    if pkttype == PACKET_OUTGOING {
-                        continue;
-                    }
-                    let frame = &buf[..n];
-                    let hit = match ip {
-                        IpAddr::V4(v4) => ArpPacket::decode(frame).and_then(|p| packet::arp_conflict(&p, v4, mac)),
-                        IpAddr::V6(v6) => NdpPacket::decode(frame).and_then(|p| packet::ndp_conflict(&p, v6, mac)),
-                    };
-                    if hit.is_some() {
-                        return Ok(hit);
-                    }
-                }
-                _ = tokio::time::sleep_until(wake) => {
-                    if Instant::now() >= deadline {
-                        return Ok(None);
-                    }
-                }
-            }
-        }
+        let res = self
+            .probe_on(&sock, dev, &subject, ip, mac, &frame, wait)
+            .await;
+        close_later(sock);
+        res
     }
 
     async fn answer(&self, dev: &str, ips: BTreeSet<IpAddr>) -> Result<()> {
@@ -239,6 +222,69 @@ impl ArpNdp for Kernel {
             .get(dev)
             .map(|r| r.ips.borrow().clone())
             .unwrap_or_default())
+    }
+}
+
+impl Kernel {
+    /// The probe loop: sends the probes on schedule and watches for a conflicting answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn probe_on(
+        &self,
+        sock: &PacketSocket,
+        dev: &str,
+        subject: &str,
+        ip: IpAddr,
+        mac: Mac,
+        frame: &[u8],
+        wait: Duration,
+    ) -> Result<Option<Mac>> {
+        const OP: &str = "probing";
+        let io_err = |e| self.error(OP, subject, ErrorKind::from_io(e, Some(dev)));
+        let start = Instant::now();
+        let deadline = start + wait;
+        let spacing = wait / PROBES;
+        let mut sent = 0u32;
+        let mut next_send = start;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            if sent < PROBES && Instant::now() >= next_send {
+                sock.send(frame).await.map_err(io_err)?;
+                sent += 1;
+                next_send = start + spacing * sent;
+            }
+            let wake = if sent < PROBES {
+                next_send.min(deadline)
+            } else {
+                deadline
+            };
+            tokio::select! {
+                r = sock.recv(&mut buf) => {
+                    let (n, pkttype) = match r {
+                        Ok(x) => x,
+                        Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => {
+                            return Err(self.error(OP, subject, ErrorKind::Invalid(format!("{dev} went down while probing"))));
+                        }
+                        Err(e) => return Err(io_err(e)),
+                    };
+                    if pkttype == PACKET_OUTGOING {
+                        continue;
+                    }
+                    let frame = &buf[..n];
+                    let hit = match ip {
+                        IpAddr::V4(v4) => ArpPacket::decode(frame).and_then(|p| packet::arp_conflict(&p, v4, mac)),
+                        IpAddr::V6(v6) => NdpPacket::decode(frame).and_then(|p| packet::ndp_conflict(&p, v6, mac)),
+                    };
+                    if hit.is_some() {
+                        return Ok(hit);
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
     }
 }
 
