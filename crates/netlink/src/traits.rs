@@ -30,7 +30,9 @@ pub trait Addresses: Send + Sync {
     /// Idempotent: an address that is already there is left as it is and this succeeds.
     async fn add_address(&self, dev: &str, addr: IpNet, opts: AddrOptions) -> Result<()>;
 
-    /// Removes `addr` from `dev`. Returns whether it was there.
+    /// Removes `addr` from `dev`. Returns whether it was there. An address Berth did not add
+    /// (its IFA_PROTO is not [`crate::BERTH_PROTOCOL`]; the kernel keeps it since Linux 6.1)
+    /// is left in place with [`crate::ErrorKind::Foreign`].
     async fn delete_address(&self, dev: &str, addr: IpNet) -> Result<bool>;
 }
 
