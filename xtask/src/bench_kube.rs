@@ -10,7 +10,8 @@
 //!    scheduler's and apiserver's work, not IPAM's.
 //! 2. Per ledger (`kubernetes`, then `etcd:URL` on a separate testbed etcd): one `berth agent` per
 //!    node (release build, `--kubeconfig` always, so every agent watches its node's pods, as in a
-//!    cluster), started after the pods exist. A warm-up ADD+DEL per node on a *separate* network
+//!    cluster; the kubeconfig is deploy/berth.yaml's agent ServiceAccount with its RBAC, a token
+//!    from the TokenRequest API, and any 403 to it fails the run), started after the pods exist. A warm-up ADD+DEL per node on a *separate* network
 //!    and pool proves each agent's pod watch is synced and its API connection open (a long-running
 //!    agent's steady state); the measured pool is still cold: no pool record, no block.
 //! 3. The IPAM phase: one `berth-ipam` process per CNI ADD (IPAM only, as the runtime execs it,
@@ -603,6 +604,7 @@ fn run_ledger(
     pods: &[Pod],
     warm: &[Pod],
     run: usize,
+    agent_kubeconfig: &Path,
 ) -> Result<Run> {
     let tmp = tempfile::Builder::new()
         .prefix(&format!("berth-kbench-{ledger}-"))
@@ -621,7 +623,7 @@ fn run_ledger(
         Some(e) => format!("etcd:{}", e.client_url(0)),
         None => "kubernetes".to_string(),
     };
-    let mut agents = start_agents(berth, dir, o.nodes, &ledger_arg, cp.kubeconfig())?;
+    let mut agents = start_agents(berth, dir, o.nodes, &ledger_arg, agent_kubeconfig)?;
     let configs: Vec<Vec<u8>> = agents
         .iter()
         .enumerate()
@@ -701,6 +703,9 @@ fn run_ledger(
     for a in &mut agents {
         a.daemon.terminate(Duration::from_secs(5));
     }
+    for f in cp.forbidden_requests()? {
+        checks.push(format!("FORBIDDEN by deploy/berth.yaml's RBAC: {f}"));
+    }
     drop(agents);
     drop(etcd);
     drop(tmp);
@@ -733,6 +738,15 @@ fn bench(o: Opts) -> Result<()> {
         .context("starting the control plane")?;
     eprintln!("control plane up in {:.1?}: {}", t0.elapsed(), cp.server());
     install_crds(&cp, &berth)?;
+    // The agents act as deploy/berth.yaml's agent ServiceAccount, with its RBAC.
+    cp.apply_manifest(
+        &crate::root().join("deploy/berth.yaml"),
+        Some(berth_testbed::RBAC_KINDS),
+    )
+    .context("applying deploy/berth.yaml's RBAC")?;
+    let agent_kubeconfig = cp
+        .service_account_kubeconfig("berth-system", "berth-agent")
+        .context("a kubeconfig for berth-system/berth-agent")?;
     let (pods, warm, create_time) = create_objects(&cp, &o)?;
     eprintln!(
         "{} pods on {} nodes created in {:.2} s",
@@ -748,7 +762,17 @@ fn bench(o: Opts) -> Result<()> {
             } else {
                 "etcd"
             };
-            runs.push(run_ledger(&o, &cp, &berth, &ipam, ledger, &pods, &warm, r)?);
+            runs.push(run_ledger(
+                &o,
+                &cp,
+                &berth,
+                &ipam,
+                ledger,
+                &pods,
+                &warm,
+                r,
+                &agent_kubeconfig,
+            )?);
         }
     }
     let load_after = loadavg();

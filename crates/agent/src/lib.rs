@@ -6,5 +6,5 @@ pub mod admin;
 pub mod pods;
 mod server;
 
-pub use pods::{KubePods, PodSource};
+pub use pods::{KubePods, PodSource, POLICY_REFUSED};
 pub use server::{bind, serve, AgentError};

@@ -26,7 +26,14 @@ pub trait PodSource: Send + Sync {
     fn take_reload(&self) -> bool {
         false
     }
+
+    /// Record on the pod behind `args` that its request was refused (a Warning Event with
+    /// `reason`), so `kubectl describe pod` says why. Best effort; no pod, no record.
+    async fn refused(&self, _args: &CniArgs, _reason: &str, _message: &str) {}
 }
+
+/// The Event reason of a request the pool's policy refuses.
+pub const POLICY_REFUSED: &str = "BerthPolicyRefused";
 
 /// Pods from the node's watch cache; never an API call on the CNI path (Events aside, which are
 /// posted only for a bad annotation).
@@ -64,6 +71,15 @@ impl PodSource for KubePods {
         self.reloaded_at
             .swap(now, std::sync::atomic::Ordering::SeqCst)
             != now
+    }
+
+    async fn refused(&self, args: &CniArgs, reason: &str, message: &str) {
+        let (Some(ns), Some(name)) = (&args.pod_namespace, &args.pod_name) else {
+            return;
+        };
+        if let Some(pod) = self.cache.get(ns, name, Duration::ZERO).await {
+            self.cache.warn(&pod, reason, message).await;
+        }
     }
 
     async fn ask(&self, args: &CniArgs, cfg: &IpamConfig) -> Result<PodAsk, CniError> {

@@ -3,7 +3,7 @@
 use crate::admin::{AdminCommand, AdminRequest, SnapshotReply};
 use crate::pods::PodSource;
 use berth_allocator::{snapshot, Allocator};
-use berth_cni::handler::{handle, Invocation};
+use berth_cni::handler::{handle_checked, Invocation, Refusal};
 use berth_cni::socket::{Request, RequestConfig, Response, MAX_FRAME};
 use berth_cni::{parse_config, CniError};
 use std::path::Path;
@@ -134,7 +134,18 @@ async fn cni_reply(line: &str, alloc: &Allocator, pods: Option<&dyn PodSource>) 
         args: req.args.clone(),
         pod,
     };
-    let res = handle(alloc, &inv, &cfg).await;
+    let res = match handle_checked(alloc, &inv, &cfg).await {
+        Err(Refusal::Policy(p)) => {
+            let msg = p.to_string();
+            if let Some(source) = pods {
+                source
+                    .refused(&req.args, crate::pods::POLICY_REFUSED, &msg)
+                    .await;
+            }
+            Err(CniError::config(msg))
+        }
+        other => other.map_err(CniError::from),
+    };
     match &res {
         Ok(_) => tracing::debug!(command = ?req.command, container = ?req.container_id, "served"),
         Err(e) => {

@@ -42,6 +42,7 @@ fn pool(dual: bool) -> PoolSpec {
         name: "pods".into(),
         use_: Default::default(),
         subnets,
+        policy: Default::default(),
     }
 }
 

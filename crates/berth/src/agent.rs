@@ -50,15 +50,25 @@ fn hostname() -> String {
 
 /// Run the agent until SIGTERM or SIGINT.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let mut shutdown = crate::shutdown::Shutdown::install()?;
     let node = args.node.clone().unwrap_or_else(hostname);
-    let ledger = loop {
-        match args.ledger.open().await {
-            Ok(l) => break l,
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "ledger not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+    let open = async {
+        loop {
+            match args.ledger.open().await {
+                Ok(l) => break Ok(l),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "ledger not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => break Err(e),
             }
-            Err(e) => return Err(e).context("opening the ledger"),
+        }
+    };
+    let ledger = tokio::select! {
+        l = open => l.context("opening the ledger")?,
+        sig = shutdown.wait() => {
+            tracing::info!(signal = sig, "berth agent stopped before it served");
+            return Ok(());
         }
     };
     let alloc = Arc::new(Allocator::new(ledger, node.clone()));
@@ -86,11 +96,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let listener = berth_agent::bind(&args.socket)?;
     tracing::info!(node = %node, socket = %args.socket.display(), ledger = %alloc.ledger().describe(), "berth agent serving");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = berth_agent::serve(listener, alloc, pods) => r.context("serving the agent socket"),
-        _ = term.recv() => Ok(()),
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        sig = shutdown.wait() => {
+            tracing::info!(signal = sig, "berth agent stopping");
+            Ok(())
+        }
     };
     let _ = std::fs::remove_file(&args.socket);
     tracing::info!("berth agent stopped");

@@ -17,8 +17,9 @@ pub struct ControllerArgs {
     /// Time between rounds.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Namespace of the leader-election Lease.
-    #[arg(long, default_value = "kube-system")]
+    /// Namespace of the leader-election Lease: the controller's own (`POD_NAMESPACE` from the
+    /// downward API), where deploy/berth.yaml's Role lets it hold the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "berth-system")]
     pub lease_namespace: String,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "berth-controller")]
@@ -36,9 +37,16 @@ pub struct ControllerArgs {
     pub ledger: LedgerArgs,
 }
 
-/// Run the controller until the process ends.
+/// Run the controller until SIGTERM or SIGINT, then give up the Lease.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let ledger = args.ledger.open().await.context("opening the ledger")?;
+    let mut shutdown = crate::shutdown::Shutdown::install()?;
+    let ledger = tokio::select! {
+        l = args.ledger.open() => l.context("opening the ledger")?,
+        sig = shutdown.wait() => {
+            tracing::info!(signal = sig, "berth controller stopped before it started");
+            return Ok(());
+        }
+    };
     let (client, server) = berth_k8s::client(args.ledger.kubeconfig.as_deref()).await?;
     if args.install_crds {
         berth_k8s::crd::install(&client, Duration::from_secs(60))
@@ -61,8 +69,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         },
         pool_status: args.ledger.is_kubernetes(),
     };
-    tokio::select! {
-        _ = berth_controller::run(client, ledger, cfg) => Ok(()),
-        _ = tokio::signal::ctrl_c() => Ok(()),
-    }
+    berth_controller::run_until(client, ledger, cfg, async move {
+        let sig = shutdown.wait().await;
+        tracing::info!(signal = sig, "berth controller stopping");
+    })
+    .await;
+    tracing::info!("berth controller stopped");
+    Ok(())
 }

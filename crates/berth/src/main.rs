@@ -6,6 +6,7 @@ mod controller;
 mod inspect;
 mod lab;
 mod ledger_args;
+mod shutdown;
 
 use clap::{Parser, Subcommand};
 

@@ -9,6 +9,8 @@
 //! (retrying until the DEL succeeds), then ADD again with a new sandbox ID. At the end every pod
 //! holds exactly one address, all distinct, `berth audit` is clean, and the bindings in the ledger
 //! are exactly the pods' final sandboxes' addresses: nothing leaked from the failed attempts.
+//! The agents run as deploy/berth.yaml's agent ServiceAccount with its RBAC; no request of theirs
+//! may be refused.
 
 mod common;
 
@@ -82,13 +84,13 @@ fn post(cp: &KubeControlPlane, path: &str, body: &Value) -> Value {
 
 /// `berth agent` for `node` on the Kubernetes ledger, waited for until an admin snapshot (which
 /// lists the ledger through the apiserver) answers.
-fn start_agent(cp: &KubeControlPlane, socket: &Path, node: &str) -> Daemon {
+fn start_agent(kubeconfig: &Path, socket: &Path, node: &str) -> Daemon {
     let mut cmd = Command::new(BERTH);
     cmd.arg("agent")
         .arg("--socket")
         .arg(socket)
         .args(["--node", node, "--ledger", "kubernetes", "--kubeconfig"])
-        .arg(cp.kubeconfig())
+        .arg(kubeconfig)
         .env("BERTH_LOG", "info");
     let mut d = Daemon::spawn(&format!("agent-{node}"), cmd, None).expect("spawning berth agent");
     let start = Instant::now();
@@ -214,8 +216,9 @@ fn apiserver_restart_mid_burst_leaves_no_duplicates_and_no_leaks() {
     let sockets: Vec<PathBuf> = (0..NODES)
         .map(|i| dir.path().join(format!("agent-{i}.sock")))
         .collect();
+    let roles = shipped_roles(&cp);
     let mut agents: Vec<Daemon> = (0..NODES)
-        .map(|i| start_agent(&cp, &sockets[i], &node_name(i)))
+        .map(|i| start_agent(&roles.agent, &sockets[i], &node_name(i)))
         .collect();
     let confs: Vec<Value> = (0..NODES)
         .map(|i| conf(&sockets[i], &node_name(i)))
@@ -445,5 +448,6 @@ fn apiserver_restart_mid_burst_leaves_no_duplicates_and_no_leaks() {
         );
     }
     assert!(cp.apiserver_running());
+    assert_no_forbidden(&cp);
     timing("whole test", t0);
 }

@@ -9,6 +9,10 @@
 //! name and UID in `CNI_ARGS`. Pods are deleted with `gracePeriodSeconds=0` (no kubelet would
 //! ever confirm a graceful deletion), and no CNI DEL is sent unless a scenario says so.
 //!
+//! Agents (and in-process allocators) act as deploy/berth.yaml's `berth-agent` ServiceAccount,
+//! controllers (and in-process rounds) as `berth-controller`, with its RBAC and tokens from the
+//! TokenRequest API; the Lease is in `berth-system`. Each test fails on any 403 to them.
+//!
 //! - `gc_race_and_claims_in_process` (one control plane, rounds driven with `run::round*`):
 //!
 //! Scenario 1. GC: bindings of a deleted pod and of a pod recreated under the same name (old UID) are
@@ -24,12 +28,16 @@
 //! Scenario 4. Claims: a StatefulSet scaled below ordinals loses those claims (after the grace from
 //! the scale-down), keeps the ones below; a deleted StatefulSet's claim is kept while its
 //! binding is in use and released after its DEL. `berth audit` clean.
+//!
+//! Scenario 7. A deleted node's block that holds an address a claim keeps is not reclaimed (its
+//! binding is released at once); once the StatefulSet goes, the claim goes, then the block.
 //! - `fencing_election_and_restart_with_processes` (real `berth agent`, `berth-ipam`, two
 //!   `berth controller` replicas sharing a Lease):
 //!
 //! Scenario 5. Exactly one replica holds the Lease and logs leadership; kill -9 of the leader right after
 //! a renewal → the other takes over only once the lease has expired; the killed one,
-//! restarted, stands by.
+//! restarted, stands by: it runs, has tried the Lease (logs `leader=false`), and the other keeps
+//! the Lease over its next tries.
 //!
 //! Scenario 6. Across that restart, bindings and blocks are identical and `berth audit` is clean.
 //!
@@ -38,6 +46,9 @@
 //! fixed address refused on n2 before is then bound there. Untainted and rebooted, n1
 //! allocates in a fresh block. Deleting Node n2 releases its bindings and blocks too. GC
 //! after the failover is done by the new leader, not the standby.
+//!
+//! Scenario 8. SIGTERM and SIGINT: the leader exits 0 and releases the Lease (no holder), so a
+//! standby takes over at its next try: with a 15 s Lease, within 5 s of the SIGTERM.
 
 mod common;
 
@@ -212,6 +223,7 @@ fn pool(name: &str) -> PoolSpec {
         name: name.into(),
         use_: Default::default(),
         subnets: vec![s],
+        policy: Default::default(),
     }
 }
 
@@ -262,10 +274,18 @@ async fn gc_race_and_claims_in_process() {
     berth_k8s::crd::install(&client, Duration::from_secs(30))
         .await
         .unwrap();
+    // The test reads the ledger as an operator (admin); the allocators act as the agent's
+    // ServiceAccount and the rounds as the controller's, with deploy/berth.yaml's RBAC.
     let ledger: Arc<dyn Ledger> = Arc::new(KubeLedger::new(client.clone()));
+    let roles = shipped_roles(&cp);
+    let agent_ledger: Arc<dyn Ledger> = Arc::new(KubeLedger::new(
+        berth_k8s::client(Some(&roles.agent)).await.unwrap().0,
+    ));
+    let ctl = berth_k8s::client(Some(&roles.controller)).await.unwrap().0;
+    let ctl_ledger: Arc<dyn Ledger> = Arc::new(KubeLedger::new(ctl.clone()));
     create_node(&cp, "n1");
     create_node(&cp, "n2");
-    let a1 = Allocator::new(ledger.clone(), "n1");
+    let a1 = Allocator::new(agent_ledger.clone(), "n1");
 
     // ---- 1. GC after grace ---------------------------------------------------------------------
     let t = Instant::now();
@@ -286,7 +306,7 @@ async fn gc_race_and_claims_in_process() {
     // Before the grace period nothing is released, however many rounds run.
     let mut released_at: HashMap<IpAddr, Duration> = HashMap::new();
     loop {
-        let r = berth_controller::run::round(&client, ledger.as_ref(), grace)
+        let r = berth_controller::run::round(&ctl, ctl_ledger.as_ref(), grace)
             .await
             .expect("round");
         let now = made.elapsed();
@@ -326,7 +346,7 @@ async fn gc_race_and_claims_in_process() {
     eprintln!("[timing] released after {released_at:?} (grace {grace:?})");
     // Further rounds keep the rest.
     for _ in 0..3 {
-        berth_controller::run::round(&client, ledger.as_ref(), Duration::ZERO)
+        berth_controller::run::round(&ctl, ctl_ledger.as_ref(), Duration::ZERO)
             .await
             .unwrap();
     }
@@ -343,7 +363,7 @@ async fn gc_race_and_claims_in_process() {
     delete_pod(&cp, "live");
     let deleted = Instant::now();
     {
-        let view = berth_controller::run::read_cluster(&client).await.unwrap();
+        let view = berth_controller::run::read_cluster(&ctl).await.unwrap();
         let bl: Vec<Stored<Binding>> = Records(ledger.as_ref()).list(Kind::Binding).await.unwrap();
         let d = berth_controller::decide(
             &view,
@@ -358,7 +378,7 @@ async fn gc_race_and_claims_in_process() {
         );
     }
     let released = loop {
-        berth_controller::run::round_remembering(&client, ledger.as_ref(), grace, &memory)
+        berth_controller::run::round_remembering(&ctl, ctl_ledger.as_ref(), grace, &memory)
             .await
             .unwrap();
         if !ledger_bindings(ledger.as_ref()).await.contains_key(&live) {
@@ -383,9 +403,9 @@ async fn gc_race_and_claims_in_process() {
     // between the controller's read of the cluster and its read of the ledger. From that view
     // the node looks deleted (the pure decision would release its binding and reclaim its
     // block); the round must confirm with a fresh read and keep both.
-    let view = berth_controller::run::read_cluster(&client).await.unwrap();
+    let view = berth_controller::run::read_cluster(&ctl).await.unwrap();
     create_node(&cp, "joined");
-    let aj = Allocator::new(ledger.clone(), "joined");
+    let aj = Allocator::new(agent_ledger.clone(), "joined");
     let juid = create_pod(&cp, "joined-0", "joined", json!({}));
     let jip = add(&aj, "race", "c-joined-0", Some(("joined-0", &juid))).await;
     {
@@ -405,8 +425,8 @@ async fn gc_race_and_claims_in_process() {
         );
     }
     let rep = berth_controller::run::round_with_view(
-        &client,
-        ledger.as_ref(),
+        &ctl,
+        ctl_ledger.as_ref(),
         Duration::ZERO,
         view,
         None,
@@ -425,7 +445,7 @@ async fn gc_race_and_claims_in_process() {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = {
-        let (client, ledger, stop) = (client.clone(), ledger.clone(), stop.clone());
+        let (client, ledger, stop) = (ctl.clone(), ctl_ledger.clone(), stop.clone());
         tokio::spawn(async move {
             let mut inflight = vec![];
             let mut n = 0;
@@ -450,14 +470,14 @@ async fn gc_race_and_claims_in_process() {
     // third pod is deleted again without a DEL.
     let mut expect_live: BTreeMap<String, (String, IpAddr)> = BTreeMap::new();
     let mut expect_gone: BTreeMap<String, IpAddr> = BTreeMap::new();
-    let mut allocators: Vec<Allocator> = vec![Allocator::new(ledger.clone(), "n2")];
+    let mut allocators: Vec<Allocator> = vec![Allocator::new(agent_ledger.clone(), "n2")];
     let race = Instant::now();
     let mut i = 0;
     while race.elapsed() < Duration::from_secs(10) {
         if i % 15 == 14 {
             let node = format!("late-{i}");
             create_node(&cp, &node);
-            allocators.push(Allocator::new(ledger.clone(), node));
+            allocators.push(Allocator::new(agent_ledger.clone(), node));
         }
         let a = allocators.last().unwrap();
         let name = format!("race-{i}");
@@ -489,7 +509,7 @@ async fn gc_race_and_claims_in_process() {
     // Every gone pod's binding is released eventually.
     let t_drain = Instant::now();
     loop {
-        berth_controller::run::round(&client, ledger.as_ref(), Duration::ZERO)
+        berth_controller::run::round(&ctl, ctl_ledger.as_ref(), Duration::ZERO)
             .await
             .unwrap();
         let held = ledger_bindings(ledger.as_ref()).await;
@@ -641,7 +661,7 @@ async fn gc_race_and_claims_in_process() {
     let orphaned = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(15);
     let released = loop {
-        berth_controller::run::round_remembering(&client, ledger.as_ref(), grace, &memory)
+        berth_controller::run::round_remembering(&ctl, ctl_ledger.as_ref(), grace, &memory)
             .await
             .unwrap();
         let c = ledger_claims(ledger.as_ref()).await;
@@ -672,7 +692,7 @@ async fn gc_race_and_claims_in_process() {
     let orphaned = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        berth_controller::run::round_remembering(&client, ledger.as_ref(), grace, &memory)
+        berth_controller::run::round_remembering(&ctl, ctl_ledger.as_ref(), grace, &memory)
             .await
             .unwrap();
         let c = ledger_claims(ledger.as_ref()).await;
@@ -691,7 +711,91 @@ async fn gc_race_and_claims_in_process() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     timing("scenario 4 (claims)", t);
+
+    // ---- 7. a claimed address keeps its block ------------------------------------------------
+    // web-0 (ordinal below the replicas) is bound on n1 with its claim's address, which lies in
+    // a block of n1. n1 is deleted: web-0's binding goes at once, but the block still holds an
+    // address the claim keeps for web-0's next pod, so it is not empty and stays. Once the
+    // StatefulSet is deleted the claim goes (after the grace), and then the block.
+    let t = Instant::now();
+    let claim_addr: IpAddr = {
+        let c: Vec<Stored<Claim>> = Records(ledger.as_ref()).list(Kind::Claim).await.unwrap();
+        assert_eq!(c.len(), 1, "{c:?}");
+        c[0].value.addresses[0]
+    };
+    let sts_block_on_n1 = || async {
+        let b: Vec<Stored<berth_core::Block>> =
+            Records(ledger.as_ref()).list(Kind::Block).await.unwrap();
+        b.into_iter()
+            .map(|s| s.value)
+            .find(|b| b.pool == "sts" && b.node == "n1" && b.cidr.contains(&claim_addr))
+    };
+    assert!(
+        sts_block_on_n1().await.is_some(),
+        "web-0's claimed {claim_addr} is not in a block of n1"
+    );
+    delete_node(&cp, "n1");
+    let memory = berth_controller::run::Memory::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ledger_bindings(ledger.as_ref())
+        .await
+        .values()
+        .any(|b| b.pool == "sts")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "web-0's binding on the deleted node n1 was not released"
+        );
+        berth_controller::run::round_remembering(&ctl, ctl_ledger.as_ref(), grace, &memory)
+            .await
+            .unwrap();
+    }
+    for _ in 0..5 {
+        berth_controller::run::round_remembering(&ctl, ctl_ledger.as_ref(), grace, &memory)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sts_block_on_n1().await.is_some(),
+        "the block holding the claimed {claim_addr} of the deleted node was reclaimed while the claim keeps it"
+    );
+    assert_eq!(
+        ledger_claims(ledger.as_ref()).await,
+        [claim_name("web", 0)].into()
+    );
+    let r = cp
+        .request(
+            "DELETE",
+            &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/web"),
+            None,
+        )
+        .unwrap();
+    assert!(r.is_success(), "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        berth_controller::run::round_remembering(&ctl, ctl_ledger.as_ref(), grace, &memory)
+            .await
+            .unwrap();
+        let claims = ledger_claims(ledger.as_ref()).await;
+        match sts_block_on_n1().await {
+            None => {
+                assert!(
+                    claims.is_empty(),
+                    "block reclaimed before its claim went: {claims:?}"
+                );
+                break;
+            }
+            Some(_) => assert!(
+                Instant::now() < deadline,
+                "the block was not reclaimed after the claim ({claims:?}) could go"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    timing("scenario 7 (a claimed address keeps its block)", t);
     assert_audit_kube(&cp);
+    assert_no_forbidden(&cp);
     timing("gc_race_and_claims_in_process", t0);
 }
 
@@ -739,7 +843,8 @@ fn cli_blocks(cp: &KubeControlPlane) -> Vec<Value> {
     serde_json::from_str(&out).unwrap()
 }
 
-fn spawn_agent(cp: &KubeControlPlane, socket: &Path, node: &str) -> Daemon {
+/// `berth agent` for `node`, as deploy/'s agent ServiceAccount (`kubeconfig`).
+fn spawn_agent(cp: &KubeControlPlane, kubeconfig: &Path, socket: &Path, node: &str) -> Daemon {
     // A killed agent leaves its socket file behind; wait for the new one's.
     let _ = std::fs::remove_file(socket);
     let mut cmd = Command::new(BERTH);
@@ -749,7 +854,7 @@ fn spawn_agent(cp: &KubeControlPlane, socket: &Path, node: &str) -> Daemon {
         .arg("--ledger")
         .arg("kubernetes")
         .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
+        .arg(kubeconfig)
         .arg("--node")
         .arg(node)
         .env("BERTH_LOG", "info");
@@ -767,22 +872,25 @@ fn spawn_agent(cp: &KubeControlPlane, socket: &Path, node: &str) -> Daemon {
     d
 }
 
-fn spawn_controller(cp: &KubeControlPlane, id: &str, grace: &str) -> Daemon {
+/// `berth controller` replica `id`, as deploy/'s controller ServiceAccount (`kubeconfig`), with
+/// its Lease in deploy/'s namespace (`POD_NAMESPACE`, as the Deployment sets it).
+fn spawn_controller(cp: &KubeControlPlane, kubeconfig: &Path, id: &str, lease: &str) -> Daemon {
     let mut cmd = Command::new(BERTH);
     cmd.arg("controller")
         .arg("--ledger")
         .arg("kubernetes")
         .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
+        .arg(kubeconfig)
         .args([
             "--grace",
-            grace,
+            "30s",
             "--interval",
             "500ms",
             "--lease-duration",
-            "3s",
+            lease,
         ])
-        .args(["--lease-namespace", NS, "--id", id])
+        .args(["--id", id])
+        .env("POD_NAMESPACE", BERTH_NAMESPACE)
         .env("BERTH_LOG", "info");
     // A log file per process, so a restarted replica's log holds only its own life.
     let log = cp.dir().join(format!(
@@ -799,7 +907,9 @@ fn lease_holder(cp: &KubeControlPlane) -> Option<String> {
     let r = cp
         .request(
             "GET",
-            &format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/berth-controller"),
+            &format!(
+                "/apis/coordination.k8s.io/v1/namespaces/{BERTH_NAMESPACE}/leases/berth-controller"
+            ),
             None,
         )
         .unwrap();
@@ -832,13 +942,24 @@ fn leads_in_log(d: &Daemon) -> bool {
         .any(|l| l.contains("controller leadership changed") && l.contains("leader=true"))
 }
 
+/// Whether the replica has tried the Lease and found another holder (its first election
+/// result is logged either way).
+fn stands_by_in_log(d: &Daemon) -> bool {
+    plain_log(d)
+        .lines()
+        .any(|l| l.contains("controller leadership changed") && l.contains("leader=false"))
+}
+
 struct Node {
     name: String,
     socket: PathBuf,
 }
 
 fn conf(n: &Node, fallback: &common::Ledger) -> Value {
-    with_store(v4_pool("fence", &n.socket, &n.name), fallback)
+    let mut c = with_store(v4_pool("fence", &n.socket, &n.name), fallback);
+    // f1 and f2 ask for fixed addresses in NS.
+    c["ipam"]["policy"] = json!({"fixedNamespaces": [NS]});
+    c
 }
 
 /// ADD through `berth-ipam` for a pod (namespace, name, UID in CNI_ARGS); the result or the CNI error.
@@ -904,9 +1025,10 @@ fn fencing_election_and_restart_with_processes() {
     for n in &nodes {
         create_node(&cp, &n.name);
     }
+    let roles = shipped_roles(&cp);
     let mut agents: Vec<Daemon> = nodes
         .iter()
-        .map(|n| spawn_agent(&cp, &n.socket, &n.name))
+        .map(|n| spawn_agent(&cp, &roles.agent, &n.socket, &n.name))
         .collect();
     let cni = runtime();
 
@@ -944,8 +1066,14 @@ fn fencing_election_and_restart_with_processes() {
     // ---- 5. leader election ------------------------------------------------------------------
     let t = Instant::now();
     let mut ctl: HashMap<String, Daemon> = HashMap::new();
-    ctl.insert("ctl-a".into(), spawn_controller(&cp, "ctl-a", "30s"));
-    ctl.insert("ctl-b".into(), spawn_controller(&cp, "ctl-b", "30s"));
+    ctl.insert(
+        "ctl-a".into(),
+        spawn_controller(&cp, &roles.controller, "ctl-a", "3s"),
+    );
+    ctl.insert(
+        "ctl-b".into(),
+        spawn_controller(&cp, &roles.controller, "ctl-b", "3s"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let leader = loop {
         if let Some(h) = lease_holder(&cp) {
@@ -994,7 +1122,9 @@ fn fencing_election_and_restart_with_processes() {
     let renew_time = || {
         cp.request(
             "GET",
-            &format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/berth-controller"),
+            &format!(
+                "/apis/coordination.k8s.io/v1/namespaces/{BERTH_NAMESPACE}/leases/berth-controller"
+            ),
             None,
         )
         .unwrap()
@@ -1034,14 +1164,40 @@ fn fencing_election_and_restart_with_processes() {
         "took over after {takeover:?}, before the old lease could expire"
     );
     assert!(leads_in_log(&ctl[&follower]));
-    // The killed replica comes back with the same identity: it must stand by.
-    ctl.insert(leader.clone(), spawn_controller(&cp, &leader, "30s"));
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        lease_holder(&cp).as_deref(),
-        Some(follower.as_str()),
-        "the restarted replica took the Lease back"
+    // The killed replica comes back with the same identity: it must stand by. It is running,
+    // has reached its election loop and tried the Lease (it logs its first result), and over
+    // the next several of its tries the other keeps the Lease.
+    ctl.insert(
+        leader.clone(),
+        spawn_controller(&cp, &roles.controller, &leader, "3s"),
     );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stands_by_in_log(&ctl[&leader]) {
+        let d = ctl.get_mut(&leader).unwrap();
+        assert!(
+            d.is_running(),
+            "the restarted replica exited:\n{}",
+            d.log_tail(20)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the restarted replica never tried the Lease:\n{}",
+            d.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            lease_holder(&cp).as_deref(),
+            Some(follower.as_str()),
+            "the restarted replica took the Lease back"
+        );
+        assert!(
+            ctl.get_mut(&leader).unwrap().is_running(),
+            "the restarted replica exited while standing by"
+        );
+    }
     assert!(
         !leads_in_log(&ctl[&leader]),
         "the restarted replica leads while the other holds the Lease"
@@ -1122,7 +1278,7 @@ fn fencing_election_and_restart_with_processes() {
         )
         .unwrap();
     assert!(r.is_success(), "{}", r.body);
-    agents[0] = spawn_agent(&cp, &nodes[0].socket, "n1");
+    agents[0] = spawn_agent(&cp, &roles.agent, &nodes[0].socket, "n1");
     let a3 = create_pod(&cp, "a3", "n1", json!({}));
     let ip3 = added_ip(
         &cni_add(&cni, &nodes[0], &fallback, "a3", &a3),
@@ -1191,5 +1347,90 @@ fn fencing_election_and_restart_with_processes() {
             "the plugin fell back to its embedded ledger"
         );
     }
+
+    // ---- 8. SIGTERM and SIGINT: the leader gives the Lease up on its way out -------------------
+    let t = Instant::now();
+    // SIGTERM the leader: it exits cleanly, saying it released the Lease; the standby takes over.
+    let st = ctl
+        .get_mut(&follower)
+        .unwrap()
+        .terminate(Duration::from_secs(10));
+    assert!(st.success(), "{follower} after SIGTERM: {st}");
+    assert!(
+        plain_log(&ctl[&follower]).contains("released the controller lease"),
+        "{follower} did not release the Lease:\n{}",
+        ctl[&follower].log_tail(10)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lease_holder(&cp).as_deref() != Some(leader.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "{leader} did not take over after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGINT the new leader: the Lease is left without a holder.
+    let d = ctl.get_mut(&leader).unwrap();
+    d.signal(libc::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        if let Some(st) = d.try_status() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "{leader} ignored SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(st.success(), "{leader} after SIGINT: {st}");
+    assert_eq!(lease_holder(&cp), None, "SIGINT left the Lease held");
+    // With a long Lease (15 s, the default), a takeover after SIGTERM is a matter of the
+    // standby's next try (interval 500 ms), not of the Lease expiring.
+    let mut pair: Vec<(String, Daemon)> = ["ctl-c", "ctl-d"]
+        .iter()
+        .map(|id| {
+            (
+                id.to_string(),
+                spawn_controller(&cp, &roles.controller, id, "15s"),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(h) = lease_holder(&cp) {
+            if pair.iter().any(|(id, d)| *id == h && leads_in_log(d)) {
+                break h;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither ctl-c nor ctl-d took the Lease"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let i = pair.iter().position(|(id, _)| *id == first).unwrap();
+    let second = pair[1 - i].0.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stands_by_in_log(&pair[1 - i].1) {
+        assert!(Instant::now() < deadline, "{second} never tried the Lease");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = Instant::now();
+    let st = pair[i].1.terminate(Duration::from_secs(10));
+    assert!(st.success(), "{first} after SIGTERM: {st}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_holder(&cp).as_deref() != Some(second.as_str()) {
+        assert!(Instant::now() < deadline, "{second} did not take over");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let takeover = stopped.elapsed();
+    eprintln!(
+        "[timing] takeover {takeover:?} after SIGTERM of the leader (lease 15 s, interval 500 ms)"
+    );
+    assert!(
+        takeover < Duration::from_secs(5),
+        "took over {takeover:?} after SIGTERM: the Lease (15 s) was waited out, not released"
+    );
+    assert!(leads_in_log(&pair[1 - i].1));
+    timing("scenario 8 (SIGTERM, SIGINT)", t);
+    assert_no_forbidden(&cp);
     timing("fencing_election_and_restart_with_processes", t0);
 }

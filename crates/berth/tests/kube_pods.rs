@@ -6,8 +6,14 @@
 //! Covered: seed 001 §4.3 (a Deployment's fixed-IP pod deleted, its replacement on another node
 //! gets the same address), one live binding per address (the replacement waits, naming the
 //! holder), bad annotations (CNI error and an Event), a pod the agent's watch has not seen yet,
-//! Berth's dual-stack annotation, a StatefulSet ordinal keeping its address across nodes, and a
-//! Deployment's sticky set.
+//! Berth's dual-stack annotation, a StatefulSet ordinal keeping its address across nodes, a
+//! Deployment's sticky set, the pool's policy (fixed addresses and sticky sets refused outside the
+//! namespaces it lists, with an Event), and fencing of a node whose agent keeps running.
+//!
+//! The agents and the controller's rounds run as deploy/berth.yaml's ServiceAccounts with its
+//! RBAC (tokens from the TokenRequest API); the test fails on any 403 to them.
+
+mod common;
 
 use berth_testbed::{require_root, CniCommand, CniOutput, CniTarget, Daemon, KubeControlPlane};
 use serde_json::{json, Value};
@@ -23,6 +29,7 @@ struct World {
     cp: KubeControlPlane,
     dir: tempfile::TempDir,
     agents: Vec<Daemon>,
+    roles: common::Roles,
 }
 
 impl World {
@@ -50,6 +57,7 @@ impl World {
                 ],
                 "agentSocket": self.socket(node),
                 "dataDir": self.dir.path().join("must-stay-empty"),
+                "policy": {"fixedNamespaces": [NS], "stickyNamespaces": [NS]},
             }
         })
     }
@@ -58,12 +66,13 @@ impl World {
     fn cni(&self, command: &str, node: &str, pod: &Value) -> CniOutput {
         let name = pod["metadata"]["name"].as_str().unwrap();
         let uid = pod["metadata"]["uid"].as_str().unwrap();
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or(NS);
         let target = CniTarget {
             container_id: format!("sandbox-{uid}"),
             netns: PathBuf::from("/var/run/netns/none"),
             ifname: "eth0".into(),
             args: Some(format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={name};K8S_POD_UID={uid}"
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uid}"
             )),
         };
         let cni = berth_testbed::Cni::new([Path::new(BERTH_IPAM).parent().unwrap()])
@@ -91,24 +100,30 @@ impl World {
     /// Act as the scheduler: bind a pod to a node.
     fn schedule(&self, pod: &Value, node: &str) -> Value {
         let name = pod["metadata"]["name"].as_str().unwrap();
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or(NS);
         self.api(
             "POST",
-            &format!("/api/v1/namespaces/{NS}/pods/{name}/binding"),
+            &format!("/api/v1/namespaces/{ns}/pods/{name}/binding"),
             Some(
                 json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
                         "target": {"apiVersion": "v1", "kind": "Node", "name": node}}),
             ),
         );
-        self.api("GET", &format!("/api/v1/namespaces/{NS}/pods/{name}"), None)
+        self.api("GET", &format!("/api/v1/namespaces/{ns}/pods/{name}"), None)
     }
 
     /// Pods matching a label selector, waiting until there are `n` not being deleted.
     fn pods(&self, selector: &str, n: usize) -> Vec<Value> {
+        self.pods_in(NS, selector, n)
+    }
+
+    /// [`pods`](Self::pods) in namespace `ns`.
+    fn pods_in(&self, ns: &str, selector: &str, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let list = self.api(
                 "GET",
-                &format!("/api/v1/namespaces/{NS}/pods?labelSelector={selector}"),
+                &format!("/api/v1/namespaces/{ns}/pods?labelSelector={selector}"),
                 None,
             );
             let live: Vec<Value> = list["items"]
@@ -139,6 +154,7 @@ impl World {
         );
     }
 
+    /// The CLI's ledger options: an operator's (admin) kubeconfig.
     fn ledger_args(&self) -> Vec<String> {
         vec![
             "--ledger".into(),
@@ -146,6 +162,37 @@ impl World {
             "--kubeconfig".into(),
             self.cp.kubeconfig().display().to_string(),
         ]
+    }
+
+    /// A client and ledger as the controller's ServiceAccount (deploy/'s RBAC).
+    async fn controller(&self) -> (kube::Client, berth_k8s::KubeLedger) {
+        let (client, _) = berth_k8s::client(Some(&self.roles.controller))
+            .await
+            .unwrap();
+        (client.clone(), berth_k8s::KubeLedger::new(client))
+    }
+
+    /// The Warning Event with `reason` on pod `ns/name`, waited for.
+    fn event(&self, ns: &str, name: &str, reason: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ev = self.api(
+                "GET",
+                &format!(
+                    "/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name={name},reason={reason}"
+                ),
+                None,
+            );
+            if let Some(e) = ev["items"].as_array().and_then(|a| a.first()) {
+                assert_eq!(e["type"], "Warning", "{e}");
+                return e.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {reason} Event on {ns}/{name}: {ev}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn audit(&self) {
@@ -181,12 +228,14 @@ fn world() -> World {
             .unwrap();
     });
     let dir = tempfile::tempdir().unwrap();
+    let roles = common::shipped_roles(&cp);
     let mut w = World {
         cp,
         dir,
         agents: vec![],
+        roles,
     };
-    for node in ["node-a", "node-b"] {
+    for node in ["node-a", "node-b", "node-c"] {
         w.api(
             "POST",
             "/api/v1/nodes",
@@ -195,13 +244,14 @@ fn world() -> World {
         let mut cmd = Command::new(BERTH);
         cmd.args(["agent", "--node", node, "--pod-wait", "1s", "--socket"])
             .arg(w.socket(node))
-            .args(w.ledger_args())
+            .args(["--ledger", "kubernetes", "--kubeconfig"])
+            .arg(&w.roles.agent)
             .env("BERTH_LOG", "info");
         let d = Daemon::spawn(&format!("agent-{node}"), cmd, None).unwrap();
         w.agents.push(d);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    for node in ["node-a", "node-b"] {
+    for node in ["node-a", "node-b", "node-c"] {
         while std::os::unix::net::UnixStream::connect(w.socket(node)).is_err() {
             assert!(Instant::now() < deadline, "agent {node} did not start");
             std::thread::sleep(Duration::from_millis(50));
@@ -228,7 +278,7 @@ fn msg(out: &CniOutput) -> String {
 
 #[test]
 fn pods_keep_their_addresses_across_nodes() {
-    let w = world();
+    let mut w = world();
 
     // Seed 001 §4.1–4.3: a Deployment whose pod template carries kube-ipam's annotations.
     w.api(
@@ -426,8 +476,7 @@ fn pods_keep_their_addresses_across_nodes() {
         .len() as u64;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let updated = rt.block_on(async {
-        let (client, _) = berth_k8s::client(Some(w.cp.kubeconfig())).await.unwrap();
-        let ledger = berth_k8s::KubeLedger::new(client.clone());
+        let (client, ledger) = w.controller().await;
         berth_controller::update_pool_status(&client, &ledger)
             .await
             .unwrap()
@@ -443,14 +492,27 @@ fn pods_keep_their_addresses_across_nodes() {
         "IPv4 range 198.18.1.0-198.18.255.254 plus IPv6: {status}"
     );
 
-    // Fencing with the agent still running: while node-b is out of service its agent allocates
-    // nothing; the controller releases node-b's bindings and reclaims its emptied blocks; once
-    // the taint is gone the agent re-reads the ledger and allocates in a block it really owns
-    // (the audit finds a binding in a reclaimed block otherwise). node-a's blocks would not do:
-    // they hold addresses that claims keep (mysql-0's, bound on node-b now).
+    // Fencing with the agent still running, under the agent's own ServiceAccount (its Node
+    // watch needs deploy/'s `nodes` rule): while node-c is out of service its agent allocates
+    // nothing (code 11); the controller releases node-c's bindings and reclaims its emptied block;
+    // once the taint is gone the agent re-reads the ledger and allocates in a block it really
+    // owns (the audit finds a binding in a reclaimed block otherwise). node-c holds no claimed
+    // address: node-a's and node-b's blocks would not do, they hold addresses that claims keep
+    // (mysql-0's, the sticky set's), so they are not empty (the controller's unit tests and
+    // kube_controller.rs cover that).
+    let early = w.api(
+        "POST",
+        &format!("/api/v1/namespaces/{NS}/pods"),
+        Some(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "early"},
+                    "spec": {"nodeName": "node-c",
+                             "containers": [{"name": "c", "image": "berth.invalid/none:1"}]}}),
+        ),
+    );
+    w.add_ok("node-c", &early);
     w.api(
         "PATCH",
-        "/api/v1/nodes/node-b",
+        "/api/v1/nodes/node-c",
         Some(json!({"spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]}})),
     );
     let late = w.api(
@@ -458,19 +520,19 @@ fn pods_keep_their_addresses_across_nodes() {
         &format!("/api/v1/namespaces/{NS}/pods"),
         Some(
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "late"},
-                    "spec": {"nodeName": "node-b",
+                    "spec": {"nodeName": "node-c",
                              "containers": [{"name": "c", "image": "berth.invalid/none:1"}]}}),
         ),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let out = w.cni("ADD", "node-b", &late);
+        let out = w.cni("ADD", "node-c", &late);
         if !out.success() && msg(&out).contains("out-of-service") {
             assert_eq!(code(&out), 11);
             break;
         }
         if out.success() {
-            w.cni("DEL", "node-b", &late).ok().unwrap();
+            w.cni("DEL", "node-c", &late).ok().unwrap();
         }
         assert!(
             Instant::now() < deadline,
@@ -480,8 +542,7 @@ fn pods_keep_their_addresses_across_nodes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let report = rt.block_on(async {
-        let (client, _) = berth_k8s::client(Some(w.cp.kubeconfig())).await.unwrap();
-        let ledger = berth_k8s::KubeLedger::new(client.clone());
+        let (client, ledger) = w.controller().await;
         berth_controller::round(&client, &ledger, Duration::from_secs(30))
             .await
             .unwrap()
@@ -489,18 +550,18 @@ fn pods_keep_their_addresses_across_nodes() {
     assert!(report.bindings > 0 && report.blocks > 0, "{report:?}");
     w.api(
         "PATCH",
-        "/api/v1/nodes/node-b",
+        "/api/v1/nodes/node-c",
         Some(json!({"spec": {"taints": null}})),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let ips = loop {
-        let out = w.cni("ADD", "node-b", &late);
+        let out = w.cni("ADD", "node-c", &late);
         if out.success() {
             break out.json.unwrap();
         }
         assert!(
             Instant::now() < deadline,
-            "node-b never came back: {}",
+            "node-c never came back: {}",
             out.stdout
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -510,4 +571,129 @@ fn pods_keep_their_addresses_across_nodes() {
         .unwrap()
         .starts_with("198.18."));
     w.audit();
+    // Every ADD went through an agent: the direct path's data dir was never used.
+    let fallback = w.dir.path().join("must-stay-empty");
+    if fallback.exists() {
+        let left: Vec<_> = std::fs::read_dir(&fallback)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "the plugin allocated on its direct path: {left:?}"
+        );
+    }
+    for a in w.agents.iter_mut() {
+        assert!(a.is_running(), "an agent exited:\n{}", a.log_tail(20));
+    }
+    common::assert_no_forbidden(&w.cp);
+}
+
+/// The pool's policy on the real apiserver: outside the namespaces `ipam.policy` lists, a pod's
+/// fixed address and a Deployment's sticky set are refused with code 7 and a Warning Event naming
+/// the policy; a sticky set above `maxStickySet` too; a StatefulSet keeps its ordinal's address
+/// in any namespace (the default).
+#[test]
+fn the_pools_policy_refuses_squatters() {
+    let w = world();
+    let squat = "squat";
+    w.api(
+        "POST",
+        "/api/v1/namespaces",
+        Some(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": squat}})),
+    );
+    w.cp.wait_default_service_account(squat, Duration::from_secs(60))
+        .unwrap();
+
+    // A fixed address asked for from a namespace that may not: code 7, an Event, nothing bound.
+    let pod = w.api(
+        "POST",
+        &format!("/api/v1/namespaces/{squat}/pods"),
+        Some(json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "taker", "annotations": {"berth.dev/ips": "198.18.0.30"}},
+                    "spec": {"nodeName": "node-a",
+                             "containers": [{"name": "c", "image": "berth.invalid/none:1"}]}})),
+    );
+    let out = w.cni("ADD", "node-a", &pod);
+    assert_eq!(code(&out), 7, "{}", out.stdout);
+    assert!(
+        msg(&out).contains("policy.fixedNamespaces") && msg(&out).contains(squat),
+        "{}",
+        msg(&out)
+    );
+    let ev = w.event(squat, "taker", berth_agent::POLICY_REFUSED);
+    assert!(
+        ev["message"].as_str().unwrap().contains("fixedNamespaces"),
+        "{ev}"
+    );
+    // The same address for a pod of a listed namespace: free, so bound.
+    let ok = w.api(
+        "POST",
+        &format!("/api/v1/namespaces/{NS}/pods"),
+        Some(json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "owner", "annotations": {"berth.dev/ips": "198.18.0.30"}},
+                    "spec": {"nodeName": "node-a",
+                             "containers": [{"name": "c", "image": "berth.invalid/none:1"}]}})),
+    );
+    assert_eq!(w.add_ok("node-a", &ok)[0], "198.18.0.30/16");
+
+    // Sticky sets: refused outside stickyNamespaces, and above maxStickySet (default 16).
+    for (ns, name, size, key) in [
+        (squat, "hoard", "2", "policy.stickyNamespaces"),
+        (NS, "big", "20", "policy.maxStickySet is 16"),
+    ] {
+        w.api(
+            "POST",
+            &format!("/apis/apps/v1/namespaces/{ns}/deployments"),
+            Some(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name},
+                "spec": {"replicas": 1,
+                         "selector": {"matchLabels": {"app": name}},
+                         "template": template(json!({"app": name}), json!({"berth.dev/sticky-set": size}))}
+            })),
+        );
+        let p = w.pods_in(ns, &format!("app={name}"), 1).remove(0);
+        let p = w.schedule(&p, "node-b");
+        let out = w.cni("ADD", "node-b", &p);
+        assert_eq!(code(&out), 7, "{name}: {}", out.stdout);
+        assert!(msg(&out).contains(key), "{name}: {}", msg(&out));
+        let pname = p["metadata"]["name"].as_str().unwrap();
+        let ev = w.event(ns, pname, berth_agent::POLICY_REFUSED);
+        assert!(ev["message"].as_str().unwrap().contains(key), "{ev}");
+    }
+    // No claim was made for either.
+    let claims = w.api("GET", "/apis/berth.dev/v1alpha1/claims", None);
+    assert_eq!(
+        claims["items"].as_array().unwrap().len(),
+        0,
+        "a refused sticky set left a claim: {claims}"
+    );
+
+    // A StatefulSet in a namespace no list names keeps its ordinal's address (a claim).
+    w.api(
+        "POST",
+        &format!("/apis/apps/v1/namespaces/{squat}/statefulsets"),
+        Some(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "db"},
+            "spec": {"replicas": 1, "serviceName": "db",
+                     "selector": {"matchLabels": {"app": "db"}},
+                     "template": template(json!({"app": "db"}), json!({}))}
+        })),
+    );
+    let db = w.pods_in(squat, "app=db", 1).remove(0);
+    let db = w.schedule(&db, "node-a");
+    w.add_ok("node-a", &db);
+    let claims = w.api("GET", "/apis/berth.dev/v1alpha1/claims", None);
+    let ids: Vec<String> = claims["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["spec"]["key"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "{claims}");
+    assert!(ids[0].contains("statefulset/squat/db/0"), "{ids:?}");
+    w.audit();
+    common::assert_no_forbidden(&w.cp);
 }

@@ -234,6 +234,7 @@ pub fn parse_config(bytes: &[u8]) -> Result<IpamConfig, CniError> {
             .map_or_else(|| network.clone(), str::to_string),
         use_: PoolUse::Pod,
         subnets,
+        policy: crate::policy::parse_policy(&ipam)?,
     };
     pool.validate()?;
 

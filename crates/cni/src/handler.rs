@@ -7,7 +7,8 @@ use crate::env::{CniArgs, Command};
 use crate::error::CniError;
 use crate::result::{build_result, parse_prev_result};
 use berth_allocator::{describe, AddRequest, AllocError, Allocator, ClaimRequest};
-use berth_core::{Family, Owner};
+use berth_core::policy::PodAsk as PolicyAsk;
+use berth_core::{Family, Owner, PolicyError};
 use berth_ledger::LedgerError;
 use serde_json::Value;
 use std::net::IpAddr;
@@ -94,6 +95,33 @@ fn read_dns(cfg: &IpamConfig) -> Result<Option<Dns>, CniError> {
     Ok((!dns.is_empty()).then_some(dns))
 }
 
+/// Why a command was refused: by the pool's policy, or for any other reason.
+///
+/// Why: the agent records a policy refusal on the pod as a Warning Event naming the policy, so it
+/// must tell it apart from other errors; the runtime sees code 7 either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The pool's `ipam.policy` does not allow what the pod asks for.
+    Policy(PolicyError),
+    /// Any other error.
+    Cni(CniError),
+}
+
+impl From<CniError> for Refusal {
+    fn from(e: CniError) -> Self {
+        Refusal::Cni(e)
+    }
+}
+
+impl From<Refusal> for CniError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Policy(p) => CniError::config(p.to_string()),
+            Refusal::Cni(e) => e,
+        }
+    }
+}
+
 /// Carry out one command. ADD returns the result JSON; the others return nothing on success.
 ///
 /// The version gate applies to every command; `CNI_ARGS` `IP=` requests count for ADD only, so a
@@ -103,6 +131,21 @@ pub async fn handle(
     inv: &Invocation,
     cfg: &IpamConfig,
 ) -> Result<Option<Value>, CniError> {
+    handle_checked(alloc, inv, cfg)
+        .await
+        .map_err(CniError::from)
+}
+
+/// [`handle`], with a refusal by the pool's policy kept apart from other errors.
+///
+/// An ADD for a Kubernetes pod (`K8S_POD_NAMESPACE` set) is checked against the pool's policy
+/// with every fixed address it asks for, whoever passed it (annotation, `ips` capability,
+/// `CNI_ARGS IP=`), since a pod creator controls the capability through Multus.
+pub async fn handle_checked(
+    alloc: &Allocator,
+    inv: &Invocation,
+    cfg: &IpamConfig,
+) -> Result<Option<Value>, Refusal> {
     cfg.check_command(inv.command)?;
     match inv.command {
         Command::Add => {
@@ -116,10 +159,26 @@ pub async fn handle(
                     Some(r) if r != ip => {
                         return Err(CniError::config(format!(
                             "the pod's annotation asks for {ip} but the runtime asks for {r}: remove one of them"
-                        )))
+                        )).into())
                     }
                     Some(_) => {}
                     None => fixed.push(*ip),
+                }
+            }
+            let mut claim = inv.pod.claim.clone();
+            if let Some(ns) = inv.args.pod_namespace.as_deref().filter(|n| !n.is_empty()) {
+                let ask = PolicyAsk {
+                    namespace: ns,
+                    fixed: &fixed,
+                    claim: claim.as_ref().map(|c| (&c.identity, c.size)),
+                };
+                let allowed = cfg
+                    .pool
+                    .policy
+                    .check(&cfg.pool.name, &ask)
+                    .map_err(Refusal::Policy)?;
+                if !allowed.keep_claim {
+                    claim = None;
                 }
             }
             let mut owner = inv.owner(&cfg.network)?;
@@ -132,7 +191,7 @@ pub async fn handle(
                 pool: cfg.pool.clone(),
                 owner,
                 fixed,
-                claim: inv.pod.claim.clone(),
+                claim,
             };
             let bindings = alloc.add(&req).await.map_err(cni_error)?;
             let result = build_result(cfg.cni_version, &bindings, &cfg.pool, dns)?;
@@ -156,7 +215,8 @@ pub async fn handle(
                         describe(&owner),
                         cfg.network
                     ),
-                ));
+                )
+                .into());
             }
             if let Some(prev) = &cfg.prev_result {
                 for ip in parse_prev_result(prev)? {
@@ -171,7 +231,8 @@ pub async fn handle(
                                     .map(|b| b.address.to_string())
                                     .collect::<Vec<_>>()
                             ),
-                        ));
+                        )
+                        .into());
                     }
                 }
             }

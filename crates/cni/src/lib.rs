@@ -21,6 +21,7 @@ pub mod error;
 pub mod handler;
 mod json;
 pub mod plugin;
+mod policy;
 pub mod result;
 pub mod socket;
 pub mod version;

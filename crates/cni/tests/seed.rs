@@ -51,6 +51,7 @@ fn corrected_seed_parses_to_the_expected_pool() {
         name: "kube-subnet".into(),
         use_: PoolUse::Pod,
         subnets: vec![subnet],
+        policy: Default::default(),
     };
     assert_eq!(cfg.pool, want);
     assert_eq!(

@@ -61,7 +61,8 @@ pub struct Decision {
 /// - A binding of a pod that is gone (or replaced: another UID) is released once it is older than
 ///   `grace` *and* older than the pod list, after a fresh GET confirms the pod is gone.
 /// - A binding without pod information (a non-Kubernetes runtime) is left to CNI GC.
-/// - An empty block of a deleted or fenced node is reclaimed.
+/// - An empty block of a deleted or fenced node is reclaimed: no binding left in it, and no
+///   claim keeping an address inside it.
 /// - A StatefulSet claim is released when the StatefulSet is gone or scaled below its ordinal; a
 ///   sticky set when its Deployment is gone; never while a binding uses it; never younger than grace.
 pub fn decide(
@@ -113,7 +114,13 @@ pub fn decide(
         let used = bindings
             .iter()
             .any(|b| blk.cidr.contains(&b.address) && !released.contains(&b.name()));
-        if !used {
+        // A claim keeps its addresses while no pod uses them: they are not free, and another
+        // node claiming the block could not tell. The block waits until the claim is released
+        // (a later round), never in the same round, since a release may still be kept.
+        let kept = claims
+            .iter()
+            .any(|c| c.addresses.iter().any(|a| blk.cidr.contains(a)));
+        if !used && !kept {
             actions.push(Action::ReclaimBlock {
                 name: blk.name(),
                 reason: format!(
@@ -306,5 +313,62 @@ mod tests {
                 "p/statefulset/ns/db/0"
             ]
         );
+    }
+
+    #[test]
+    fn a_block_holding_a_claimed_address_is_not_empty() {
+        let blk = |cidr: &str, node: &str| Block {
+            pool: "p".into(),
+            cidr: cidr.parse().unwrap(),
+            node: node.into(),
+        };
+        // n2 is fenced, n9 deleted: both would lose their empty blocks.
+        let blocks = vec![
+            blk("198.18.0.0/28", "n2"),
+            blk("198.18.0.16/28", "n2"),
+            blk("198.18.0.32/28", "n9"),
+        ];
+        let mut v = view();
+        v.statefulsets.insert(("ns".into(), "web".into()), 3);
+        // web-1's claim keeps an address in n2's first block and n9's block, and no pod uses
+        // it now (its pod is being recreated elsewhere).
+        let claim = Claim {
+            identity: Identity::StatefulSet {
+                namespace: "ns".into(),
+                name: "web".into(),
+                ordinal: 1,
+            },
+            pool: "p".into(),
+            addresses: vec![
+                "198.18.0.5".parse().unwrap(),
+                "198.18.0.40".parse().unwrap(),
+            ],
+            since: 10,
+        };
+        let d = decide(&v, &blocks, std::slice::from_ref(&claim), &[], 30);
+        assert_eq!(
+            names(&d),
+            ["p/198.18.0.16/28"],
+            "only the block without a claimed address is reclaimed: {d:?}"
+        );
+        // Also when the claimed address was bound on the fenced node: the binding goes, the
+        // claim and its block stay.
+        let mut b = binding("198.18.0.5", "n2", Some(("ns", "web-1", None)), 999);
+        b.kind = BindingKind::Claimed {
+            claim: claim.name(),
+        };
+        let d = decide(&v, &blocks, std::slice::from_ref(&claim), &[b], 30);
+        assert_eq!(names(&d), ["198.18.0.5", "p/198.18.0.16/28"], "{d:?}");
+        // A claim released in this round still keeps the block until a later round.
+        v.statefulsets.clear();
+        let d = decide(&v, &blocks, std::slice::from_ref(&claim), &[], 30);
+        assert_eq!(
+            names(&d),
+            ["p/198.18.0.16/28", "p/statefulset/ns/web/1"],
+            "{d:?}"
+        );
+        // Once the claim is gone, every block of the dead nodes is empty.
+        let d = decide(&v, &blocks, &[], &[], 30);
+        assert_eq!(d.actions.len(), 3, "{d:?}");
     }
 }

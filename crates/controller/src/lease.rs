@@ -69,13 +69,16 @@ impl Elector {
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let ours = spec.holder_identity.as_deref() == Some(self.cfg.identity.as_str());
-        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(t), Some(d)) => {
-                let until = t.0 + std::time::Duration::from_secs(u64::try_from(d).unwrap_or(0));
-                until < k8s_openapi::jiff::Timestamp::now()
-            }
-            _ => true,
-        };
+        // A Lease its holder released (no holder) is free at once.
+        let released = spec.holder_identity.as_deref().is_none_or(str::is_empty);
+        let expired = released
+            || match (&spec.renew_time, spec.lease_duration_seconds) {
+                (Some(t), Some(d)) => {
+                    let until = t.0 + std::time::Duration::from_secs(u64::try_from(d).unwrap_or(0));
+                    until < k8s_openapi::jiff::Timestamp::now()
+                }
+                _ => true,
+            };
         if !ours && !expired {
             return Ok(false);
         }
@@ -89,6 +92,34 @@ impl Elector {
         next.renew_time = Some(now());
         next.lease_duration_seconds = Some(secs);
         lease.spec = Some(next);
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Give the Lease up if this replica holds it: clear the holder, so a standby takes over at
+    /// its next try instead of waiting out the Lease duration. Returns whether it was released.
+    ///
+    /// Why: a rollout or a node drain stops the leader with SIGTERM; without a release every
+    /// such stop leaves the cluster without GC and fencing for a whole Lease duration. The write
+    /// carries the resourceVersion read, so a Lease another replica took meanwhile is left alone.
+    pub async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.cfg.name).await? else {
+            return Ok(false);
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(now());
+        lease.spec = Some(spec);
         match self
             .api
             .replace(&self.cfg.name, &PostParams::default(), &lease)

@@ -10,4 +10,4 @@ pub mod lease;
 pub mod run;
 
 pub use decide::{decide, Action, ClusterView, Decision};
-pub use run::{round, run, update_pool_status, ControllerConfig, Report};
+pub use run::{round, run, run_until, update_pool_status, ControllerConfig, Report};

@@ -448,36 +448,73 @@ pub async fn update_pool_status(client: &Client, ledger: &dyn Ledger) -> Result<
 
 /// Run until the process ends: hold the Lease, and while holding it, run a round per interval.
 pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ControllerConfig) {
+    run_until(client, ledger, cfg, std::future::pending()).await
+}
+
+/// How long releasing the Lease on the way out may take. Why: a stopping controller must exit
+/// well within the pod's termination grace period even when the API server does not answer.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`run`] until `stop` completes (SIGTERM, SIGINT), then give up the Lease if held, so a standby
+/// takes over at its next try instead of after the Lease duration.
+pub async fn run_until(
+    client: Client,
+    ledger: Arc<dyn Ledger>,
+    cfg: ControllerConfig,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let elector = Elector::new(client.clone(), cfg.lease.clone());
-    let mut leading = false;
+    // None until the first try: the first result is logged either way, so an operator (and a
+    // test) sees that a standby has reached its election loop.
+    let mut leading: Option<bool> = None;
     let mut memory = Memory::default();
+    tokio::pin!(stop);
     loop {
-        match elector.try_acquire_or_renew().await {
-            Ok(now) => {
-                if now != leading {
-                    // What a previous term saw may be stale: start the grace clocks afresh.
-                    memory = Memory::default();
-                    tracing::info!(leader = now, identity = %cfg.lease.identity, "controller leadership changed");
-                }
-                leading = now;
-            }
+        let now = match elector.try_acquire_or_renew().await {
+            Ok(now) => now,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the Lease; standing by");
-                leading = false;
+                false
             }
+        };
+        if leading != Some(now) {
+            // What a previous term saw may be stale: start the grace clocks afresh.
+            memory = Memory::default();
+            tracing::info!(leader = now, identity = %cfg.lease.identity, "controller leadership changed");
         }
-        if leading {
-            match round_remembering(&client, ledger.as_ref(), cfg.grace, &memory).await {
-                Ok(r) if r != Report::default() => tracing::info!(?r, "controller round"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "controller round skipped"),
-            }
-            if cfg.pool_status {
-                if let Err(e) = update_pool_status(&client, ledger.as_ref()).await {
-                    tracing::warn!(error = %e, "pool status not updated");
+        leading = Some(now);
+        if now {
+            let work = async {
+                match round_remembering(&client, ledger.as_ref(), cfg.grace, &memory).await {
+                    Ok(r) if r != Report::default() => tracing::info!(?r, "controller round"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "controller round skipped"),
                 }
+                if cfg.pool_status {
+                    if let Err(e) = update_pool_status(&client, ledger.as_ref()).await {
+                        tracing::warn!(error = %e, "pool status not updated");
+                    }
+                }
+            };
+            // A round cut short is harmless: every release is a compare-and-swap on its own.
+            tokio::select! {
+                _ = work => {}
+                _ = &mut stop => break,
             }
         }
-        tokio::time::sleep(cfg.interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.interval) => {}
+            _ = &mut stop => break,
+        }
+    }
+    match tokio::time::timeout(RELEASE_TIMEOUT, elector.release()).await {
+        Ok(Ok(true)) => {
+            tracing::info!(identity = %cfg.lease.identity, "released the controller lease")
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not release the controller lease"),
+        Err(_) => tracing::warn!(
+            "could not release the controller lease within {RELEASE_TIMEOUT:?}; it expires by itself"
+        ),
     }
 }

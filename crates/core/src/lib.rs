@@ -9,6 +9,7 @@ pub mod audit;
 pub mod binding;
 pub mod block;
 pub mod claim;
+pub mod policy;
 pub mod pool;
 
 pub use addr::{AddrRange, Family};
@@ -16,4 +17,5 @@ pub use audit::{audit, audit_with_claims, Violation};
 pub use binding::{Binding, BindingKind, Owner, PodRef};
 pub use block::Block;
 pub use claim::{Claim, Identity};
+pub use policy::{PolicyError, PoolPolicy};
 pub use pool::{PoolError, PoolSpec, PoolUse, Route, SubnetSpec};

@@ -73,6 +73,9 @@ pub struct PoolSpec {
     pub use_: PoolUse,
     /// Subnets, tried in order within a family.
     pub subnets: Vec<SubnetSpec>,
+    /// Who may ask for fixed addresses and sticky sets (`ipam.policy`).
+    #[serde(default, skip_serializing_if = "crate::policy::PoolPolicy::is_default")]
+    pub policy: crate::policy::PoolPolicy,
 }
 
 /// Why a pool specification is unusable. Each variant names the field and value at fault.

@@ -145,7 +145,7 @@ proptest! {
     /// The audit finds a duplicated address and a binding outside its block, and nothing in a sound ledger.
     #[test]
     fn audit_detects_duplicates(s in subnet_strategy()) {
-        let pool = PoolSpec { name: "p".into(), use_: Default::default(), subnets: vec![s.clone()] };
+        let pool = PoolSpec { name: "p".into(), use_: Default::default(), subnets: vec![s.clone()], policy: Default::default() };
         let cidr = candidate_blocks(&s, "n").next().unwrap();
         let block = Block { pool: "p".into(), cidr, node: "n".into() };
         let Some(ip) = block.next_free(&s, |_| false, None) else { return Ok(()); };
@@ -211,4 +211,49 @@ fn ipv6_candidates_do_not_walk_the_whole_subnet() {
     .unwrap()];
     let blocks: Vec<IpNet> = candidate_blocks(&s, "n").collect();
     assert_eq!(blocks.len(), 4); // 256 addresses in /122 blocks
+}
+
+proptest! {
+    /// The pool's policy: a fixed address or a sticky set is refused exactly when the namespace is
+    /// not listed (and no `"*"` is), a sticky set also when larger than the maximum; a
+    /// StatefulSet ordinal is never refused, only loses its claim outside its list.
+    #[test]
+    fn policy_refuses_exactly_what_it_does_not_list(
+        fixed in proptest::collection::vec(0usize..4, 0..3),
+        sticky in proptest::collection::vec(0usize..4, 0..3),
+        sts in proptest::collection::vec(0usize..4, 0..3),
+        ns in 0usize..4,
+        max in 1u32..20,
+        size in 1u32..25,
+        asks_fixed in any::<bool>(),
+        which in 0u8..3,
+    ) {
+        use berth_core::policy::{PodAsk, PoolPolicy};
+        use berth_core::{Identity, PolicyError};
+        // Index 3 is the wildcard.
+        let names = ["a", "b", "c", "*"];
+        let list = |v: &[usize]| v.iter().map(|i| names[*i].to_string()).collect::<Vec<_>>();
+        let p = PoolPolicy {
+            fixed_namespaces: list(&fixed),
+            sticky_namespaces: list(&sticky),
+            stateful_set_namespaces: list(&sts),
+            max_sticky_set: max,
+        };
+        let namespace = ["a", "b", "c", "d"][ns];
+        let listed = |v: &[usize]| v.iter().any(|i| *i == 3 || *i == ns);
+        let ip: Vec<IpAddr> = if asks_fixed { vec!["198.18.0.9".parse().unwrap()] } else { vec![] };
+        let identity = match which {
+            0 => Identity::StickySet { namespace: namespace.into(), name: "d".into() },
+            1 => Identity::StatefulSet { namespace: namespace.into(), name: "s".into(), ordinal: 0 },
+            _ => Identity::Key { key: "k".into() },
+        };
+        let r = p.check("pool", &PodAsk { namespace, fixed: &ip, claim: Some((&identity, size)) });
+        match which {
+            _ if asks_fixed && !listed(&fixed) => prop_assert!(matches!(r, Err(PolicyError::Fixed { .. })), "{r:?}"),
+            0 if !listed(&sticky) => prop_assert!(matches!(r, Err(PolicyError::StickySet { .. })), "{r:?}"),
+            0 if size > max => prop_assert!(matches!(r, Err(PolicyError::StickySetSize { .. })), "{r:?}"),
+            1 => prop_assert_eq!(r.unwrap().keep_claim, listed(&sts)),
+            _ => prop_assert!(r.unwrap().keep_claim),
+        }
+    }
 }

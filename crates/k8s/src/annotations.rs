@@ -215,6 +215,7 @@ mod tests {
             name: "kube-subnet".into(),
             use_: Default::default(),
             subnets: vec![v4, v6],
+            policy: Default::default(),
         }
     }
 

@@ -98,9 +98,15 @@ impl KubeLedger {
                 name: name.to_string(),
                 reason: e.to_string(),
             },
-            Some(403) | Some(401) => LedgerError::Config(format!(
-                "the API server refused access to {kind} {name:?}: {e}; grant the agent's service account Berth's RBAC role"
-            )),
+            // Transient, not a configuration error: a starting kube-apiserver refuses every
+            // request until its RBAC authorizer has read the roles, so this must be retried
+            // (CNI code 11); a missing rule keeps failing, with this message.
+            Some(403) | Some(401) => LedgerError::Unavailable {
+                backend: self.server.clone(),
+                reason: format!(
+                    "the API server refused access to {kind} {name:?} ({e}): grant the agent's service account Berth's RBAC (deploy/berth.yaml)"
+                ),
+            },
             _ => LedgerError::Unavailable {
                 backend: self.server.clone(),
                 reason: e.to_string(),

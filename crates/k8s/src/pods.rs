@@ -209,6 +209,7 @@ mod tests {
             name: "p".into(),
             use_: Default::default(),
             subnets: vec![SubnetSpec::new("198.18.0.0/24".parse().unwrap())],
+            policy: Default::default(),
         }
     }
 

@@ -25,6 +25,63 @@ pub const KUBE_VERSION: &str = "1.20.2";
 /// Service CIDR given to the apiserver. Why: tests that create Services may need to know it.
 pub const KUBE_SERVICE_CIDR: &str = "10.96.0.0/12";
 
+/// The apiserver's audit policy: metadata of every request made by a ServiceAccount, nothing
+/// else. Why: the tests run Berth's roles as deploy/'s ServiceAccounts and must see every refusal
+/// (a 403 on a watch only shows up as a retrying warning in the client's log); the harness's own
+/// admin requests and the controller-manager's are not of interest and cost log volume.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: [\"system:serviceaccounts\"]
+  - level: None
+";
+
+/// The kinds of RBAC-related documents [`KubeControlPlane::apply_manifest`] applies when asked
+/// for RBAC only: what a role needs to exist before its ServiceAccount can act.
+pub const RBAC_KINDS: &[&str] = &[
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+];
+
+/// The collection URL of a manifest document (`apiVersion`, `kind`, `metadata.namespace`).
+/// Why: applying manifests without kubectl needs the REST path; only kinds the harness knows.
+fn collection_path(doc: &serde_json::Value) -> Result<String> {
+    let kind = doc["kind"].as_str().unwrap_or("");
+    let api = doc["apiVersion"].as_str().unwrap_or("");
+    let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+    let prefix = if api.contains('/') {
+        format!("/apis/{api}")
+    } else {
+        format!("/api/{api}")
+    };
+    let (plural, namespaced) = match kind {
+        "Namespace" => ("namespaces", false),
+        "ServiceAccount" => ("serviceaccounts", true),
+        "ConfigMap" => ("configmaps", true),
+        "ClusterRole" => ("clusterroles", false),
+        "ClusterRoleBinding" => ("clusterrolebindings", false),
+        "Role" => ("roles", true),
+        "RoleBinding" => ("rolebindings", true),
+        "DaemonSet" => ("daemonsets", true),
+        "Deployment" => ("deployments", true),
+        "CustomResourceDefinition" => ("customresourcedefinitions", false),
+        other => bail!(
+            "manifest kind {other:?} ({api}) is unknown to the harness: add it to collection_path"
+        ),
+    };
+    Ok(if namespaced {
+        format!("{prefix}/namespaces/{ns}/{plural}")
+    } else {
+        format!("{prefix}/{plural}")
+    })
+}
+
 /// Controllers the controller-manager runs: all defaults except node IPAM and node lifecycle.
 ///
 /// Why: test Nodes have no kubelet; the node lifecycle controller would mark them NotReady and
@@ -239,6 +296,8 @@ pub struct KubeControlPlane {
     token_file: PathBuf,
     kubeconfig: PathBuf,
     apiserver: Mutex<Option<Daemon>>,
+    /// Each apiserver start: (spawned, ready), as audit-log timestamps.
+    starts: Mutex<Vec<(String, Option<String>)>>,
     controller_manager: Mutex<Option<Daemon>>,
     timings: KubeTimings,
 }
@@ -367,6 +426,7 @@ impl KubeControlPlane {
         write_file(&sa_key, &sa.serialize_pem(), 0o600)?;
         write_file(&sa_pub, &sa.public_key_pem(), 0o644)?;
 
+        write_file(&d.join("audit-policy.yaml"), AUDIT_POLICY, 0o644)?;
         let token = random_token()?;
         let token_file = d.join("tokens.csv");
         write_file(
@@ -387,6 +447,7 @@ impl KubeControlPlane {
             token_file,
             kubeconfig: d.join("kubeconfig"),
             apiserver: Mutex::new(None),
+            starts: Mutex::new(Vec::new()),
             controller_manager: Mutex::new(None),
             timings: KubeTimings {
                 etcd: etcd_time,
@@ -434,6 +495,18 @@ impl KubeControlPlane {
     }
 
     fn write_kubeconfig(&self) -> Result<()> {
+        self.write_kubeconfig_for(&self.kubeconfig, "admin", &self.token, "default")
+    }
+
+    /// A kubeconfig at `path` for this apiserver with bearer `token` as `user`, default
+    /// namespace `namespace`.
+    fn write_kubeconfig_for(
+        &self,
+        path: &Path,
+        user: &str,
+        token: &str,
+        namespace: &str,
+    ) -> Result<()> {
         let ca = std::fs::read(&self.tls.ca)?;
         let cfg = format!(
             "apiVersion: v1\n\
@@ -444,21 +517,20 @@ impl KubeControlPlane {
                  server: {server}\n    \
                  certificate-authority-data: {ca}\n\
              users:\n\
-             - name: admin\n  \
+             - name: {user}\n  \
                user:\n    \
                  token: {token}\n\
              contexts:\n\
              - name: berth-test\n  \
                context:\n    \
                  cluster: berth-test\n    \
-                 user: admin\n    \
-                 namespace: default\n\
+                 user: {user}\n    \
+                 namespace: {namespace}\n\
              current-context: berth-test\n",
             server = self.server(),
             ca = base64(&ca),
-            token = self.token,
         );
-        write_file(&self.kubeconfig, &cfg, 0o600)
+        write_file(path, &cfg, 0o600)
     }
 
     /// The kube-apiserver command line (without the binary). Why: shown in the report and logs.
@@ -481,6 +553,12 @@ impl KubeControlPlane {
             format!("--service-account-key-file={}", p(&self.sa_pub)),
             format!("--service-account-signing-key-file={}", p(&self.sa_key)),
             "--authorization-mode=RBAC".into(),
+            // Every request of a ServiceAccount is recorded, so a test can assert that none was
+            // refused (see `forbidden_requests`).
+            format!("--audit-policy-file={}", p(&d.join("audit-policy.yaml"))),
+            format!("--audit-log-path={}", p(&self.audit_log())),
+            "--audit-log-format=json".into(),
+            "--audit-log-maxbackup=0".into(),
             format!("--service-cluster-ip-range={KUBE_SERVICE_CIDR}"),
             // Never resolve node hostnames through the host's DNS.
             "--kubelet-preferred-address-types=InternalIP".into(),
@@ -529,6 +607,7 @@ impl KubeControlPlane {
         let mut cmd = Command::new(self.bin_dir.join("kube-apiserver"));
         no_proxy(&mut cmd);
         cmd.args(self.apiserver_args());
+        lock(&self.starts).push((audit_time(std::time::SystemTime::now()), None));
         let daemon = Daemon::spawn("kube-apiserver", cmd, Some(&self.apiserver_log()))?;
         *guard = Some(daemon);
         let timeout = self.opts.start_timeout;
@@ -543,6 +622,9 @@ impl KubeControlPlane {
             }
             if let Ok(r) = self.request("GET", "/readyz", None) {
                 if r.status == 200 {
+                    if let Some(last) = lock(&self.starts).last_mut() {
+                        last.1 = Some(audit_time(std::time::SystemTime::now()));
+                    }
                     return Ok(());
                 }
             }
@@ -743,6 +825,162 @@ impl KubeControlPlane {
         self.dir.path()
     }
 
+    /// Creates (or replaces) the documents of the multi-document YAML file `path` whose kind is in
+    /// `kinds` (all when `None`), in file order; returns `Kind/name` of each applied document.
+    ///
+    /// Why: the tests must run Berth with the RBAC that ships in deploy/, read from the file
+    /// itself, so a rule missing there fails a test instead of only failing users.
+    pub fn apply_manifest(&self, path: &Path, kinds: Option<&[&str]>) -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading manifest {}", path.display()))?;
+        let mut applied = vec![];
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: serde_json::Value = serde::Deserialize::deserialize(doc)
+                .with_context(|| format!("a document of {} is not valid YAML", path.display()))?;
+            if v.is_null() {
+                continue;
+            }
+            let kind = v["kind"].as_str().unwrap_or("").to_string();
+            if kinds.is_some_and(|k| !k.contains(&kind.as_str())) {
+                continue;
+            }
+            let name = v["metadata"]["name"]
+                .as_str()
+                .ok_or_else(|| anyhow!("a {kind} in {} has no metadata.name", path.display()))?
+                .to_string();
+            let coll = collection_path(&v)?;
+            let r = self.request("POST", &coll, Some(&v))?;
+            if r.status == 409 {
+                let cur = self.request("GET", &format!("{coll}/{name}"), None)?.ok()?;
+                let mut next = v.clone();
+                next["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
+                self.request("PUT", &format!("{coll}/{name}"), Some(&next))?
+                    .ok()
+                    .with_context(|| format!("replacing {kind} {name}"))?;
+            } else {
+                r.ok()
+                    .with_context(|| format!("creating {kind} {name} from {}", path.display()))?;
+            }
+            applied.push(format!("{kind}/{name}"));
+        }
+        Ok(applied)
+    }
+
+    /// A token for ServiceAccount `namespace/name` from the TokenRequest API
+    /// (`serviceaccounts/token`), valid for `ttl` (at least 10 minutes).
+    ///
+    /// Why: a process of the test must authenticate as that ServiceAccount, exactly as a pod does
+    /// with its projected token; no token Secret (and so no controller-manager) is needed.
+    pub fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<String> {
+        let body = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": ttl.as_secs().max(600)}
+        });
+        let v = self
+            .request(
+                "POST",
+                &format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"),
+                Some(&body),
+            )?
+            .ok()
+            .with_context(|| format!("TokenRequest for ServiceAccount {namespace}/{name}"))?;
+        v["status"]["token"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| anyhow!("TokenRequest for {namespace}/{name} returned no token: {v}"))
+    }
+
+    /// Writes a kubeconfig for ServiceAccount `namespace/name` (a token minted by
+    /// [`service_account_token`](Self::service_account_token), valid 24 h; default namespace
+    /// `namespace`) into this control plane's dir and returns its path.
+    ///
+    /// Why: Berth's processes take `--kubeconfig`; with this one they act with exactly the rights
+    /// RBAC gives the ServiceAccount, as in a cluster.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let token = self.service_account_token(namespace, name, Duration::from_secs(86400))?;
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{namespace}-{name}"));
+        self.write_kubeconfig_for(
+            &path,
+            &format!("system:serviceaccount:{namespace}:{name}"),
+            &token,
+            namespace,
+        )?;
+        Ok(path)
+    }
+
+    /// Path of the apiserver's audit log (requests of ServiceAccounts only, JSON lines).
+    ///
+    /// Why: [`forbidden_requests`](Self::forbidden_requests) reads it; a failing test can show it.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("kube-apiserver-audit.log")
+    }
+
+    /// Every request of a ServiceAccount that the apiserver answered with 403 so far, as
+    /// `user verb URI (reason) at TIME`, in order, except those received while an apiserver was
+    /// starting (spawned, `/readyz` not yet ok).
+    ///
+    /// Why: a role missing a rule may not fail loudly (a watch refused is retried forever and the
+    /// feature it feeds is silently off); a test asserts this is empty to prove the roles suffice
+    /// for every path it exercised. A starting kube-apiserver serves requests before its RBAC
+    /// authorizer has read the roles and refuses them all (403 with no reason), which says nothing
+    /// about the roles; those are in [`forbidden_while_starting`](Self::forbidden_while_starting).
+    pub fn forbidden_requests(&self) -> Result<Vec<String>> {
+        Ok(self.forbidden()?.0)
+    }
+
+    /// The 403s [`forbidden_requests`](Self::forbidden_requests) leaves out: received while an
+    /// apiserver was starting. Why: a test may show them, or assert they stay within a restart.
+    pub fn forbidden_while_starting(&self) -> Result<Vec<String>> {
+        Ok(self.forbidden()?.1)
+    }
+
+    fn forbidden(&self) -> Result<(Vec<String>, Vec<String>)> {
+        let starts = lock(&self.starts).clone();
+        let starting = |t: &str| {
+            starts
+                .iter()
+                .any(|(from, to)| t >= from.as_str() && to.as_deref().is_none_or(|to| t <= to))
+        };
+        let text = match std::fs::read_to_string(self.audit_log()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], vec![])),
+            Err(e) => return Err(e).context("reading the audit log"),
+        };
+        let (mut out, mut early) = (vec![], vec![]);
+        for line in text.lines() {
+            let Ok(ev) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if ev["responseStatus"]["code"].as_u64() == Some(403) {
+                let at = ev["requestReceivedTimestamp"].as_str().unwrap_or("");
+                let s = format!(
+                    "{} {} {} ({}) at {at}",
+                    ev["user"]["username"].as_str().unwrap_or("?"),
+                    ev["verb"].as_str().unwrap_or("?"),
+                    ev["requestURI"].as_str().unwrap_or("?"),
+                    ev["annotations"]["authorization.k8s.io/reason"]
+                        .as_str()
+                        .or(ev["responseStatus"]["message"].as_str())
+                        .unwrap_or("")
+                );
+                if starting(at) {
+                    early.push(s);
+                } else {
+                    out.push(s);
+                }
+            }
+        }
+        Ok((out, early))
+    }
+
     /// Path of kube-apiserver's log (appended across restarts). Why: attach to failures.
     pub fn apiserver_log(&self) -> PathBuf {
         self.dir.path().join("kube-apiserver.log")
@@ -866,6 +1104,31 @@ impl KubeControlPlane {
     }
 }
 
+/// `t` as the audit log writes timestamps (`2006-01-02T15:04:05.000000Z`, UTC), so the two
+/// compare as strings. Why: no date library for one format.
+fn audit_time(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
 fn tail(p: &Path, n: usize) -> String {
     let log = std::fs::read(p)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -900,6 +1163,19 @@ mod tests {
         assert_eq!(base64(b"foob"), "Zm9vYg==");
         assert_eq!(base64(b"fooba"), "Zm9vYmE=");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn audit_times_compare_as_the_apiserver_writes_them() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(audit_time(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let t = UNIX_EPOCH + Duration::from_micros(1_796_176_567_958_418);
+        assert_eq!(audit_time(t), "2026-12-02T01:56:07.958418Z");
+        // 2000-02-29 (a leap day of a century leap year).
+        assert_eq!(
+            audit_time(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000000Z"
+        );
     }
 
     #[test]

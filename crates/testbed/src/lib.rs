@@ -75,7 +75,7 @@ pub use cni::{
 pub use etcd::{Etcd, EtcdBuilder, EtcdCluster};
 pub use kube::{
     kube_bin_dir, require_kube_binaries, ApiResponse, KubeBuilder, KubeControlPlane, KubeTimings,
-    KUBE_CONTROLLERS, KUBE_SERVICE_CIDR, KUBE_VERSION,
+    KUBE_CONTROLLERS, KUBE_SERVICE_CIDR, KUBE_VERSION, RBAC_KINDS,
 };
 pub use net::{pod_netns, Fabric, Netns, FABRIC_BRIDGE};
 pub use process::Daemon;

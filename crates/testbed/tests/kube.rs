@@ -291,3 +291,93 @@ fn missing_binaries_fail_naming_the_build_command() {
     let msg = format!("{err:#}");
     assert!(msg.contains("cargo xtask kube build"), "{msg}");
 }
+
+/// `curl` as the holder of `token`: (HTTP status, body).
+fn get_as(cp: &KubeControlPlane, token: &str, path: &str) -> (u16, String) {
+    let out = std::process::Command::new(berth_testbed::tool("curl"))
+        .env("NO_PROXY", "*")
+        .args(["-sS", "--max-time", "30", "--cacert"])
+        .arg(cp.ca_pem().unwrap())
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("{}{path}", cp.server()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+/// RBAC from a manifest file, a ServiceAccount's token and kubeconfig from the TokenRequest API,
+/// and the audit log's record of what RBAC refused it. No controller-manager: a TokenRequest
+/// needs none.
+#[test]
+fn service_accounts_act_with_their_rbac_and_refusals_are_recorded() {
+    require_root_and_tools();
+    require_kube_binaries();
+    let cp = KubeControlPlane::builder()
+        .controller_manager(false)
+        .start()
+        .unwrap();
+    let manifest = cp.dir().join("rbac.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: reader, namespace: team}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: skipped, namespace: team}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: reader, namespace: team}\n\
+         rules:\n  - {apiGroups: [\"\"], resources: [configmaps], verbs: [list]}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: reader, namespace: team}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}\n\
+         subjects: [{kind: ServiceAccount, name: reader, namespace: team}]\n",
+    )
+    .unwrap();
+    let applied = cp
+        .apply_manifest(&manifest, Some(berth_testbed::RBAC_KINDS))
+        .unwrap();
+    assert_eq!(
+        applied,
+        [
+            "Namespace/team",
+            "ServiceAccount/reader",
+            "Role/reader",
+            "RoleBinding/reader"
+        ],
+        "only RBAC kinds, in file order"
+    );
+    // Applying again replaces rather than failing.
+    cp.apply_manifest(&manifest, Some(berth_testbed::RBAC_KINDS))
+        .unwrap();
+    let token = cp
+        .service_account_token("team", "reader", Duration::from_secs(600))
+        .unwrap();
+    assert!(cp.forbidden_requests().unwrap().is_empty());
+    let (code, body) = get_as(&cp, &token, "/api/v1/namespaces/team/configmaps");
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = get_as(&cp, &token, "/api/v1/namespaces/team/secrets");
+    assert_eq!(code, 403);
+    let refused = wait_for(
+        "the refusal in the audit log",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let r = cp.forbidden_requests().ok()?;
+            (!r.is_empty()).then_some(r)
+        },
+    )
+    .unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0]
+            .starts_with("system:serviceaccount:team:reader list /api/v1/namespaces/team/secrets"),
+        "{refused:?}"
+    );
+    // The kubeconfig carries the same identity.
+    let kc = cp.service_account_kubeconfig("team", "reader").unwrap();
+    let text = std::fs::read_to_string(&kc).unwrap();
+    assert!(
+        text.contains("system:serviceaccount:team:reader") && text.contains("namespace: team"),
+        "{text}"
+    );
+}

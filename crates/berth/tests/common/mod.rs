@@ -399,3 +399,60 @@ pub fn par_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync)
 pub fn timing(what: &str, since: Instant) {
     eprintln!("[timing] {what}: {:.2?}", since.elapsed());
 }
+
+/// deploy/berth.yaml: the RBAC, agent and controller that ship.
+pub const DEPLOY_BERTH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/berth.yaml");
+/// The namespace deploy/berth.yaml puts Berth in.
+pub const BERTH_NAMESPACE: &str = "berth-system";
+
+/// Kubeconfigs of deploy/'s ServiceAccounts, whose rights are exactly deploy/'s RBAC.
+pub struct Roles {
+    /// `berth-system/berth-agent`.
+    pub agent: PathBuf,
+    /// `berth-system/berth-controller`.
+    pub controller: PathBuf,
+}
+
+/// Apply deploy/berth.yaml's Namespace, ServiceAccounts and RBAC (from the file itself) and mint
+/// a token and kubeconfig for the agent's and the controller's ServiceAccount.
+pub fn shipped_roles(cp: &berth_testbed::KubeControlPlane) -> Roles {
+    let applied = cp
+        .apply_manifest(Path::new(DEPLOY_BERTH), Some(berth_testbed::RBAC_KINDS))
+        .unwrap_or_else(|e| panic!("applying deploy/berth.yaml's RBAC: {e:#}"));
+    assert!(
+        applied.iter().any(|a| a == "ClusterRole/berth-agent")
+            && applied.iter().any(|a| a == "Role/berth-controller"),
+        "deploy/berth.yaml's RBAC: {applied:?}"
+    );
+    let kc = |sa: &str| {
+        cp.service_account_kubeconfig(BERTH_NAMESPACE, sa)
+            .unwrap_or_else(|e| panic!("kubeconfig for {sa}: {e:#}"))
+    };
+    Roles {
+        agent: kc("berth-agent"),
+        controller: kc("berth-controller"),
+    }
+}
+
+/// No request of a ServiceAccount was refused (403) so far: the shipped roles were enough for
+/// everything the test made Berth do. (Refusals by an apiserver still starting, before its RBAC
+/// authorizer has read any role, are shown but say nothing about the roles.)
+pub fn assert_no_forbidden(cp: &berth_testbed::KubeControlPlane) {
+    let early = cp
+        .forbidden_while_starting()
+        .expect("reading the audit log");
+    if !early.is_empty() {
+        eprintln!(
+            "{} request(s) refused while the apiserver was starting, e.g. {:?}",
+            early.len(),
+            early.first()
+        );
+    }
+    let refused = cp.forbidden_requests().expect("reading the audit log");
+    assert!(
+        refused.is_empty(),
+        "deploy/berth.yaml's RBAC refused {} request(s) of Berth's ServiceAccounts:\n{}",
+        refused.len(),
+        refused.join("\n")
+    );
+}
