@@ -70,15 +70,22 @@ pub(crate) struct Session {
 
 struct ConnIo {
     wr: OwnedWriteHalf,
-    reader: tokio::task::JoinHandle<()>,
+    reader: Option<tokio::task::JoinHandle<()>>,
     local: SocketAddr,
 }
 
 impl Drop for ConnIo {
     fn drop(&mut self) {
-        self.reader.abort();
+        if let Some(r) = &self.reader {
+            r.abort();
+        }
     }
 }
+
+/// How long a closed connection waits for the peer to close its side, so a
+/// NOTIFICATION is read before anything else happens (a peer that sees our
+/// next connection first takes it for a restart and never reads it).
+const LINGER: Duration = Duration::from_secs(1);
 
 /// The Adj-RIB-Out of an Established session and how to encode for it.
 struct Est {
@@ -106,6 +113,8 @@ struct Io {
     in_tx: mpsc::Sender<(ConnId, Inbound)>,
     done: Vec<oneshot::Sender<()>>,
     finish: bool,
+    /// Closed connections still waiting for the peer's close (at most [`LINGER`]).
+    lingering: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// A random number from the kernel (getrandom), for timer jitter: speakers
@@ -252,6 +261,7 @@ impl Session {
             in_tx,
             done: Vec::new(),
             finish: false,
+            lingering: Vec::new(),
         };
         let mut rib_rx = self.shared.rib_version.subscribe();
         let mut bfd = self.bfd.take();
@@ -363,8 +373,12 @@ impl Session {
                 }
             }
         }
-        // Connections still open (a stop that raced with a dial) close here.
+        // Connections still open (a stop that raced with a dial) close here;
+        // the peer has read our NOTIFICATION once it has closed its side.
         io.conns.clear();
+        for l in io.lingering.drain(..) {
+            let _ = l.await;
+        }
         for d in io.done.drain(..) {
             let _ = d.send(());
         }
@@ -387,7 +401,14 @@ impl Session {
         let id = ConnId(io.next_id);
         let (rd, wr) = s.into_split();
         let reader = tokio::spawn(read_loop(rd, id, io.in_tx.clone()));
-        io.conns.insert(id, ConnIo { wr, reader, local });
+        io.conns.insert(
+            id,
+            ConnIo {
+                wr,
+                reader: Some(reader),
+                local,
+            },
+        );
         Ok(id)
     }
 
@@ -459,6 +480,15 @@ impl Session {
             Action::Close { conn } => {
                 if let Some(mut c) = io.conns.remove(&conn) {
                     let _ = timeout(Duration::from_secs(1), c.wr.shutdown()).await;
+                    // The reader ends at the peer's close (or is cut off).
+                    if let Some(mut r) = c.reader.take() {
+                        io.lingering.retain(|l| !l.is_finished());
+                        io.lingering.push(tokio::spawn(async move {
+                            if timeout(LINGER, &mut r).await.is_err() {
+                                r.abort();
+                            }
+                        }));
+                    }
                 }
                 if io.est.as_ref().is_some_and(|e| e.conn == conn) {
                     io.est = None;

@@ -367,3 +367,66 @@ pub fn frr_log_time(log: &str, after: f64, needles: &[&str]) -> Option<f64> {
     }
     None
 }
+
+/// A multi-thread Tokio runtime whose threads all live in network namespace
+/// `ns`: the library API runs in-process "on a node" while the test thread
+/// (in the host namespace) drives it.
+pub struct NsRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsRuntime {
+    pub fn new(ns: &str) -> NsRuntime {
+        let path = format!("/run/netns/{ns}");
+        let (htx, hrx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let f = fs::File::open(&path).unwrap();
+            // SAFETY: moves only this thread (and the threads it creates:
+            // the runtime's workers) into the test's namespace.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            htx.send(rt.handle().clone()).unwrap();
+            let _ = rt.block_on(stop_rx);
+            rt.shutdown_timeout(Duration::from_secs(1));
+        });
+        NsRuntime {
+            handle: hrx.recv().unwrap(),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `f` on a worker thread (in the namespace: sockets made there
+    /// belong to it) and waits for its result.
+    pub fn run<F>(&self, f: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle
+            .block_on(self.handle.spawn(f))
+            .unwrap_or_else(|e| match e.try_into_panic() {
+                Ok(p) => std::panic::resume_unwind(p),
+                Err(e) => panic!("{e}"),
+            })
+    }
+}
+
+impl Drop for NsRuntime {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -13,6 +13,7 @@ mod ecmp;
 mod failover;
 mod frr;
 mod gobgp;
+mod library;
 mod limits;
 mod malformed;
 mod md5;
