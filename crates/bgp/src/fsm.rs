@@ -4,7 +4,7 @@
 //! [`Action`]s to carry out (send this message, close that connection, arm a
 //! timer). It owns no socket, no clock and no task, so every transition,
 //! collision case, error path and the maximum-prefix limit is tested here
-//! without the network; [`crate::session`] is the task that does the I/O.
+//! without the network; the per-peer task behind [`crate::Speaker`] does the I/O.
 //!
 //! Connections are named by a [`ConnId`] the I/O side chooses. Up to two exist
 //! at once: during a collision (RFC 4271 §6.8) both run their OPEN exchange

@@ -7,8 +7,8 @@
 //! sub-second failover.
 //!
 //! The shape: [`fsm`] is the session state machine as pure event handlers
-//! (events in, actions out, no I/O); [`session`](crate::speaker) tasks do the
-//! socket and timer work for one peer each; [`rib`] holds the routes the
+//! (events in, actions out, no I/O); one task per peer (`session`) does the
+//! socket and timer work and carries the actions out; [`rib`] holds the routes the
 //! embedding program announces, indexed by change so a withdraw costs one
 //! lookup; [`Speaker`] is the handle that program holds. Process concerns
 //! (signals, logging, the status file) belong to the binary (`berth bgp`).

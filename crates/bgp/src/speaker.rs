@@ -257,6 +257,7 @@ struct PeerEntry {
 }
 
 type Registry = Arc<Mutex<HashMap<IpAddr, mpsc::Sender<TcpStream>>>>;
+type Listener = (Arc<TcpListener>, tokio::task::JoinHandle<()>);
 
 struct Inner {
     shared: Arc<Shared>,
@@ -265,14 +266,16 @@ struct Inner {
     changes: tokio::sync::Mutex<()>,
     bfd: tokio::sync::Mutex<Option<berth_bfd::Bfd>>,
     registry: Registry,
-    listeners: Vec<(Arc<TcpListener>, tokio::task::JoinHandle<()>)>,
+    listeners: Mutex<Vec<Listener>>,
     closed: AtomicBool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for (_, t) in &self.listeners {
-            t.abort();
+        if let Ok(l) = self.listeners.get_mut() {
+            for (_, t) in l.iter() {
+                t.abort();
+            }
         }
         if let Ok(p) = self.peers.get_mut() {
             for e in p.values() {
@@ -283,6 +286,10 @@ impl Drop for Inner {
 }
 
 /// A running BGP speaker. Create it inside a Tokio runtime; clones share it.
+///
+/// Dropping the last clone without [`Speaker::shutdown`] ends every session
+/// without a NOTIFICATION, as a crash would (peers with graceful restart keep
+/// the routes for their restart time).
 #[derive(Clone)]
 pub struct Speaker {
     inner: Arc<Inner>,
@@ -345,7 +352,7 @@ impl Speaker {
                 changes: tokio::sync::Mutex::new(()),
                 bfd: tokio::sync::Mutex::new(None),
                 registry,
-                listeners,
+                listeners: Mutex::new(listeners),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -402,7 +409,7 @@ impl Speaker {
         // Install the MD5 key on the listeners of the peer's family first.
         let mut listen_md5_error = None;
         if let Some(pw) = &cfg.password {
-            for (l, _) in self.listeners_of(peer) {
+            for l in self.listeners_of(peer) {
                 if let Err(e) = md5::set_md5(l.as_ref(), peer, Some(pw.as_bytes())) {
                     tracing::error!(%peer, error = %e, "MD5 key not installed on listener");
                     listen_md5_error = Some(e.to_string());
@@ -455,15 +462,17 @@ impl Speaker {
         Ok(())
     }
 
-    fn listeners_of(
-        &self,
-        peer: IpAddr,
-    ) -> impl Iterator<Item = &(Arc<TcpListener>, tokio::task::JoinHandle<()>)> {
-        self.inner.listeners.iter().filter(move |(l, _)| {
-            l.local_addr()
-                .map(|a| a.is_ipv4() == peer.is_ipv4())
-                .unwrap_or(false)
-        })
+    /// The listeners of `peer`'s address family.
+    fn listeners_of(&self, peer: IpAddr) -> Vec<Arc<TcpListener>> {
+        lock(&self.inner.listeners)
+            .iter()
+            .filter(|(l, _)| {
+                l.local_addr()
+                    .map(|a| a.is_ipv4() == peer.is_ipv4())
+                    .unwrap_or(false)
+            })
+            .map(|(l, _)| Arc::clone(l))
+            .collect()
     }
 
     /// Stops one peer's session as `how` says and forgets the peer.
@@ -493,7 +502,7 @@ impl Speaker {
             r.remove(&peer);
         }
         if e.cfg.password.is_some() {
-            for (l, _) in self.listeners_of(peer) {
+            for l in self.listeners_of(peer) {
                 let _ = md5::set_md5(l.as_ref(), peer, None);
             }
         }
@@ -632,8 +641,12 @@ impl Speaker {
         for s in stops {
             let _ = s.await;
         }
-        for (_, t) in &self.inner.listeners {
+        // Close the listening sockets now, so a new speaker can bind the port.
+        let listeners = std::mem::take(&mut *lock(&self.inner.listeners));
+        for (l, t) in listeners {
             t.abort();
+            let _ = t.await;
+            drop(l);
         }
     }
 }
@@ -657,4 +670,40 @@ fn validate(cfg: &PeerConfig) -> Result<(), SpeakerError> {
         b.validate().map_err(|e| bad(e.to_string()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After `shutdown` the listening port is free at once: a configuration
+    /// reload that changes the router ID starts a new speaker on it.
+    #[tokio::test]
+    async fn shutdown_frees_the_listening_port() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let g = GlobalConfig {
+            router_id: Ipv4Addr::new(198, 18, 0, 11),
+            local_as: 64513,
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+            graceful_restart_time: None,
+        };
+        let a = Speaker::new(g.clone()).await.unwrap();
+        assert!(matches!(
+            Speaker::new(g.clone()).await,
+            Err(SpeakerError::Listen { .. })
+        ));
+        let keep = a.clone();
+        a.shutdown(ShutdownMode::Cease).await;
+        let b = Speaker::new(g).await.expect("port free after shutdown");
+        assert!(matches!(
+            keep.set_peer(PeerConfig::new("198.18.0.1".parse().unwrap(), 64512))
+                .await,
+            Err(SpeakerError::ShutDown)
+        ));
+        b.shutdown(ShutdownMode::Cease).await;
+    }
 }

@@ -142,6 +142,35 @@ fn bird_session_routes_withdraw_restart_passive() {
     });
     let log = lab.log("berth");
     assert!(!log.contains("panicked"), "{log}");
+
+    // SIGTERM: a clean shutdown withdraws our routes first, then Ceases.
+    berth.signal(libc::SIGTERM);
+    wait_for("speaker exited", Duration::from_secs(10), || {
+        berth.daemon.try_status().is_some()
+    });
+    let code = berth.daemon.try_status().and_then(|s| s.code());
+    assert_eq!(code, Some(0), "exit status after SIGTERM");
+    let log = lab.log("berth");
+    assert!(
+        log.contains("routes withdrawn before Cease") && log.contains("withdrawn=2"),
+        "{log}"
+    );
+    wait_for(
+        "BIRD saw the Cease after the withdrawals",
+        Duration::from_secs(5),
+        || {
+            lab.log("bird")
+                .contains("Received: Administrative shutdown")
+        },
+    );
+    wait_for(
+        "routes gone from BIRD's kernel table",
+        Duration::from_secs(5),
+        || {
+            lab.kernel_route(&r.ns, "198.19.100.10").is_empty()
+                && lab.kernel_route(&r.ns, "2001:db8:100::10").is_empty()
+        },
+    );
 }
 
 fn updates_out(status: &str) -> u64 {

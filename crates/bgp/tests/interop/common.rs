@@ -214,6 +214,7 @@ impl Lab {
     pub fn bird(&mut self, node: &Node, name: &str, body: &str) -> Bird {
         let conf = format!(
             "router id {v4};\n\
+             log stderr all;\n\
              protocol device {{ scan time 1; }}\n\
              protocol kernel k4 {{ ipv4 {{ export all; import none; }}; learn off; persist off; merge paths on limit 16; }}\n\
              protocol kernel k6 {{ ipv6 {{ export all; import none; }}; learn off; persist off; merge paths on limit 16; }}\n\
