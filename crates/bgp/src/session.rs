@@ -187,6 +187,10 @@ impl Session {
 
     fn fsm_config(&self) -> FsmConfig {
         let g = &self.shared.global;
+        let first = match self.shared.opened.lock() {
+            Ok(mut o) => o.insert(self.cfg.address),
+            Err(_) => false,
+        };
         FsmConfig {
             local: LocalOpen {
                 local_as: g.local_as,
@@ -194,8 +198,8 @@ impl Session {
                 hold_time: self.cfg.hold_time,
                 families: Families { v4: true, v6: true },
                 gr_restart_time: g.graceful_restart_time,
-                // The R bit goes on the first OPEN after the start only.
-                gr_restarting: g.graceful_restart_time.is_some(),
+                // The R bit goes on the first OPEN after the speaker started only.
+                gr_restarting: g.graceful_restart_time.is_some() && first,
             },
             remote_as: self.cfg.remote_as,
             settings: settings(&self.cfg),

@@ -246,6 +246,10 @@ pub(crate) struct Shared {
     pub global: GlobalConfig,
     pub rib: Mutex<Rib>,
     pub rib_version: watch::Sender<u64>,
+    /// Peers a session has been started for since the speaker started: only
+    /// the first OPEN to a peer carries the graceful-restart R bit, also
+    /// when its session is later restarted for a configuration change.
+    pub opened: Mutex<std::collections::HashSet<IpAddr>>,
 }
 
 struct PeerEntry {
@@ -347,6 +351,7 @@ impl Speaker {
                     global,
                     rib: Mutex::default(),
                     rib_version,
+                    opened: Mutex::default(),
                 }),
                 peers: Mutex::default(),
                 changes: tokio::sync::Mutex::new(()),
