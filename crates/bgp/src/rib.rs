@@ -7,6 +7,8 @@
 //! entry per prefix: its latest change). A session remembers the version it
 //! last synced at and asks for the prefixes changed since; only when the
 //! journal has been trimmed past that version does it diff the whole view.
+//! The journal keeps only what some synced session has not seen yet (and at
+//! most half the table), so once every session is up to date it is empty.
 //! Attribute sets are interned with a use count, so releasing one is O(1).
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +45,8 @@ pub struct Rib {
     last_change: HashMap<Prefix, u64>,
     /// Changes up to this version have been dropped from the journal.
     floor: u64,
+    /// The version each synced session has reached.
+    acks: HashMap<IpAddr, u64>,
 }
 
 /// What a session must send to catch up: the diff and the version it reaches.
@@ -100,6 +104,11 @@ impl Rib {
 
     fn touch(&mut self, p: Prefix) {
         self.version += 1;
+        if self.acks.is_empty() {
+            // No synced session: whoever syncs next diffs in full anyway.
+            self.floor = self.version;
+            return;
+        }
         if let Some(old) = self.last_change.insert(p, self.version) {
             self.journal.remove(&old);
         }
@@ -225,12 +234,39 @@ impl Rib {
         v
     }
 
+    /// Journal entries held (changes some synced session has not seen).
+    pub fn journal_len(&self) -> usize {
+        self.journal.len()
+    }
+
+    /// Drops the journal entries every synced session has seen.
+    fn compact(&mut self) {
+        let seen = self.acks.values().min().copied().unwrap_or(self.version);
+        while let Some((&v, &p)) = self.journal.first_key_value() {
+            if v > seen {
+                break;
+            }
+            self.journal.pop_first();
+            self.last_change.remove(&p);
+            self.floor = v;
+        }
+    }
+
+    /// The session of `address` is gone (or will diff in full next time):
+    /// the journal no longer keeps changes for it.
+    pub fn forget(&mut self, address: IpAddr) {
+        if self.acks.remove(&address).is_some() {
+            self.compact();
+        }
+    }
+
     /// What a peer that was sent `sent` when the RIB was at version `since`
     /// (`None`: never synced, or its view changed shape) needs now. Looks at
     /// the prefixes changed since `since` only, unless the journal no longer
-    /// reaches back that far.
+    /// reaches back that far. The session is taken to reach the returned
+    /// version (if sending fails it goes down, and [`Rib::forget`] follows).
     pub fn plan(
-        &self,
+        &mut self,
         address: IpAddr,
         groups: &[String],
         sent: &RouteSet,
@@ -261,6 +297,8 @@ impl Rib {
                 plan.diff = rib_out::diff(sent, &want);
             }
         }
+        self.acks.insert(address, plan.version);
+        self.compact();
         plan
     }
 }
@@ -309,14 +347,50 @@ mod tests {
         apply(&mut sent, &first.diff);
         assert_eq!(rib.attribute_sets(), n as usize);
 
+        assert_eq!(rib.journal_len(), 0, "the only session has seen everything");
         assert!(rib.withdraw(&Target::All, host(7)));
         assert_eq!(rib.attribute_sets(), n as usize - 1);
+        assert_eq!(rib.journal_len(), 1);
         let plan = rib.plan(A, &[], &sent, Some(first.version));
         assert_eq!(plan.examined, 1, "a withdraw must not walk the RIB");
         assert_eq!(plan.diff.withdraw, vec![host(7)]);
         assert!(plan.diff.announce.is_empty());
         apply(&mut sent, &plan.diff);
         assert_eq!(sent, rib.view(A, &[]));
+        assert_eq!(rib.journal_len(), 0);
+    }
+
+    /// The journal holds what a synced session has not seen yet, no more:
+    /// a lagging session keeps it, forgetting the session releases it.
+    #[test]
+    fn journal_keeps_only_what_a_session_has_not_seen() {
+        let mut rib = Rib::default();
+        let b: IpAddr = "198.18.0.2".parse().unwrap();
+        for i in 0..100 {
+            rib.announce(Target::All, host(i), med(1));
+        }
+        assert_eq!(rib.journal_len(), 0, "no session: nothing kept");
+        let (mut sa, mut sb) = (RouteSet::new(), RouteSet::new());
+        let pa = rib.plan(A, &[], &sa, None);
+        apply(&mut sa, &pa.diff);
+        let pb = rib.plan(b, &[], &sb, None);
+        apply(&mut sb, &pb.diff);
+        for i in 0..10 {
+            rib.withdraw(&Target::All, host(i));
+        }
+        assert_eq!(rib.journal_len(), 10);
+        // A catches up; B lags: the journal stays for B.
+        let pa2 = rib.plan(A, &[], &sa, Some(pa.version));
+        assert_eq!(pa2.examined, 10);
+        assert_eq!(rib.journal_len(), 10);
+        let pb2 = rib.plan(b, &[], &sb, Some(pb.version));
+        assert_eq!((pb2.examined, pb2.diff.withdraw.len()), (10, 10));
+        assert_eq!(rib.journal_len(), 0);
+        rib.withdraw(&Target::All, host(50));
+        assert_eq!(rib.journal_len(), 1);
+        rib.forget(A);
+        rib.forget(b);
+        assert_eq!(rib.journal_len(), 0);
     }
 
     /// Sessions whose version the trimmed journal no longer reaches diff the

@@ -380,6 +380,7 @@ impl Session {
         // Connections still open (a stop that raced with a dial) close here;
         // the peer has read our NOTIFICATION once it has closed its side.
         io.conns.clear();
+        self.forget_rib();
         for l in io.lingering.drain(..) {
             let _ = l.await;
         }
@@ -496,6 +497,7 @@ impl Session {
                 }
                 if io.est.as_ref().is_some_and(|e| e.conn == conn) {
                     io.est = None;
+                    self.forget_rib();
                 }
             }
             Action::StartTimer(t, d) => {
@@ -532,7 +534,9 @@ impl Session {
                 reason,
                 was_established,
             } => {
-                io.est = None;
+                if io.est.take().is_some() {
+                    self.forget_rib();
+                }
                 if was_established {
                     tracing::warn!(peer = %self.cfg.address, error = %reason, "BGP session ended");
                 } else {
@@ -572,6 +576,13 @@ impl Session {
             v4: self.cfg.next_hop_v4.or(v4),
             v6: self.cfg.next_hop_v6.or(v6),
             v6_link_local: if multihop { None } else { ll },
+        }
+    }
+
+    /// Tells the RIB to keep no changes for this session any more.
+    fn forget_rib(&self) {
+        if let Ok(mut r) = self.shared.rib.lock() {
+            r.forget(self.cfg.address);
         }
     }
 
@@ -630,7 +641,7 @@ impl Session {
             return Ok(());
         };
         let plan = match self.shared.rib.lock() {
-            Ok(r) => r.plan(self.cfg.address, &self.cfg.groups, &e.sent, e.synced),
+            Ok(mut r) => r.plan(self.cfg.address, &self.cfg.groups, &e.sent, e.synced),
             Err(_) => return Ok(()),
         };
         let (conn, hold) = (e.conn, e.hold);
