@@ -4,7 +4,9 @@ use berth_bgp::attributes::{parse, Context};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
     let ctx = Context {
         four_octet: flags & 1 != 0,
         ibgp: flags & 2 != 0,

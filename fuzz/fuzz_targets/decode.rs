@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
         }
         if let codec::Message::Update(u) = m {
             for four_octet in [false, true] {
-                let ctx = berth_bgp::attributes::Context { four_octet, ibgp: false, peer_as: Some(64512) };
+                let ctx = berth_bgp::attributes::Context {
+                    four_octet,
+                    ibgp: false,
+                    peer_as: Some(64512),
+                };
                 let _ = berth_bgp::attributes::parse(&u.attributes, !u.nlri.is_empty(), ctx);
             }
         }

@@ -43,7 +43,15 @@ enum Command {
     #[command(subcommand)]
     Lab(lab::LabCommand),
     /// Run a BGP speaker from a TOML file (see crates/bgp/README.md).
-    Bgp(bgp::BgpArgs),
+    Bgp(BgpArgs),
+}
+
+/// Arguments of `berth bgp`.
+#[derive(clap::Args)]
+struct BgpArgs {
+    /// TOML configuration (keys documented in crates/bgp/README.md). SIGHUP re-reads it.
+    #[arg(long)]
+    config: std::path::PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,7 +70,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", berth_k8s::crd::crds_yaml()?);
             return Ok(());
         }
-        Command::Bgp(args) => return bgp::run(args),
+        Command::Bgp(args) => return Ok(bgp::run(args.config)?),
         other => other,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -316,7 +316,14 @@ impl Bfd {
             }
         };
         let (st_tx, st_rx) = watch::channel(SessionState::Down);
-        let task = tokio::spawn(session::run(peer, disc, cfg, sock, rx, st_tx));
+        let task = tokio::spawn(session::run(
+            SocketAddr::new(peer, CONTROL_PORT),
+            disc,
+            cfg,
+            sock,
+            rx,
+            st_tx,
+        ));
         Ok(SessionHandle {
             state: st_rx,
             task,

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use crate::packet::{Diag, Packet};
-use crate::{BfdConfig, BfdError, CONTROL_PORT};
+use crate::{BfdConfig, BfdError};
 
 /// Session state (RFC 5880 §4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,17 +138,18 @@ fn jitter(d: Duration, _mult: u8) -> Duration {
     d * f / 1000
 }
 
-/// Session task: sends control packets, processes received ones, runs the
-/// detection timer and publishes the state.
+/// Session task: sends control packets to `dst` (the peer's address and
+/// port 3784; a test gives a port of its own), processes received ones, runs
+/// the detection timer and publishes the state.
 pub(crate) async fn run(
-    peer: IpAddr,
+    dst: SocketAddr,
     disc: u32,
     cfg: BfdConfig,
     sock: tokio::net::UdpSocket,
     mut rx: mpsc::Receiver<(Packet, IpAddr)>,
     st: watch::Sender<SessionState>,
 ) {
-    let dst = SocketAddr::new(peer, CONTROL_PORT);
+    let peer = dst.ip();
     let mut v = Vars {
         state: SessionState::Down,
         remote_state: SessionState::Down,
@@ -294,14 +295,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn shorter_remote_rx_interval_applies_at_once() {
         let peer: IpAddr = Ipv4Addr::new(127, 0, 0, 1).into();
-        // The peer's end: port 3784 on loopback (skipped if taken).
-        let far = match std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, CONTROL_PORT)) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("skipped: 127.0.0.1:{CONTROL_PORT}: {e}");
-                return;
-            }
-        };
+        // The peer's end: an ephemeral port on loopback, so the test runs
+        // whoever holds port 3784 (a BFD daemon, another test).
+        let far = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .expect("binding an ephemeral UDP port on 127.0.0.1");
+        let dst = far.local_addr().unwrap();
         far.set_nonblocking(true).unwrap();
         let far = tokio::net::UdpSocket::from_std(far).unwrap();
         let cfg = BfdConfig {
@@ -312,7 +310,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         let (st_tx, mut st_rx) = watch::channel(SessionState::Down);
         let sock = tx_socket(peer).unwrap();
-        let task = tokio::spawn(run(peer, 1, cfg, sock, rx, st_tx));
+        let task = tokio::spawn(run(dst, 1, cfg, sock, rx, st_tx));
         let next = || async {
             let mut buf = [0u8; 64];
             let n = far.recv(&mut buf).await.unwrap();

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::attributes::{Origin, RouteAttrs};
 use crate::prefix::Prefix;
+use crate::rib_in::{LimitAction, PrefixLimits};
 use crate::speaker::{BfdConfig, GlobalConfig, PeerConfig, Target};
 
 /// The file as written.
@@ -79,6 +80,8 @@ pub struct FilePeer {
     pub groups: Option<Vec<String>>,
     /// BFD timers.
     pub bfd: Option<FileBfd>,
+    /// Maximum-prefix limits.
+    pub max_prefixes: Option<FileLimits>,
 }
 
 /// `[[peer_group]]`: the same keys as a peer (except address), used as defaults.
@@ -103,6 +106,89 @@ pub struct FileGroup {
     pub multihop: Option<u8>,
     /// BFD.
     pub bfd: Option<FileBfd>,
+    /// Maximum-prefix limits.
+    pub max_prefixes: Option<FileLimits>,
+}
+
+/// `max_prefixes = { ipv4 = N, ipv6 = N, action = "shutdown", restart = S, warning = P }`.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// IPv4 limit: a number, or "off".
+    pub ipv4: Option<toml::Value>,
+    /// IPv6 limit: a number, or "off".
+    pub ipv6: Option<toml::Value>,
+    /// "shutdown" or "warn".
+    pub action: Option<String>,
+    /// Seconds before a session shut down by the limit comes back; 0: never.
+    pub restart: Option<u64>,
+    /// Warning threshold in percent of the limit; 0: none.
+    pub warning: Option<u8>,
+}
+
+impl FileLimits {
+    /// Fills what `self` leaves unset from `other` (a peer's own keys win).
+    fn or(self, other: &FileLimits) -> FileLimits {
+        FileLimits {
+            ipv4: self.ipv4.or_else(|| other.ipv4.clone()),
+            ipv6: self.ipv6.or_else(|| other.ipv6.clone()),
+            action: self.action.or_else(|| other.action.clone()),
+            restart: self.restart.or(other.restart),
+            warning: self.warning.or(other.warning),
+        }
+    }
+
+    fn validate(&self, f: &dyn Fn(&str) -> String) -> Result<PrefixLimits, ConfigError> {
+        let d = PrefixLimits::default();
+        let limit = |key: &str,
+                     v: &Option<toml::Value>,
+                     dflt: Option<u32>|
+         -> Result<Option<u32>, ConfigError> {
+            let fix = "write the most prefixes this peer may send, 1..=4294967295, or \"off\" for no limit";
+            match v {
+                None => Ok(dflt),
+                Some(toml::Value::String(s)) if s == "off" => Ok(None),
+                Some(toml::Value::Integer(n)) => match u32::try_from(*n) {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(field(f(key), n, fix)),
+                },
+                Some(other) => Err(field(f(key), other, fix)),
+            }
+        };
+        let action = match self.action.as_deref() {
+            None | Some("shutdown") => LimitAction::Shutdown,
+            Some("warn") => LimitAction::Warn,
+            Some(a) => {
+                return Err(field(
+                    f("action"),
+                    a,
+                    "use \"shutdown\" (Cease, subcode 1) or \"warn\" (log only)",
+                ))
+            }
+        };
+        let warning_pct = match self.warning {
+            None => d.warning_pct,
+            Some(p) if p <= 100 => p,
+            Some(p) => {
+                return Err(field(
+                    f("warning"),
+                    p,
+                    "a percentage of the limit: 1..=100, or 0 for no warning",
+                ))
+            }
+        };
+        Ok(PrefixLimits {
+            ipv4: limit("ipv4", &self.ipv4, d.ipv4)?,
+            ipv6: limit("ipv6", &self.ipv6, d.ipv6)?,
+            action,
+            restart: match self.restart {
+                None => d.restart,
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+            },
+            warning_pct,
+        })
+    }
 }
 
 /// `bfd = { ... }`.
@@ -362,6 +448,9 @@ impl File {
                 m.password = m.password.or_else(|| g.password.clone());
                 m.multihop = m.multihop.or(g.multihop);
                 m.bfd = m.bfd.or(g.bfd);
+                if let Some(gl) = &g.max_prefixes {
+                    m.max_prefixes = Some(m.max_prefixes.unwrap_or_default().or(gl));
+                }
             }
             if m.tcp_ao.is_some() {
                 let why = match crate::md5::probe_tcp_ao() {
@@ -436,6 +525,11 @@ impl File {
                     Some(c)
                 }
             };
+            let max_prefixes = m
+                .max_prefixes
+                .clone()
+                .unwrap_or_default()
+                .validate(&|k| pf(&format!("max_prefixes.{k}")))?;
             peers.push(PeerConfig {
                 address,
                 port: m.port.unwrap_or(179),
@@ -450,6 +544,7 @@ impl File {
                 next_hop_v6,
                 groups,
                 bfd,
+                max_prefixes,
             });
         }
         let mut routes = Vec::new();
@@ -632,5 +727,82 @@ peers = ["2001:db8::1"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("peer[0].groups[0]"), "{e}");
+    }
+
+    #[test]
+    fn max_prefixes_per_family_with_defaults_and_groups() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.peers[0].max_prefixes, PrefixLimits::default());
+        let c = Config::parse(&EXAMPLE.replace(
+            "hold_time = 3\n",
+            "hold_time = 3\nmax_prefixes = { ipv4 = 100, ipv6 = \"off\", action = \"warn\", restart = 0, warning = 0 }\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.peers[0].max_prefixes,
+            PrefixLimits {
+                ipv4: Some(100),
+                ipv6: None,
+                action: LimitAction::Warn,
+                restart: None,
+                warning_pct: 0,
+            }
+        );
+        // Group keys fill what the peer leaves out; the peer's own win.
+        let c = Config::parse(
+            r#"
+router_id = "198.18.0.11"
+local_as = 64513
+[[peer_group]]
+name = "tor"
+remote_as = 64512
+max_prefixes = { ipv4 = 50, ipv6 = 60, restart = 5 }
+[[peer]]
+address = "198.18.0.1"
+groups = ["tor"]
+max_prefixes = { ipv6 = 7 }
+"#,
+        )
+        .unwrap();
+        let l = c.peers[0].max_prefixes;
+        assert_eq!(
+            (l.ipv4, l.ipv6, l.restart),
+            (Some(50), Some(7), Some(Duration::from_secs(5)))
+        );
+        assert_eq!(l.action, LimitAction::Shutdown);
+        assert_eq!(l.warning_pct, 75);
+    }
+
+    #[test]
+    fn max_prefixes_errors_name_the_key() {
+        let with = |v: &str| {
+            Config::parse(&EXAMPLE.replace(
+                "hold_time = 3\n",
+                &format!("hold_time = 3\nmax_prefixes = {v}\n"),
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        let e = with("{ ipv4 = 0 }");
+        assert!(
+            e.contains("peer[0].max_prefixes.ipv4") && e.contains("\"off\""),
+            "{e}"
+        );
+        let e = with("{ ipv6 = -3 }");
+        assert!(e.contains("peer[0].max_prefixes.ipv6"), "{e}");
+        let e = with("{ ipv4 = \"lots\" }");
+        assert!(
+            e.contains("peer[0].max_prefixes.ipv4") && e.contains("lots"),
+            "{e}"
+        );
+        let e = with("{ action = \"drop\" }");
+        assert!(
+            e.contains("peer[0].max_prefixes.action") && e.contains("\"warn\""),
+            "{e}"
+        );
+        let e = with("{ warning = 150 }");
+        assert!(e.contains("peer[0].max_prefixes.warning"), "{e}");
+        let e = with("{ ipv4 = 5, maximum = 3 }");
+        assert!(e.contains("maximum"), "{e}");
     }
 }

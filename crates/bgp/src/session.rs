@@ -1,128 +1,173 @@
-//! One peer's session task: connects or accepts, runs the OPEN exchange, and
-//! in Established keeps the peer's Adj-RIB-Out in step with the speaker's RIB.
+//! One peer's I/O task: it owns the sockets, reader tasks and timers, feeds
+//! what happens to the pure [`Fsm`] and carries out the actions it returns.
+//! In Established it keeps the peer's Adj-RIB-Out in step with the speaker's
+//! RIB, looking only at the prefixes that changed (see [`crate::rib`]).
 //!
-//! The task owns everything about its peer, so a configuration change to one
-//! peer restarts only that task and never touches the others.
+//! The task owns everything about its peer, so changing or removing one peer
+//! never touches the others; settings that need no new session (route
+//! targets, next hops, limits, passive, connect-retry) are applied in place.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep, sleep_until, timeout};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep_until, timeout};
 
-use crate::attributes::{self, Context, EncodeContext};
-use crate::codec::{self, err, DecodeError, Message, Notification, HEADER_LEN};
-use crate::fsm::{keep_local_initiated, negotiate, LocalOpen, Negotiated, State};
+use crate::attributes::EncodeContext;
+use crate::codec::{self, DecodeError, Message, HEADER_LEN};
+use crate::fsm::{
+    cease, jitter, Action, ConnError, ConnId, Event, Fsm, FsmConfig, LocalOpen, Negotiated,
+    Settings, State, StopMode, Timer,
+};
 use crate::md5;
+use crate::rib;
 use crate::rib_out::{self, Diff, Families, NextHops, RouteSet};
 use crate::speaker::{PeerConfig, PeerStatus, Shared};
 
-/// Longest wait for the peer's OPEN (RFC 4271 suggests a 4-minute hold timer here).
-const OPEN_WAIT: Duration = Duration::from_secs(240);
-/// Upper bound of the connect-retry backoff.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+type Inbound = Result<Message, ConnError>;
 
-type Inbound = Result<Message, ReadError>;
-
-#[derive(Debug)]
-enum ReadError {
-    Decode(DecodeError),
-    Closed(String),
+/// How a peer's session ends when the speaker asks it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerStop {
+    /// Withdraw everything sent, wait until the peer has it, then Cease.
+    Withdraw,
+    /// Cease with this subcode at once.
+    Cease(u8),
+    /// Leave our routes with a graceful-restart peer (close without
+    /// NOTIFICATION); Cease to peers without graceful restart.
+    Restart,
 }
 
-/// A TCP connection with its reader task.
-struct Conn {
-    rx: mpsc::Receiver<Inbound>,
+/// Orders from the speaker to a session task.
+pub(crate) enum PeerCmd {
+    /// New settings that need no new session.
+    Update(Box<PeerConfig>),
+    /// End the session and the task; `done` is answered when the peer was told.
+    Stop {
+        how: PeerStop,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Everything a session task starts with.
+pub(crate) struct Session {
+    pub cfg: PeerConfig,
+    pub shared: Arc<Shared>,
+    pub cmds: mpsc::Receiver<PeerCmd>,
+    pub incoming: mpsc::Receiver<TcpStream>,
+    pub status: Arc<Mutex<PeerStatus>>,
+    pub bfd: Option<watch::Receiver<berth_bfd::SessionState>>,
+    pub listen_md5_error: Option<String>,
+}
+
+struct ConnIo {
     wr: OwnedWriteHalf,
-    reader: tokio::task::JoinHandle<()>,
-    outgoing: bool,
+    reader: Option<tokio::task::JoinHandle<()>>,
     local: SocketAddr,
 }
 
-impl Drop for Conn {
+impl Drop for ConnIo {
     fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-/// How a connection ended.
-struct Outcome {
-    established: bool,
-    error: Option<String>,
-    /// A new connection from the peer to continue with (collision, restart).
-    next: Option<TcpStream>,
-    shutdown: bool,
-}
-
-impl Outcome {
-    fn failed(e: impl Into<String>) -> Outcome {
-        Outcome {
-            established: false,
-            error: Some(e.into()),
-            next: None,
-            shutdown: false,
+        if let Some(r) = &self.reader {
+            r.abort();
         }
     }
 }
 
-/// Everything a session task needs.
-pub(crate) struct Session {
-    pub cfg: PeerConfig,
-    pub shared: Arc<Shared>,
-    pub incoming: mpsc::Receiver<TcpStream>,
-    pub shutdown: watch::Receiver<bool>,
-    pub status: Arc<Mutex<PeerStatus>>,
-    pub bfd: Option<watch::Receiver<berth_bfd::SessionState>>,
-    pub listen_md5_error: Option<String>,
-    pub sent_first_open: bool,
+/// How long a closed connection waits for the peer to close its side, so a
+/// NOTIFICATION is read before anything else happens (a peer that sees our
+/// next connection first takes it for a restart and never reads it).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// The Adj-RIB-Out of an Established session and how to encode for it.
+struct Est {
+    conn: ConnId,
+    ectx: EncodeContext,
+    nh: NextHops,
+    fam: Families,
+    hold: Duration,
+    sent: RouteSet,
+    /// RIB version `sent` corresponds to; `None`: diff the whole view next.
+    synced: Option<u64>,
 }
 
-async fn recv_opt(c: &mut Option<Conn>) -> Option<Inbound> {
-    match c {
-        Some(c) => c.rx.recv().await,
-        None => std::future::pending().await,
+type Dial = Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send>>;
+
+/// The task's mutable I/O state.
+struct Io {
+    conns: BTreeMap<ConnId, ConnIo>,
+    next_id: u64,
+    dial: Option<Dial>,
+    timers: BTreeMap<Timer, tokio::time::Instant>,
+    est: Option<Est>,
+    messages_out: u64,
+    updates_out: u64,
+    in_tx: mpsc::Sender<(ConnId, Inbound)>,
+    done: Vec<oneshot::Sender<()>>,
+    finish: bool,
+    /// Closed connections still waiting for the peer's close (at most [`LINGER`]).
+    lingering: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A random number from the kernel (getrandom), for timer jitter: speakers
+/// started at the same moment must not retry in step.
+pub(crate) fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most 4 bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+    if n == 4 {
+        return u32::from_ne_bytes(b);
     }
+    // No getrandom: std's per-process random hash keys are good enough.
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish() as u32
 }
 
-async fn read_loop(rd: OwnedReadHalf, tx: mpsc::Sender<Inbound>) {
+async fn read_loop(rd: OwnedReadHalf, id: ConnId, tx: mpsc::Sender<(ConnId, Inbound)>) {
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     loop {
         let mut hdr = [0u8; HEADER_LEN];
         if let Err(e) = rd.read_exact(&mut hdr).await {
-            let _ = tx.send(Err(ReadError::Closed(e.to_string()))).await;
+            let _ = tx.send((id, Err(ConnError::Closed(e.to_string())))).await;
             return;
         }
         let len = match codec::frame_len(&hdr) {
             Ok(l) => l,
             Err(e) => {
-                let _ = tx.send(Err(ReadError::Decode(e))).await;
+                let _ = tx.send((id, Err(ConnError::Decode(e)))).await;
                 return;
             }
         };
         let mut buf = vec![0u8; len];
         buf[..HEADER_LEN].copy_from_slice(&hdr);
         if let Err(e) = rd.read_exact(&mut buf[HEADER_LEN..]).await {
-            let _ = tx.send(Err(ReadError::Closed(e.to_string()))).await;
+            let _ = tx.send((id, Err(ConnError::Closed(e.to_string())))).await;
             return;
         }
-        let m = codec::decode(&buf).map_err(ReadError::Decode);
+        let m = codec::decode(&buf).map_err(|e: DecodeError| ConnError::Decode(e));
         let stop = m.is_err();
-        if tx.send(m).await.is_err() || stop {
+        if tx.send((id, m)).await.is_err() || stop {
             return;
         }
     }
 }
 
-fn jitter(d: Duration) -> Duration {
-    // RFC 4271 §10: jitter timers by 75–100 %. A cheap PRNG is enough here.
-    let n = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
-    let f = 0.75 + f64::from(n % 1000) / 4000.0;
-    d.mul_f64(f)
+fn settings(cfg: &PeerConfig) -> Settings {
+    Settings {
+        passive: cfg.passive,
+        connect_retry: cfg.connect_retry,
+        limits: cfg.max_prefixes,
+    }
 }
 
 impl Session {
@@ -130,21 +175,6 @@ impl Session {
         if let Ok(mut s) = self.status.lock() {
             f(&mut s);
         }
-    }
-
-    fn set_state(&self, st: State) {
-        self.set(|s| {
-            if s.state != st {
-                tracing::info!(peer = %self.cfg.address, from = %s.state, to = %st, "BGP state change");
-            }
-            s.state = st;
-            if st == State::Established {
-                s.established_at = Some(Instant::now());
-                s.established_transitions += 1;
-            } else {
-                s.established_at = None;
-            }
-        });
     }
 
     fn is_ibgp(&self) -> bool {
@@ -155,111 +185,216 @@ impl Session {
         self.cfg.ttl.unwrap_or(if self.is_ibgp() { 64 } else { 1 })
     }
 
-    /// The task body: loop over connections until shut down.
-    pub(crate) async fn run(mut self) {
-        let mut backoff = self.cfg.connect_retry;
-        let mut pending: Option<TcpStream> = None;
-        loop {
-            if *self.shutdown.borrow() {
-                break;
-            }
-            let out = match pending.take() {
-                Some(s) => self.run_conn(s, false).await,
-                None => match self.obtain().await {
-                    Ok((s, outgoing)) => self.run_conn(s, outgoing).await,
-                    Err(o) => o,
-                },
-            };
-            if let Some(e) = &out.error {
-                if out.shutdown {
-                    tracing::info!(peer = %self.cfg.address, reason = %e, "BGP session stopped");
-                } else {
-                    tracing::warn!(peer = %self.cfg.address, error = %e, "BGP session ended");
-                }
-                let e = e.clone();
-                self.set(|s| s.last_error = Some(e));
-            }
-            self.set_state(State::Idle);
-            if out.shutdown || *self.shutdown.borrow() {
-                break;
-            }
-            if out.next.is_some() {
-                pending = out.next;
-                continue;
-            }
-            backoff = if out.established {
-                self.cfg.connect_retry
-            } else {
-                (backoff * 2).min(MAX_BACKOFF.max(self.cfg.connect_retry))
-            };
-            // Idle: wait for the connect-retry timer, but take the peer's call at once.
-            tokio::select! {
-                _ = sleep(jitter(backoff)) => {}
-                s = self.incoming.recv() => match s {
-                    Some(s) => pending = Some(s),
-                    None => break, // the speaker dropped this peer
-                },
-                _ = self.shutdown.changed() => break,
-            }
-        }
-        self.set_state(State::Idle);
-    }
-
-    fn accept_incoming(&self, s: TcpStream) -> Option<TcpStream> {
-        if let Some(e) = &self.listen_md5_error {
-            // Never run an unauthenticated session when a key was asked for.
-            tracing::warn!(peer = %self.cfg.address, error = %e, "refusing incoming connection: MD5 key not installed on listener");
-            return None;
-        }
-        Some(s)
-    }
-
-    /// Connect / Active: dial (unless passive) while listening for the peer.
-    async fn obtain(&mut self) -> Result<(TcpStream, bool), Outcome> {
-        if self.cfg.passive {
-            self.set_state(State::Active);
-            loop {
-                tokio::select! {
-                    s = self.incoming.recv() => match s {
-                        Some(s) => if let Some(s) = self.accept_incoming(s) { return Ok((s, false)) },
-                        None => return Err(Outcome { shutdown: true, ..Outcome::failed("listener gone") }),
-                    },
-                    _ = self.shutdown.changed() => return Err(Outcome { shutdown: true, ..Outcome::failed("shutdown") }),
-                }
-            }
-        }
-        self.set_state(State::Connect);
-        let opts = md5::ConnectOptions {
-            peer: SocketAddr::new(self.cfg.address, self.cfg.port),
-            local: self.cfg.local_address,
-            md5: self.cfg.password.as_ref().map(|p| p.as_bytes().to_vec()),
-            ttl: self.ttl(),
-            user_timeout: Duration::from_secs(u64::from(self.cfg.hold_time.max(3))),
+    fn fsm_config(&self) -> FsmConfig {
+        let g = &self.shared.global;
+        let first = match self.shared.opened.lock() {
+            Ok(mut o) => o.insert(self.cfg.address),
+            Err(_) => false,
         };
-        let connect = timeout(Duration::from_secs(5), md5::connect(&opts));
-        tokio::pin!(connect);
-        loop {
-            tokio::select! {
-                r = &mut connect => return match r {
-                    Ok(Ok(s)) => Ok((s, true)),
-                    Ok(Err(e)) => Err(Outcome::failed(e.to_string())),
-                    Err(_) => Err(Outcome::failed("connect timed out")),
-                },
-                s = self.incoming.recv() => match s {
-                    Some(s) => if let Some(s) = self.accept_incoming(s) { return Ok((s, false)) },
-                    None => return Err(Outcome { shutdown: true, ..Outcome::failed("peer removed") }),
-                },
-                _ = self.shutdown.changed() => return Err(Outcome { shutdown: true, ..Outcome::failed("shutdown") }),
-            }
+        FsmConfig {
+            local: LocalOpen {
+                local_as: g.local_as,
+                router_id: g.router_id,
+                hold_time: self.cfg.hold_time,
+                families: Families { v4: true, v6: true },
+                gr_restart_time: g.graceful_restart_time,
+                // The R bit goes on the first OPEN after the speaker started only.
+                gr_restarting: g.graceful_restart_time.is_some() && first,
+            },
+            remote_as: self.cfg.remote_as,
+            settings: settings(&self.cfg),
         }
     }
 
-    fn wrap(&self, s: TcpStream, outgoing: bool) -> Result<Conn, String> {
+    /// Copies the FSM's view and the I/O counters into the shared status.
+    fn publish(&self, fsm: &Fsm, io: &Io) {
+        let f = fsm.status();
+        let sent = io.est.as_ref().map(|e| {
+            let v4 = e.sent.keys().filter(|p| p.is_v4()).count();
+            (v4, e.sent.len() - v4)
+        });
+        self.set(|s| {
+            if s.state != f.state {
+                tracing::info!(peer = %self.cfg.address, from = %s.state, to = %f.state, "BGP state change");
+                if f.state == State::Established {
+                    s.established_at = Some(Instant::now());
+                } else if s.state == State::Established {
+                    s.established_at = None;
+                }
+            }
+            s.state = f.state;
+            s.established_transitions = f.established_transitions;
+            if let Some(n) = &f.negotiated {
+                s.peer_as = Some(n.peer_as);
+                s.peer_id = Some(n.peer_id);
+                s.hold_time = Some(n.hold_time);
+                s.keepalive = Some(n.keepalive);
+                s.graceful_restart = n.peer_graceful_restart;
+            }
+            s.messages_in = f.messages_in;
+            s.updates_in = f.updates_in;
+            s.treat_as_withdraw = f.treat_as_withdraw;
+            s.attributes_discarded = f.attributes_discarded;
+            s.prefixes_received_ipv4 = f.received_v4;
+            s.prefixes_received_ipv6 = f.received_v6;
+            s.prefixes_received = f.received_v4 + f.received_v6;
+            let (v4, v6) = sent.unwrap_or((0, 0));
+            s.prefixes_sent_ipv4 = v4;
+            s.prefixes_sent_ipv6 = v6;
+            s.prefixes_sent = v4 + v6;
+            s.messages_out = io.messages_out;
+            s.updates_out = io.updates_out;
+            s.limit_hit = f.limit_hit;
+            s.held_down = f.held_down;
+            s.last_error.clone_from(&f.last_error);
+        });
+    }
+
+    /// The task body: runs until told to stop or the speaker goes away.
+    pub(crate) async fn run(mut self) {
+        let mut fsm = Fsm::new(self.fsm_config());
+        let (in_tx, mut in_rx) = mpsc::channel::<(ConnId, Inbound)>(64);
+        let mut io = Io {
+            conns: BTreeMap::new(),
+            next_id: 0,
+            dial: None,
+            timers: BTreeMap::new(),
+            est: None,
+            messages_out: 0,
+            updates_out: 0,
+            in_tx,
+            done: Vec::new(),
+            finish: false,
+            lingering: Vec::new(),
+        };
+        let mut rib_rx = self.shared.rib_version.subscribe();
+        let mut bfd = self.bfd.take();
+        let mut bfd_was_up = false;
+        if let Some(b) = &bfd {
+            let st = *b.borrow();
+            bfd_was_up = st == berth_bfd::SessionState::Up;
+            self.set(|s| s.bfd_state = Some(st));
+        }
+        let mut events = VecDeque::from([Event::Start]);
+        loop {
+            while let Some(ev) = events.pop_front() {
+                for a in fsm.handle(ev) {
+                    self.perform(a, &fsm, &mut io, &mut events).await;
+                }
+            }
+            self.publish(&fsm, &io);
+            if io.finish {
+                break;
+            }
+            let next = io
+                .timers
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(t, at)| (*t, *at));
+            let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
+            tokio::select! {
+                biased;
+                c = self.cmds.recv() => match c {
+                    // The speaker is gone: tell the peer, then stop.
+                    None => {
+                        events.push_back(Event::Stop { mode: StopMode::Cease(cease::ADMIN_SHUTDOWN), reason: "speaker stopped".into() });
+                        io.finish = true;
+                    }
+                    Some(PeerCmd::Update(cfg)) => self.reconfigure(*cfg, &mut io, &mut events),
+                    Some(PeerCmd::Stop { how, done }) => {
+                        io.done.push(done);
+                        io.finish = true;
+                        self.stop(how, &fsm, &mut io, &mut events).await;
+                    }
+                },
+                r = async { match bfd.as_mut() { Some(b) => b.changed().await, None => std::future::pending().await } } => {
+                    if r.is_err() {
+                        bfd = None;
+                        continue;
+                    }
+                    let st = bfd.as_ref().map(|b| *b.borrow());
+                    self.set(|s| s.bfd_state = st);
+                    if st == Some(berth_bfd::SessionState::Up) {
+                        bfd_was_up = true;
+                    } else if bfd_was_up {
+                        bfd_was_up = false;
+                        events.push_back(Event::BfdDown);
+                    }
+                }
+                m = in_rx.recv() => if let Some((conn, m)) = m {
+                    if io.conns.contains_key(&conn) {
+                        events.push_back(match m {
+                            Ok(msg) => Event::Received { conn, msg },
+                            Err(error) => Event::ConnError { conn, error },
+                        });
+                    }
+                },
+                _ = sleep_until(next.map(|(_, at)| at).unwrap_or(far)), if next.is_some() => {
+                    if let Some((t, _)) = next {
+                        io.timers.remove(&t);
+                        events.push_back(Event::Timer(t));
+                    }
+                }
+                r = async { match io.dial.as_mut() { Some(d) => d.await, None => std::future::pending().await } } => {
+                    io.dial = None;
+                    match r {
+                        Ok(s) => match self.register(s, true, &mut io) {
+                            Ok(conn) => events.push_back(Event::Connected { conn, outgoing: true }),
+                            Err(e) => events.push_back(Event::ConnectFailed(e)),
+                        },
+                        Err(e) => events.push_back(Event::ConnectFailed(e)),
+                    }
+                }
+                s = self.incoming.recv() => match s {
+                    Some(s) => {
+                        if let Some(e) = &self.listen_md5_error {
+                            // Never run an unauthenticated session when a key was asked for.
+                            tracing::warn!(peer = %self.cfg.address, error = %e, "refusing incoming connection: MD5 key not installed on listener");
+                        } else if fsm.status().held_down {
+                            tracing::info!(peer = %self.cfg.address, "refusing incoming connection: held down after exceeding its maximum prefixes");
+                        } else {
+                            match self.register(s, false, &mut io) {
+                                Ok(conn) => events.push_back(Event::Connected { conn, outgoing: false }),
+                                Err(e) => tracing::warn!(peer = %self.cfg.address, error = %e, "incoming connection dropped"),
+                            }
+                        }
+                    }
+                    None => {
+                        events.push_back(Event::Stop { mode: StopMode::Cease(cease::DECONFIGURED), reason: "peer removed".into() });
+                        io.finish = true;
+                    }
+                },
+                r = rib_rx.changed(), if io.est.is_some() => {
+                    if r.is_err() {
+                        events.push_back(Event::Stop { mode: StopMode::Cease(cease::ADMIN_SHUTDOWN), reason: "speaker gone".into() });
+                        io.finish = true;
+                    } else {
+                        rib_rx.borrow_and_update();
+                        if let Err((conn, e)) = self.sync(&mut io).await {
+                            events.push_back(Event::ConnError { conn, error: ConnError::Closed(e) });
+                        }
+                    }
+                }
+            }
+        }
+        // Connections still open (a stop that raced with a dial) close here;
+        // the peer has read our NOTIFICATION once it has closed its side.
+        io.conns.clear();
+        self.forget_rib();
+        for l in io.lingering.drain(..) {
+            let _ = l.await;
+        }
+        for d in io.done.drain(..) {
+            let _ = d.send(());
+        }
+    }
+
+    /// Wraps a TCP connection: socket options, reader task, a name.
+    fn register(&self, s: TcpStream, outgoing: bool, io: &mut Io) -> Result<ConnId, String> {
         let local = s.local_addr().map_err(|e| e.to_string())?;
         if !outgoing {
             let sock = socket2::SockRef::from(&s);
-            let v6 = local.is_ipv6();
-            let r = if v6 {
+            let r = if local.is_ipv6() {
                 sock.set_unicast_hops_v6(u32::from(self.ttl()))
             } else {
                 sock.set_ttl_v4(u32::from(self.ttl()))
@@ -267,242 +402,170 @@ impl Session {
             r.map_err(|e| format!("set TTL: {e}"))?;
             let _ = s.set_nodelay(true);
         }
+        io.next_id += 1;
+        let id = ConnId(io.next_id);
         let (rd, wr) = s.into_split();
-        let (tx, rx) = mpsc::channel(64);
-        let reader = tokio::spawn(read_loop(rd, tx));
-        Ok(Conn {
-            rx,
-            wr,
-            reader,
-            outgoing,
-            local,
-        })
+        let reader = tokio::spawn(read_loop(rd, id, io.in_tx.clone()));
+        io.conns.insert(
+            id,
+            ConnIo {
+                wr,
+                reader: Some(reader),
+                local,
+            },
+        );
+        Ok(id)
     }
 
-    async fn send(&self, c: &mut Conn, bytes: &[u8], hold: Duration) -> Result<(), String> {
-        let limit = hold.max(Duration::from_secs(5));
+    async fn write(
+        &self,
+        io: &mut Io,
+        conn: ConnId,
+        bytes: &[u8],
+        limit: Duration,
+    ) -> Result<(), String> {
+        let Some(c) = io.conns.get_mut(&conn) else {
+            return Err("connection gone".into());
+        };
         match timeout(limit, c.wr.write_all(bytes)).await {
-            Ok(Ok(())) => {
-                self.set(|s| s.messages_out += 1);
-                Ok(())
-            }
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("write: {e}")),
             Err(_) => Err("write timed out (peer not reading)".into()),
         }
     }
 
-    async fn notify(&self, c: &mut Conn, n: Notification) {
-        tracing::warn!(peer = %self.cfg.address, code = n.code, subcode = n.subcode, "sending NOTIFICATION");
-        let b = Message::Notification(n).to_bytes();
-        let _ = timeout(Duration::from_secs(1), c.wr.write_all(&b)).await;
-        let _ = c.wr.shutdown().await;
-    }
-
-    fn local_open(&self) -> LocalOpen {
-        let g = &self.shared.global;
-        LocalOpen {
-            local_as: g.local_as,
-            router_id: g.router_id,
-            hold_time: self.cfg.hold_time,
-            families: Families { v4: true, v6: true },
-            gr_restart_time: g.graceful_restart_time,
-            gr_restarting: g.graceful_restart_time.is_some() && !self.sent_first_open,
-        }
-    }
-
-    /// OpenSent → OpenConfirm → Established → back to Idle.
-    async fn run_conn(&mut self, s: TcpStream, outgoing: bool) -> Outcome {
-        let mut conn = match self.wrap(s, outgoing) {
-            Ok(c) => c,
-            Err(e) => return Outcome::failed(e),
-        };
-        let local = self.local_open();
-        let open = Message::Open(local.message()).to_bytes();
-        if let Err(e) = self.send(&mut conn, &open, OPEN_WAIT).await {
-            return Outcome::failed(e);
-        }
-        self.sent_first_open = true;
-        self.set_state(State::OpenSent);
-        // A second connection from the peer while ours is in OpenSent runs
-        // its own OPEN exchange; the first OPEN received on either settles the
-        // collision (RFC 4271 §6.8): the connection opened by the speaker with
-        // the higher BGP identifier survives.
-        let mut second: Option<Conn> = None;
-        let deadline = tokio::time::Instant::now() + OPEN_WAIT;
-        let neg: Negotiated = loop {
-            let (m, on_second) = tokio::select! {
-                m = conn.rx.recv() => (m, false),
-                m = recv_opt(&mut second) => (m, true),
-                s = self.incoming.recv() => {
-                    if let Some(s) = s.and_then(|s| self.accept_incoming(s)) {
-                        if !conn.outgoing {
-                            // The peer gave up on its first try and dialled again.
-                            return Outcome { next: Some(s), ..Outcome::failed("peer reconnected during OPEN exchange") };
-                        }
-                        if let Ok(mut c2) = self.wrap(s, false) {
-                            if self.send(&mut c2, &open, OPEN_WAIT).await.is_ok() {
-                                second = Some(c2);
+    async fn perform(&self, a: Action, fsm: &Fsm, io: &mut Io, events: &mut VecDeque<Event>) {
+        match a {
+            Action::Connect => {
+                let opts = md5::ConnectOptions {
+                    peer: SocketAddr::new(self.cfg.address, self.cfg.port),
+                    local: self.cfg.local_address,
+                    md5: self.cfg.password.as_ref().map(|p| p.as_bytes().to_vec()),
+                    ttl: self.ttl(),
+                    user_timeout: Duration::from_secs(u64::from(self.cfg.hold_time.max(3))),
+                };
+                io.dial = Some(Box::pin(async move {
+                    match timeout(Duration::from_secs(5), md5::connect(&opts)).await {
+                        Ok(Ok(s)) => Ok(s),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("connect timed out".into()),
+                    }
+                }));
+            }
+            Action::CancelConnect => io.dial = None,
+            Action::Send { conn, msg } => {
+                let notification = matches!(msg, Message::Notification(_));
+                if let Message::Notification(n) = &msg {
+                    tracing::warn!(peer = %self.cfg.address, code = n.code, subcode = n.subcode, data = ?n.data, "sending NOTIFICATION");
+                }
+                let update = matches!(msg, Message::Update(_));
+                let limit = if notification {
+                    Duration::from_secs(1)
+                } else {
+                    let hold = fsm
+                        .status()
+                        .negotiated
+                        .as_ref()
+                        .map(|n| n.hold_time)
+                        .unwrap_or_default();
+                    hold.max(Duration::from_secs(5))
+                };
+                match self.write(io, conn, &msg.to_bytes(), limit).await {
+                    Ok(()) => {
+                        io.messages_out += 1;
+                        io.updates_out += u64::from(update);
+                    }
+                    Err(e) if !notification => events.push_back(Event::ConnError {
+                        conn,
+                        error: ConnError::Closed(e),
+                    }),
+                    Err(_) => {}
+                }
+            }
+            Action::Close { conn } => {
+                if let Some(mut c) = io.conns.remove(&conn) {
+                    let _ = timeout(Duration::from_secs(1), c.wr.shutdown()).await;
+                    // The reader ends at the peer's close (or is cut off).
+                    if let Some(mut r) = c.reader.take() {
+                        io.lingering.retain(|l| !l.is_finished());
+                        io.lingering.push(tokio::spawn(async move {
+                            if timeout(LINGER, &mut r).await.is_err() {
+                                r.abort();
                             }
+                        }));
+                    }
+                }
+                if io.est.as_ref().is_some_and(|e| e.conn == conn) {
+                    io.est = None;
+                    self.forget_rib();
+                }
+            }
+            Action::StartTimer(t, d) => {
+                let d = if t == Timer::ConnectRetry {
+                    jitter(d, random_u32())
+                } else {
+                    d
+                };
+                io.timers.insert(t, tokio::time::Instant::now() + d);
+            }
+            Action::StopTimer(t) => {
+                io.timers.remove(&t);
+            }
+            Action::Negotiated { conn, negotiated } => {
+                if let Some(c) = io.conns.get(&conn) {
+                    let local = c.local.ip();
+                    self.set(|s| s.local_address = Some(local));
+                    if !negotiated.hold_time.is_zero() {
+                        if let Err(e) = md5::set_user_timeout(c.wr.as_ref(), negotiated.hold_time) {
+                            tracing::warn!(peer = %self.cfg.address, error = %e, "TCP_USER_TIMEOUT");
                         }
                     }
-                    continue;
                 }
-                _ = sleep_until(deadline) => {
-                    self.notify(&mut conn, Notification { code: err::HOLD_TIMER, subcode: 0, data: vec![] }).await;
-                    return Outcome::failed("no OPEN from peer");
+            }
+            Action::Established { conn, negotiated } => {
+                if let Err((conn, e)) = self.start_rib(conn, &negotiated, io).await {
+                    events.push_back(Event::ConnError {
+                        conn,
+                        error: ConnError::Closed(e),
+                    });
                 }
-                _ = self.shutdown.changed() => {
-                    self.notify(&mut conn, Notification { code: err::CEASE, subcode: 2, data: vec![] }).await;
-                    return Outcome { shutdown: true, ..Outcome::failed("shutdown") };
+            }
+            Action::Down {
+                reason,
+                was_established,
+            } => {
+                if io.est.take().is_some() {
+                    self.forget_rib();
                 }
-            };
-            let o = match m {
-                Some(Ok(Message::Open(o))) => o,
-                other => {
-                    if on_second {
-                        second = None;
-                        continue;
-                    }
-                    match second.take() {
-                        // Our connection failed; carry on with the peer's.
-                        Some(c2) => {
-                            conn = c2;
-                            continue;
-                        }
-                        None => return self.unexpected(&mut conn, other, None).await,
-                    }
+                if was_established {
+                    tracing::warn!(peer = %self.cfg.address, error = %reason, "BGP session ended");
+                } else {
+                    tracing::info!(peer = %self.cfg.address, error = %reason, "BGP session attempt failed");
                 }
-            };
-            self.set(|s| s.messages_in += 1);
-            let n = match negotiate(&local, self.cfg.remote_as, &o) {
-                Ok(n) => n,
-                Err(e) => {
-                    let c = if on_second {
-                        second.as_mut()
-                    } else {
-                        Some(&mut conn)
+            }
+            Action::RouteRefresh { afi } => {
+                // RFC 2918: answer by sending the Adj-RIB-Out of that family again.
+                if let Some(e) = &io.est {
+                    let d = Diff {
+                        withdraw: vec![],
+                        announce: e
+                            .sent
+                            .iter()
+                            .filter(|(p, _)| (afi == codec::AFI_IPV4) == p.is_v4())
+                            .map(|(p, a)| (*p, Arc::clone(a)))
+                            .collect(),
                     };
-                    if let Some(c) = c {
-                        self.notify(c, e.notification()).await;
+                    let b = rib_out::build(&d, e.ectx, e.nh, e.fam);
+                    let (conn, hold) = (e.conn, e.hold);
+                    if let Err(err) = self.send_batch(io, conn, &b.messages, hold).await {
+                        events.push_back(Event::ConnError {
+                            conn,
+                            error: ConnError::Closed(err),
+                        });
                     }
-                    return Outcome::failed(format!("peer OPEN rejected: {e}"));
-                }
-            };
-            let Some(mut c2) = second.take() else {
-                break n;
-            };
-            let cease = Notification {
-                code: err::CEASE,
-                subcode: 7,
-                data: vec![],
-            };
-            if keep_local_initiated(self.shared.global.router_id, n.peer_id) {
-                // Keep ours (conn); close the peer's.
-                self.notify(&mut c2, cease).await;
-                if !on_second {
-                    break n;
-                }
-            } else {
-                self.notify(&mut conn, cease).await;
-                conn = c2;
-                if on_second {
-                    break n;
                 }
             }
-            // The surviving connection has not delivered its OPEN yet: wait for it.
-        };
-        let hold = neg.hold_time;
-        if !hold.is_zero() {
-            if let Err(e) = md5::set_user_timeout(conn.wr.as_ref(), hold) {
-                tracing::warn!(peer = %self.cfg.address, error = %e, "TCP_USER_TIMEOUT");
-            }
-        }
-        if let Err(e) = self
-            .send(&mut conn, &Message::Keepalive.to_bytes(), hold)
-            .await
-        {
-            return Outcome::failed(e);
-        }
-        self.set_state(State::OpenConfirm);
-        self.set(|s| {
-            s.peer_as = Some(neg.peer_as);
-            s.peer_id = Some(neg.peer_id);
-            s.hold_time = Some(neg.hold_time);
-            s.keepalive = Some(neg.keepalive);
-            s.local_address = Some(conn.local.ip());
-        });
-        let wait = if hold.is_zero() { OPEN_WAIT } else { hold };
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            tokio::select! {
-                m = conn.rx.recv() => match m {
-                    Some(Ok(Message::Keepalive)) => { self.set(|s| s.messages_in += 1); break; }
-                    other => return self.unexpected(&mut conn, other, None).await,
-                },
-                s = self.incoming.recv() => if let Some(s) = s.and_then(|s| self.accept_incoming(s)) {
-                    if conn.outgoing && !keep_local_initiated(self.shared.global.router_id, neg.peer_id) {
-                        self.notify(&mut conn, Notification { code: err::CEASE, subcode: 7, data: vec![] }).await;
-                        return Outcome { next: Some(s), ..Outcome::failed("connection collision: continuing with the peer's connection") };
-                    }
-                },
-                _ = sleep_until(deadline) => {
-                    self.notify(&mut conn, Notification { code: err::HOLD_TIMER, subcode: 0, data: vec![] }).await;
-                    return Outcome::failed("hold timer expired in OpenConfirm");
-                }
-                _ = self.shutdown.changed() => {
-                    self.notify(&mut conn, Notification { code: err::CEASE, subcode: 2, data: vec![] }).await;
-                    return Outcome { shutdown: true, ..Outcome::failed("shutdown") };
-                }
-            }
-        }
-        self.set_state(State::Established);
-        let mut out = self.established(&mut conn, &neg).await;
-        out.established = true;
-        self.set(|s| {
-            s.prefixes_received = 0;
-            s.prefixes_sent = 0;
-        });
-        out
-    }
-
-    async fn unexpected(
-        &self,
-        conn: &mut Conn,
-        m: Option<Inbound>,
-        next: Option<TcpStream>,
-    ) -> Outcome {
-        let why = match m {
-            None => "connection closed".to_string(),
-            Some(Err(ReadError::Closed(e))) => format!("connection closed: {e}"),
-            Some(Err(ReadError::Decode(e))) => {
-                self.notify(conn, e.notification()).await;
-                format!("bad message from peer: {e}")
-            }
-            Some(Ok(Message::Notification(n))) => {
-                self.set(|s| s.messages_in += 1);
-                format!(
-                    "NOTIFICATION from peer: {}/{} {}",
-                    n.code,
-                    n.subcode,
-                    describe(&n)
-                )
-            }
-            Some(Ok(other)) => {
-                self.notify(
-                    conn,
-                    Notification {
-                        code: err::FSM,
-                        subcode: 0,
-                        data: vec![],
-                    },
-                )
-                .await;
-                format!("unexpected message {other:?} in this state")
-            }
-        };
-        Outcome {
-            next,
-            ..Outcome::failed(why)
+            Action::Warn(w) => tracing::warn!(peer = %self.cfg.address, "{w}"),
         }
     }
 
@@ -516,239 +579,209 @@ impl Session {
         }
     }
 
-    async fn established(&mut self, conn: &mut Conn, neg: &Negotiated) -> Outcome {
-        let hold = neg.hold_time;
-        let ectx = EncodeContext {
-            local_as: self.shared.global.local_as,
-            ibgp: self.is_ibgp(),
-            four_octet: neg.four_octet,
-        };
-        let pctx = Context {
-            four_octet: neg.four_octet,
-            ibgp: self.is_ibgp(),
-            peer_as: if self.is_ibgp() {
-                None
-            } else {
-                Some(neg.peer_as)
-            },
-        };
-        let nh = self.next_hops(conn.local.ip());
-        let fam = neg.families;
-        let mut rib_rx = self.shared.rib_version.subscribe();
-        let mut sent = RouteSet::new();
-        let mut rib_in: BTreeSet<codec_prefix::Prefix> = BTreeSet::new();
-        // Initial table, then End-of-RIB. Mark the RIB version seen first so a
-        // change racing with the dump triggers another sync.
-        rib_rx.borrow_and_update();
-        if let Err(e) = self.sync(conn, &mut sent, ectx, nh, fam, hold).await {
-            return Outcome::failed(e);
-        }
-        for m in rib_out::end_of_rib(fam) {
-            if let Err(e) = self.send(conn, &m, hold).await {
-                return Outcome::failed(e);
-            }
-        }
-        let mut hold_deadline = tokio::time::Instant::now() + hold;
-        let ka = if neg.keepalive.is_zero() {
-            Duration::from_secs(3600)
-        } else {
-            neg.keepalive
-        };
-        let mut ka_tick = tokio::time::interval_at(tokio::time::Instant::now() + ka, ka);
-        let mut bfd = self.bfd.clone();
-        let mut bfd_was_up = bfd
-            .as_ref()
-            .is_some_and(|b| *b.borrow() == berth_bfd::SessionState::Up);
-        loop {
-            tokio::select! {
-                biased;
-                _ = self.shutdown.changed() => {
-                    self.notify(conn, Notification { code: err::CEASE, subcode: 2, data: vec![] }).await;
-                    return Outcome { shutdown: true, ..Outcome::failed("administrative shutdown") };
-                }
-                r = async { match bfd.as_mut() { Some(b) => b.changed().await, None => std::future::pending().await } } => {
-                    if r.is_err() { bfd = None; continue; }
-                    let st = bfd.as_ref().map(|b| *b.borrow());
-                    self.set(|s| s.bfd_state = st);
-                    if st == Some(berth_bfd::SessionState::Up) {
-                        bfd_was_up = true;
-                    } else if bfd_was_up {
-                        // RFC 9384 Cease subcode 10: BFD Down.
-                        self.notify(conn, Notification { code: err::CEASE, subcode: 10, data: vec![] }).await;
-                        return Outcome::failed("BFD session went down");
-                    }
-                }
-                m = conn.rx.recv() => {
-                    match m {
-                        Some(Ok(Message::Keepalive)) => {
-                            self.set(|s| s.messages_in += 1);
-                            hold_deadline = tokio::time::Instant::now() + hold;
-                        }
-                        Some(Ok(Message::Update(u))) => {
-                            self.set(|s| { s.messages_in += 1; s.updates_in += 1; });
-                            hold_deadline = tokio::time::Instant::now() + hold;
-                            if let Err(e) = self.on_update(u, pctx, &mut rib_in) {
-                                self.notify(conn, e.notification()).await;
-                                return Outcome::failed(format!("bad UPDATE from peer: {e}"));
-                            }
-                        }
-                        Some(Ok(Message::RouteRefresh(r))) => {
-                            self.set(|s| s.messages_in += 1);
-                            hold_deadline = tokio::time::Instant::now() + hold;
-                            // RFC 2918: answer by sending the Adj-RIB-Out again.
-                            let d = Diff {
-                                withdraw: vec![],
-                                announce: sent
-                                    .iter()
-                                    .filter(|(p, _)| (r.afi == codec::AFI_IPV4) == p.is_v4())
-                                    .map(|(p, a)| (*p, Arc::clone(a)))
-                                    .collect(),
-                            };
-                            let b = rib_out::build(&d, ectx, nh, fam);
-                            for m in &b.messages {
-                                if let Err(e) = self.send(conn, m, hold).await {
-                                    return Outcome::failed(e);
-                                }
-                            }
-                            self.set(|s| s.updates_out += b.messages.len() as u64);
-                        }
-                        other => return self.unexpected(conn, other, None).await,
-                    }
-                }
-                _ = sleep_until(hold_deadline), if !hold.is_zero() => {
-                    self.notify(conn, Notification { code: err::HOLD_TIMER, subcode: 0, data: vec![] }).await;
-                    return Outcome::failed("hold timer expired");
-                }
-                _ = ka_tick.tick(), if !neg.keepalive.is_zero() => {
-                    if let Err(e) = self.send(conn, &Message::Keepalive.to_bytes(), hold).await {
-                        return Outcome::failed(e);
-                    }
-                }
-                r = rib_rx.changed() => {
-                    if r.is_err() {
-                        return Outcome { shutdown: true, ..Outcome::failed("speaker gone") };
-                    }
-                    rib_rx.borrow_and_update();
-                    if let Err(e) = self.sync(conn, &mut sent, ectx, nh, fam, hold).await {
-                        return Outcome::failed(e);
-                    }
-                }
-                s = self.incoming.recv() => if let Some(s) = s.and_then(|s| self.accept_incoming(s)) {
-                    if neg.peer_graceful_restart {
-                        // RFC 4724 §4.2: a new connection from a graceful-restart
-                        // peer means the old one is dead.
-                        return Outcome { next: Some(s), ..Outcome::failed("peer restarted (new connection while Established)") };
-                    }
-                    drop(s);
-                },
-            }
+    /// Tells the RIB to keep no changes for this session any more.
+    fn forget_rib(&self) {
+        if let Ok(mut r) = self.shared.rib.lock() {
+            r.forget(self.cfg.address);
         }
     }
 
-    /// Sends what changed between `sent` and the peer's current view of the RIB.
-    async fn sync(
+    /// Established: the initial table, then End-of-RIB (RFC 4724 §2).
+    async fn start_rib(
         &self,
-        conn: &mut Conn,
-        sent: &mut RouteSet,
-        ectx: EncodeContext,
-        nh: NextHops,
-        fam: Families,
+        conn: ConnId,
+        n: &Negotiated,
+        io: &mut Io,
+    ) -> Result<(), (ConnId, String)> {
+        let Some(local) = io.conns.get(&conn).map(|c| c.local.ip()) else {
+            return Ok(());
+        };
+        io.est = Some(Est {
+            conn,
+            ectx: EncodeContext {
+                local_as: self.shared.global.local_as,
+                ibgp: self.is_ibgp(),
+                four_octet: n.four_octet,
+            },
+            nh: self.next_hops(local),
+            fam: n.families,
+            hold: n.hold_time,
+            sent: RouteSet::new(),
+            synced: None,
+        });
+        self.sync(io).await?;
+        let eor = rib_out::end_of_rib(n.families);
+        self.send_batch(io, conn, &eor, n.hold_time)
+            .await
+            .map_err(|e| (conn, e))
+    }
+
+    async fn send_batch(
+        &self,
+        io: &mut Io,
+        conn: ConnId,
+        msgs: &[Vec<u8>],
         hold: Duration,
     ) -> Result<(), String> {
-        let want = self.shared.view_for(&self.cfg);
-        let d = rib_out::diff(sent, &want);
-        if d.withdraw.is_empty() && d.announce.is_empty() {
+        if msgs.is_empty() {
             return Ok(());
         }
-        let b = rib_out::build(&d, ectx, nh, fam);
-        for (p, why) in &b.skipped {
-            tracing::warn!(peer = %self.cfg.address, prefix = %p, reason = why, "route not sent");
-        }
-        // Write the batch in one go: fewer syscalls, fewer TCP segments.
-        let mut buf = Vec::with_capacity(b.messages.iter().map(Vec::len).sum());
-        for m in &b.messages {
-            buf.extend_from_slice(m);
-        }
-        match timeout(hold.max(Duration::from_secs(5)), conn.wr.write_all(&buf)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("write: {e}")),
-            Err(_) => return Err("write timed out (peer not reading)".into()),
-        }
-        let skipped: BTreeSet<_> = b.skipped.iter().map(|(p, _)| *p).collect();
-        let mut now = want;
-        if !skipped.is_empty() {
-            now.retain(|p, _| !skipped.contains(p));
-        }
-        *sent = now;
-        let n = sent.len();
-        self.set(|s| {
-            s.messages_out += b.messages.len() as u64;
-            s.updates_out += b.messages.len() as u64;
-            s.prefixes_sent = n;
-        });
+        // One write: fewer syscalls, fewer TCP segments.
+        let buf = msgs.concat();
+        self.write(io, conn, &buf, hold.max(Duration::from_secs(5)))
+            .await?;
+        io.messages_out += msgs.len() as u64;
+        io.updates_out += msgs.len() as u64;
         Ok(())
     }
 
-    fn on_update(
-        &self,
-        u: codec::Update,
-        ctx: Context,
-        rib_in: &mut BTreeSet<codec_prefix::Prefix>,
-    ) -> Result<(), DecodeError> {
-        let parsed = attributes::parse(&u.attributes, !u.nlri.is_empty(), ctx)?;
-        for p in &u.withdrawn {
-            rib_in.remove(p);
-        }
-        if let Some(m) = &parsed.attrs.mp_unreach {
-            for p in &m.withdrawn {
-                rib_in.remove(p);
+    /// Sends what changed in the RIB since the last sync.
+    async fn sync(&self, io: &mut Io) -> Result<(), (ConnId, String)> {
+        let Some(e) = &io.est else {
+            return Ok(());
+        };
+        let plan = match self.shared.rib.lock() {
+            Ok(mut r) => r.plan(self.cfg.address, &self.cfg.groups, &e.sent, e.synced),
+            Err(_) => return Ok(()),
+        };
+        let (conn, hold) = (e.conn, e.hold);
+        let mut d = plan.diff;
+        if !d.withdraw.is_empty() || !d.announce.is_empty() {
+            let b = rib_out::build(&d, e.ectx, e.nh, e.fam);
+            let mut msgs = b.messages;
+            if !b.skipped.is_empty() {
+                for (p, why) in &b.skipped {
+                    tracing::warn!(peer = %self.cfg.address, prefix = %p, reason = why, "route not sent");
+                }
+                let skipped: BTreeSet<_> = b.skipped.iter().map(|(p, _)| *p).collect();
+                d.announce.retain(|(p, _)| !skipped.contains(p));
+                // A route that can no longer be sent must not stay at the peer.
+                let stale: Vec<_> = skipped
+                    .into_iter()
+                    .filter(|p| e.sent.contains_key(p))
+                    .collect();
+                if !stale.is_empty() {
+                    let w = Diff {
+                        withdraw: stale.clone(),
+                        announce: vec![],
+                    };
+                    msgs.extend(rib_out::build(&w, e.ectx, e.nh, e.fam).messages);
+                    d.withdraw.extend(stale);
+                }
             }
+            self.send_batch(io, conn, &msgs, hold)
+                .await
+                .map_err(|e| (conn, e))?;
         }
-        let reach = parsed
-            .attrs
-            .mp_reach
-            .as_ref()
-            .map(|m| m.nlri.as_slice())
-            .unwrap_or(&[]);
-        if parsed.treat_as_withdraw {
-            tracing::warn!(peer = %self.cfg.address, problems = ?parsed.problems, "malformed UPDATE: treat-as-withdraw (RFC 7606)");
-            for p in u.nlri.iter().chain(reach) {
-                rib_in.remove(p);
-            }
-            self.set(|s| s.treat_as_withdraw += 1);
-        } else {
-            if !parsed.problems.is_empty() {
-                tracing::warn!(peer = %self.cfg.address, problems = ?parsed.problems, "UPDATE attributes discarded (RFC 7606)");
-                self.set(|s| s.attributes_discarded += 1);
-            }
-            rib_in.extend(u.nlri.iter().chain(reach).copied());
+        if let Some(e) = io.est.as_mut() {
+            rib::apply(&mut e.sent, &d);
+            e.synced = Some(plan.version);
         }
-        let n = rib_in.len();
-        self.set(|s| s.prefixes_received = n);
         Ok(())
+    }
+
+    /// Applies settings that need no new session.
+    fn reconfigure(&mut self, cfg: PeerConfig, io: &mut Io, events: &mut VecDeque<Event>) {
+        let groups_changed = cfg.groups != self.cfg.groups;
+        let nh_changed =
+            cfg.next_hop_v4 != self.cfg.next_hop_v4 || cfg.next_hop_v6 != self.cfg.next_hop_v6;
+        self.cfg = cfg;
+        events.push_back(Event::Reconfigure(settings(&self.cfg)));
+        let local = io
+            .est
+            .as_ref()
+            .and_then(|e| io.conns.get(&e.conn))
+            .map(|c| c.local.ip());
+        let nh = local.map(|l| self.next_hops(l));
+        if let Some(e) = io.est.as_mut() {
+            if groups_changed {
+                e.synced = None;
+            }
+            if nh_changed {
+                if let Some(nh) = nh {
+                    e.nh = nh;
+                }
+                // Announce everything again with the new next hops.
+                e.sent.clear();
+                e.synced = None;
+            }
+        }
+        if groups_changed || nh_changed {
+            // Poke the RIB watch so the session syncs on its next turn.
+            self.shared.rib_version.send_modify(|_| {});
+        }
+    }
+
+    /// Ends the session as the speaker asked.
+    async fn stop(&self, how: PeerStop, fsm: &Fsm, io: &mut Io, events: &mut VecDeque<Event>) {
+        let mode = match how {
+            PeerStop::Cease(sub) => StopMode::Cease(sub),
+            PeerStop::Restart => {
+                let gr = self.shared.global.graceful_restart_time.is_some()
+                    && fsm
+                        .established()
+                        .is_some_and(|(_, n)| n.peer_graceful_restart);
+                if gr {
+                    StopMode::Silent
+                } else {
+                    StopMode::Cease(cease::ADMIN_SHUTDOWN)
+                }
+            }
+            PeerStop::Withdraw => {
+                if let Some(e) = &io.est {
+                    let d = Diff {
+                        withdraw: e.sent.keys().copied().collect(),
+                        announce: vec![],
+                    };
+                    let b = rib_out::build(&d, e.ectx, e.nh, e.fam);
+                    let (conn, hold, n) = (e.conn, e.hold, d.withdraw.len());
+                    match self.send_batch(io, conn, &b.messages, hold).await {
+                        Ok(()) => {
+                            if let Some(e) = io.est.as_mut() {
+                                e.sent.clear();
+                            }
+                            let acked = match io.conns.get(&conn) {
+                                Some(c) => wait_acked(c.wr.as_ref(), Duration::from_secs(2)).await,
+                                None => false,
+                            };
+                            tracing::info!(peer = %self.cfg.address, withdrawn = n, acked, "routes withdrawn before Cease");
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %self.cfg.address, error = %e, "withdrawing before Cease failed")
+                        }
+                    }
+                }
+                StopMode::Cease(cease::ADMIN_SHUTDOWN)
+            }
+        };
+        let reason = match mode {
+            StopMode::Silent => "stopped for a restart: routes kept by the peer (graceful restart)",
+            StopMode::Cease(cease::DECONFIGURED) => "peer removed",
+            StopMode::Cease(cease::CONFIG_CHANGE) => "restarted for a configuration change",
+            StopMode::Cease(_) => "administrative shutdown",
+        };
+        events.push_back(Event::Stop {
+            mode,
+            reason: reason.into(),
+        });
     }
 }
 
-use crate::prefix as codec_prefix;
-
-fn describe(n: &Notification) -> &'static str {
-    match (n.code, n.subcode) {
-        (1, _) => "message header error",
-        (2, 2) => "bad peer AS",
-        (2, 6) => "unacceptable hold time",
-        (2, _) => "OPEN message error",
-        (3, _) => "UPDATE message error",
-        (4, _) => "hold timer expired",
-        (5, _) => "FSM error",
-        (6, 2) => "administrative shutdown",
-        (6, 3) => "peer de-configured",
-        (6, 4) => "administrative reset",
-        (6, 5) => "connection rejected",
-        (6, 6) => "other configuration change",
-        (6, 7) => "connection collision resolution",
-        (6, 10) => "BFD down",
-        (6, _) => "cease",
-        _ => "unknown",
+/// Waits until the peer has acknowledged everything written on `sock`
+/// (`SIOCOUTQ` reaches 0), at most `limit`; false if it did not.
+async fn wait_acked(sock: &TcpStream, limit: Duration) -> bool {
+    let t = tokio::time::Instant::now();
+    loop {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int for a socket we own.
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if r != 0 || n == 0 {
+            return r == 0;
+        }
+        if t.elapsed() >= limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -822,4 +855,33 @@ pub(crate) fn interface_addresses(
         }
     }
     (v4, v6, ll)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connect-retry jitter comes from the kernel's random numbers: it
+    /// spreads over the whole 75–100 % range, evenly. (Seeding from an
+    /// `Instant` that had just been taken gave nearly the same value every
+    /// time: speakers started together retried in step.)
+    #[test]
+    fn connect_retry_jitter_is_random_over_the_range() {
+        let d = Duration::from_secs(1);
+        let n = 4000;
+        let mut bins = [0u32; 5];
+        let mut seen = BTreeSet::new();
+        for _ in 0..n {
+            let j = jitter(d, random_u32());
+            assert!(j >= Duration::from_millis(750) && j < d, "{j:?}");
+            let b = ((j.as_secs_f64() - 0.75) / 0.05) as usize;
+            bins[b.min(4)] += 1;
+            seen.insert(j.as_micros());
+        }
+        for (i, c) in bins.iter().enumerate() {
+            // Each fifth of the range gets 20 % ± 4 % of the draws.
+            assert!((640..=960).contains(c), "bin {i}: {c} of {n}: {bins:?}");
+        }
+        assert!(seen.len() > n / 2, "{} distinct values of {n}", seen.len());
+    }
 }

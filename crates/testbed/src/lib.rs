@@ -45,6 +45,22 @@
 //! println!("{:?}", pod.addr_list("eth0").unwrap());   // ["198.18.10.2/24", "fe80::…/64"]
 //! ```
 //!
+//! BGP peers: BIRD, FRR (zebra + bfdd + bgpd) and gobgpd in namespaces on a fabric:
+//!
+//! ```no_run
+//! use berth_testbed::{require_root, require_tools, Bird, Fabric, Netns, BGP_TOOLS};
+//! require_root();
+//! require_tools(BGP_TOOLS);
+//! let fabric = Fabric::new("bgp").unwrap();
+//! let router = Netns::new("router").unwrap();
+//! router.lo_up().unwrap();
+//! router.disable_dad().unwrap();                      // link-local next hops usable at once
+//! fabric.attach(&router, "eth0", &["198.18.0.1/24", "2001:db8::1/64"]).unwrap();
+//! let dir = tempfile::tempdir().unwrap();
+//! let bird = Bird::start(&router, dir.path(), "bird", "router id 198.18.0.1;\n").unwrap();
+//! println!("{}", bird.birdc("show protocols"));
+//! ```
+//!
 //! A real Kubernetes control plane (kube-apiserver + kube-controller-manager v1.20.2, built once
 //! with `cargo xtask kube build`), its own etcd, on a free loopback port:
 //!
@@ -65,6 +81,7 @@ mod etcd;
 mod kube;
 mod net;
 mod process;
+mod routers;
 mod tls;
 mod util;
 
@@ -79,6 +96,7 @@ pub use kube::{
 };
 pub use net::{pod_netns, Fabric, Netns, FABRIC_BRIDGE};
 pub use process::Daemon;
+pub use routers::{Bird, Frr, Gobgpd, BGP_TOOLS};
 pub use tls::TlsFiles;
 pub use util::{
     check_test_addr, find_tool, free_ports, is_test_addr, run, run_checked, sweep_stale, tool,

@@ -117,6 +117,17 @@ impl Netns {
         Daemon::spawn(&format!("{}@{}", program, self.name), cmd, log)
     }
 
+    /// Turns IPv6 duplicate address detection off for every interface created in or moved into
+    /// the namespace from now on (`net.ipv6.conf.{all,default}.accept_dad = 0`).
+    ///
+    /// Why: a fresh link-local address is "tentative" for about a second; BGP and BFD tests
+    /// that use link-local next hops or IPv6 sessions must not wait for DAD. Call it before
+    /// attaching links.
+    pub fn disable_dad(&self) -> Result<()> {
+        self.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        self.sysctl("net.ipv6.conf.default.accept_dad", "0")
+    }
+
     /// Sets a per-namespace `net.*` sysctl, e.g. `("net.ipv4.ip_forward", "1")`.
     ///
     /// Why: routers and nodes need forwarding or ARP settings; only `net.*` keys are accepted,
@@ -317,6 +328,40 @@ impl Fabric {
     /// Why: one call per node/router link; use the returned port with [`Fabric::set_port`]
     /// to cut the link from the switch side.
     pub fn attach(&self, ns: &Netns, ifname: &str, addrs: &[&str]) -> Result<String> {
+        self.attach_to(FABRIC_BRIDGE, ns, ifname, addrs)
+    }
+
+    /// Adds another bridge (STP off, forward delay 0, no multicast snooping) to the fabric.
+    ///
+    /// Why: routed topologies need two segments, e.g. a speaker and a router two hops apart
+    /// with a forwarding namespace between the bridges (eBGP multihop tests).
+    pub fn add_bridge(&self, name: &str) -> Result<()> {
+        self.ns.ip([
+            "link",
+            "add",
+            name,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        ])?;
+        self.ns.ip(["link", "set", name, "up"]).map(|_| ())
+    }
+
+    /// [`Fabric::attach`] to `bridge` (one made by [`Fabric::add_bridge`]) instead of `br0`.
+    ///
+    /// Why: plug a namespace into the second segment of a routed topology.
+    pub fn attach_to(
+        &self,
+        bridge: &str,
+        ns: &Netns,
+        ifname: &str,
+        addrs: &[&str],
+    ) -> Result<String> {
         for a in addrs {
             check_test_addr(a)?;
         }
@@ -333,8 +378,7 @@ impl Fabric {
             "netns",
             ns.name(),
         ])?;
-        self.ns
-            .ip(["link", "set", &port, "master", FABRIC_BRIDGE, "up"])?;
+        self.ns.ip(["link", "set", &port, "master", bridge, "up"])?;
         ns.ip(["link", "set", ifname, "up"])?;
         for a in addrs {
             ns.add_addr(ifname, a)?;

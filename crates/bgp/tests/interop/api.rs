@@ -3,7 +3,9 @@
 //! survive; routes added and withdrawn through the API arrive and leave.
 
 use crate::common::*;
-use berth_bgp::{GlobalConfig, PeerConfig, Prefix, RouteAttrs, Speaker, State, Target};
+use berth_bgp::{
+    GlobalConfig, PeerConfig, Prefix, RouteAttrs, ShutdownMode, Speaker, State, Target,
+};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -21,7 +23,7 @@ fn two_speakers_collide_and_exchange_routes_via_the_api() {
     let mut lab = Lab::new("ap");
     let ns = lab.bare_node("x");
     for a in ["198.18.0.1/32", "198.18.0.2/32"] {
-        must("ip", &["-n", &ns, "addr", "add", a, "dev", "lo"]);
+        lab.netns(&ns).add_addr("lo", a).unwrap();
     }
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
@@ -44,8 +46,8 @@ fn two_speakers_collide_and_exchange_routes_via_the_api() {
                 listen: vec![SocketAddr::new(ip, 179)],
                 graceful_restart_time: Some(120),
             };
-            let mut a = Speaker::new(mk(a_ip, 64601)).await.unwrap();
-            let mut b = Speaker::new(mk(b_ip, 64602)).await.unwrap();
+            let a = Speaker::new(mk(a_ip, 64601)).await.unwrap();
+            let b = Speaker::new(mk(b_ip, 64602)).await.unwrap();
             let peer = |addr, asn, local| {
                 let mut p = PeerConfig::new(addr, asn);
                 p.local_address = Some(local);
@@ -112,7 +114,7 @@ fn two_speakers_collide_and_exchange_routes_via_the_api() {
                 || b.peers()[0].prefixes_received == 1,
             )
             .await;
-            a.remove_peer(b_ip).await;
+            assert!(a.remove_peer(b_ip).await);
             until(
                 "peer removal seen by the other side",
                 Duration::from_secs(5),
@@ -128,8 +130,8 @@ fn two_speakers_collide_and_exchange_routes_via_the_api() {
                 "{:?}",
                 b.peers()[0]
             );
-            a.shutdown().await;
-            b.shutdown().await;
+            a.shutdown(ShutdownMode::Cease).await;
+            b.shutdown(ShutdownMode::Cease).await;
         });
     })
     .join()

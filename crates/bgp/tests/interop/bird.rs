@@ -15,10 +15,10 @@ fn bird_session_routes_withdraw_restart_passive() {
             if passive { "on" } else { "off" }
         )
     };
-    let (bird, sock) = lab.bird(&r, "bird", &bird_body(true));
+    let bird = lab.bird(&r, "bird", &bird_body(true));
     let status = lab.path("berth.status");
     let peer = "[[peer]]\naddress = \"198.18.0.1\"\nremote_as = 64512\nhold_time = 3\n";
-    let pid = lab.berth(
+    let mut berth = lab.berth(
         &s,
         "berth",
         &berth_conf("198.18.0.11", &status, peer, ANNOUNCE),
@@ -26,8 +26,7 @@ fn bird_session_routes_withdraw_restart_passive() {
 
     // Berth dials; BIRD is passive.
     wait_for("BIRD session Established", Duration::from_secs(15), || {
-        lab.birdc(&sock, "show protocols s1")
-            .contains("Established")
+        bird.birdc("show protocols s1").contains("Established")
     });
     wait_for(
         "IPv4 route in BIRD's kernel table",
@@ -42,7 +41,7 @@ fn bird_session_routes_withdraw_restart_passive() {
         Duration::from_secs(5),
         || lab.kernel_route(&r.ns, "2001:db8:100::10").contains("via"),
     );
-    let v4 = lab.birdc(&sock, "show route 198.19.100.10/32 all");
+    let v4 = bird.birdc("show route 198.19.100.10/32 all");
     for want in [
         "BGP.as_path: 64513",
         "BGP.next_hop: 198.18.0.11",
@@ -54,7 +53,7 @@ fn bird_session_routes_withdraw_restart_passive() {
         assert!(v4.contains(want), "missing {want:?} in:\n{v4}");
     }
     // Capabilities as BIRD saw them: 4-octet AS, route refresh, graceful restart.
-    let caps = lab.birdc(&sock, "show protocols all s1");
+    let caps = bird.birdc("show protocols all s1");
     let theirs = caps
         .split("Neighbor capabilities")
         .nth(1)
@@ -74,13 +73,13 @@ fn bird_session_routes_withdraw_restart_passive() {
         lab.berth_status("berth").contains("updates_out=")
     });
     let before = updates_out(&lab.berth_status("berth"));
-    lab.birdc(&sock, "reload in s1");
+    bird.birdc("reload in s1");
     wait_for(
         "RIB-out resent after ROUTE-REFRESH",
         Duration::from_secs(5),
         || updates_out(&lab.berth_status("berth")) > before,
     );
-    let v6 = lab.birdc(&sock, "show route 2001:db8:100::10/128 all");
+    let v6 = bird.birdc("show route 2001:db8:100::10/128 all");
     assert!(v6.contains("(64512,200)"), "{v6}");
     // Global next hop of the speaker's interface, plus its link-local one.
     assert!(v6.contains("BGP.next_hop: 2001:db8::b fe80::"), "{v6}");
@@ -92,7 +91,7 @@ fn bird_session_routes_withdraw_restart_passive() {
         "berth.toml",
         &berth_conf("198.18.0.11", &status, peer, only_v6),
     );
-    lab.signal(pid, libc::SIGHUP);
+    berth.signal(libc::SIGHUP);
     let t = wait_for("IPv4 route withdrawn", Duration::from_secs(5), || {
         lab.kernel_route(&r.ns, "198.19.100.10").is_empty()
     });
@@ -111,15 +110,12 @@ fn bird_session_routes_withdraw_restart_passive() {
     );
 
     // Peer restart: kill BIRD, start it again; the session comes back.
-    lab.kill(bird);
-    let (bird, sock) = lab.bird(&r, "bird", &bird_body(true));
+    drop(bird);
+    let bird = lab.bird(&r, "bird", &bird_body(true));
     wait_for(
         "re-established after BIRD restart",
         Duration::from_secs(15),
-        || {
-            lab.birdc(&sock, "show protocols s1")
-                .contains("Established")
-        },
+        || bird.birdc("show protocols s1").contains("Established"),
     );
     wait_for("IPv6 route back", Duration::from_secs(5), || {
         lab.kernel_route(&r.ns, "2001:db8:100::10").contains("via")
@@ -132,16 +128,13 @@ fn bird_session_routes_withdraw_restart_passive() {
         "berth.toml",
         &berth_conf("198.18.0.11", &status, passive, ANNOUNCE),
     );
-    lab.signal(pid, libc::SIGHUP);
-    lab.kill(bird);
-    let (_bird, sock) = lab.bird(&r, "bird", &bird_body(false));
+    berth.signal(libc::SIGHUP);
+    drop(bird);
+    let bird = lab.bird(&r, "bird", &bird_body(false));
     wait_for(
         "Established with Berth passive",
         Duration::from_secs(15),
-        || {
-            lab.birdc(&sock, "show protocols s1")
-                .contains("Established")
-        },
+        || bird.birdc("show protocols s1").contains("Established"),
     );
     wait_for("IPv4 route back (passive)", Duration::from_secs(5), || {
         lab.kernel_route(&r.ns, "198.19.100.10")
@@ -149,6 +142,35 @@ fn bird_session_routes_withdraw_restart_passive() {
     });
     let log = lab.log("berth");
     assert!(!log.contains("panicked"), "{log}");
+
+    // SIGTERM: a clean shutdown withdraws our routes first, then Ceases.
+    berth.signal(libc::SIGTERM);
+    wait_for("speaker exited", Duration::from_secs(10), || {
+        berth.daemon.try_status().is_some()
+    });
+    let code = berth.daemon.try_status().and_then(|s| s.code());
+    assert_eq!(code, Some(0), "exit status after SIGTERM");
+    let log = lab.log("berth");
+    assert!(
+        log.contains("routes withdrawn before Cease") && log.contains("withdrawn=2"),
+        "{log}"
+    );
+    wait_for(
+        "BIRD saw the Cease after the withdrawals",
+        Duration::from_secs(5),
+        || {
+            lab.log("bird")
+                .contains("Received: Administrative shutdown")
+        },
+    );
+    wait_for(
+        "routes gone from BIRD's kernel table",
+        Duration::from_secs(5),
+        || {
+            lab.kernel_route(&r.ns, "198.19.100.10").is_empty()
+                && lab.kernel_route(&r.ns, "2001:db8:100::10").is_empty()
+        },
+    );
 }
 
 fn updates_out(status: &str) -> u64 {
@@ -166,7 +188,7 @@ fn bird_graceful_restart_keeps_routes_and_end_of_rib_flushes() {
     let mut lab = Lab::new("gr");
     let r = lab.node("r", 1);
     let s = lab.node("s", 11);
-    let (_bird, sock) = lab.bird(
+    let bird = lab.bird(
         &r,
         "bird",
         "protocol bgp s1 from spk { neighbor 198.18.0.11 as 64513; graceful restart on; }",
@@ -174,7 +196,7 @@ fn bird_graceful_restart_keeps_routes_and_end_of_rib_flushes() {
     let status = lab.path("berth.status");
     let peer = "[[peer]]\naddress = \"198.18.0.1\"\nremote_as = 64512\nhold_time = 3\n";
     let two = "[[announce]]\nprefix = \"198.19.100.10/32\"\n[[announce]]\nprefix = \"198.19.100.11/32\"\n";
-    let pid = lab.berth(&s, "berth", &berth_conf("198.18.0.11", &status, peer, two));
+    let berth = lab.berth(&s, "berth", &berth_conf("198.18.0.11", &status, peer, two));
     wait_for(
         "both routes in BIRD's kernel table",
         Duration::from_secs(15),
@@ -184,7 +206,7 @@ fn bird_graceful_restart_keeps_routes_and_end_of_rib_flushes() {
         },
     );
     // Crash: no NOTIFICATION, TCP closes. BIRD must keep the routes (stale).
-    lab.kill(pid);
+    drop(berth);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         lab.kernel_route(&r.ns, "198.19.100.10").contains("via"),
@@ -194,17 +216,14 @@ fn bird_graceful_restart_keeps_routes_and_end_of_rib_flushes() {
         lab.kernel_route(&r.ns, "198.19.100.11").contains("via"),
         "route dropped during graceful restart"
     );
-    let st = lab.birdc(&sock, "show route 198.19.100.11/32 all");
+    let st = bird.birdc("show route 198.19.100.11/32 all");
     assert!(
-        st.contains("stale")
-            || lab
-                .birdc(&sock, "show protocols all s1")
-                .contains("restart"),
+        st.contains("stale") || bird.birdc("show protocols all s1").contains("restart"),
         "{st}"
     );
     // Restart with one route only: after End-of-RIB the other is flushed.
     let one = "[[announce]]\nprefix = \"198.19.100.10/32\"\n";
-    lab.berth(&s, "berth2", &berth_conf("198.18.0.11", &status, peer, one));
+    let _berth2 = lab.berth(&s, "berth2", &berth_conf("198.18.0.11", &status, peer, one));
     wait_for(
         "stale route flushed by End-of-RIB",
         Duration::from_secs(15),
@@ -214,9 +233,7 @@ fn bird_graceful_restart_keeps_routes_and_end_of_rib_flushes() {
         lab.kernel_route(&r.ns, "198.19.100.10").contains("via"),
         "the re-announced route must stay"
     );
-    assert!(lab
-        .birdc(&sock, "show protocols s1")
-        .contains("Established"));
+    assert!(bird.birdc("show protocols s1").contains("Established"));
 }
 
 /// A session over IPv6 carrying IPv4 and IPv6 routes (the IPv4 NEXT_HOP comes
@@ -226,21 +243,20 @@ fn bird_session_over_ipv6() {
     let mut lab = Lab::new("b6");
     let r = lab.node("r", 1);
     let s = lab.node("s", 11);
-    let (_bird, sock) = lab.bird(
+    let bird = lab.bird(
         &r,
         "bird",
         "protocol bgp s1 from spk { neighbor 2001:db8::b as 64513; bfd on; }",
     );
     let status = lab.path("berth.status");
     let peer = "[[peer]]\naddress = \"2001:db8::1\"\nremote_as = 64512\nhold_time = 3\nbfd = { min_rx_ms = 100, min_tx_ms = 100, multiplier = 3 }\n";
-    lab.berth(
+    let _berth = lab.berth(
         &s,
         "berth",
         &berth_conf("198.18.0.11", &status, peer, ANNOUNCE),
     );
     wait_for("IPv6 session Established", Duration::from_secs(15), || {
-        lab.birdc(&sock, "show protocols s1")
-            .contains("Established")
+        bird.birdc("show protocols s1").contains("Established")
     });
     wait_for(
         "both routes in BIRD's kernel table",
@@ -251,11 +267,11 @@ fn bird_session_over_ipv6() {
                 && lab.kernel_route(&r.ns, "2001:db8:100::10").contains("via")
         },
     );
-    let v6 = lab.birdc(&sock, "show route 2001:db8:100::10/128 all");
+    let v6 = bird.birdc("show route 2001:db8:100::10/128 all");
     assert!(v6.contains("BGP.next_hop: 2001:db8::b fe80::"), "{v6}");
     // BFD over IPv6 (hop limit 255 both ways).
     wait_for("BFD Up over IPv6", Duration::from_secs(10), || {
-        lab.birdc(&sock, "show bfd sessions").contains("Up")
+        bird.birdc("show bfd sessions").contains("Up")
             && lab.berth_status("berth").contains("bfd=Up")
     });
 }

@@ -1,7 +1,9 @@
-//! Test lab: network namespaces joined by a bridge that lives in a namespace
-//! of its own, daemons run under `setsid ip netns exec`, and a Drop guard that
-//! kills exactly the PIDs it started and removes every namespace, FRR runtime
-//! directory and temp file, even when the test fails.
+//! The interop lab, built on `berth-testbed`: namespaces on a fabric
+//! (`Netns`, `Fabric`), daemons as `Daemon`s (own session, recorded PID,
+//! killed on Drop and when the test process dies), BIRD, FRR and gobgpd from
+//! `berth_testbed::{Bird, Frr, Gobgpd}`, and the root and tool checks up
+//! front. What stays here is BGP-test specific: the Berth speaker process,
+//! the routers' configuration templates, the timing lock and log parsers.
 //!
 //! Addresses: 198.18.0.0/24 and 2001:db8::/64 on the shared link, routes from
 //! 198.19.0.0/16 and 2001:db8:100::/48.
@@ -9,12 +11,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+use berth_testbed::{require_root, require_tools, unique_name, BGP_TOOLS};
+pub use berth_testbed::{Bird, Daemon, Fabric, Frr, Gobgpd, Netns};
+
 /// Timing-sensitive tests take this exclusively; the others share it, so a
 /// failover measurement never competes with five other labs for two cores.
 static TIMING: RwLock<()> = RwLock::new(());
@@ -24,41 +26,20 @@ enum Guard {
     Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
 }
 
-/// The speaker binary Cargo builds for these tests.
+/// The speaker binary Cargo builds for these tests (the code of `berth bgp`).
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth-bgp");
-
-pub fn run(cmd: &str, args: &[&str]) -> (bool, String) {
-    match Command::new(cmd).args(args).stdin(Stdio::null()).output() {
-        Ok(o) => {
-            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-            s.push_str(&String::from_utf8_lossy(&o.stderr));
-            (o.status.success(), s)
-        }
-        Err(e) => (false, format!("{cmd}: {e}")),
-    }
-}
-
-pub fn must(cmd: &str, args: &[&str]) -> String {
-    let (ok, out) = run(cmd, args);
-    assert!(ok, "{cmd} {args:?} failed: {out}");
-    out
-}
 
 /// Polls `f` every 10 ms until it returns true; returns the time it took.
 pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
-    loop {
-        if f() {
-            return t.elapsed();
-        }
-        if t.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for: {what}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    berth_testbed::wait_for(what, limit, Duration::from_millis(10), || f().then_some(()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    t.elapsed()
 }
 
+/// A namespace on the lab's link.
 pub struct Node {
+    /// Namespace name.
     pub ns: String,
     pub v4: String,
     pub v6: String,
@@ -66,19 +47,28 @@ pub struct Node {
     pub port: String,
 }
 
-pub struct Proc {
-    pub pid: i32,
-    pub name: String,
-    pub log: PathBuf,
+/// A running Berth speaker (`berth-bgp --config`).
+pub struct Berth {
+    pub daemon: Daemon,
+}
+
+impl Berth {
+    pub fn signal(&mut self, sig: i32) {
+        self.daemon.signal(sig).expect("signalling the speaker");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
 }
 
 pub struct Lab {
-    pub id: String,
-    pub fabric: String,
+    /// Helper processes (tcpdump, `ip monitor`), killed before the namespaces go.
+    helpers: Vec<Daemon>,
+    namespaces: Vec<Netns>,
+    pub fabric: Fabric,
     pub dir: PathBuf,
-    namespaces: Vec<String>,
-    procs: Vec<Proc>,
-    next_port: u32,
+    logs: Vec<(String, PathBuf)>,
     _guard: Guard,
 }
 
@@ -95,175 +85,74 @@ impl Lab {
     }
 
     fn with_guard(tag: &str, guard: Guard) -> Lab {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let id = format!("b{}{}{}", std::process::id(), tag, n);
-        let dir = std::env::temp_dir().join(format!("berth-bgp-{id}"));
-        let _ = fs::remove_dir_all(&dir);
+        require_root();
+        require_tools(BGP_TOOLS);
+        // Named like every testbed leftover, so a killed run's dir is swept.
+        let dir = std::env::temp_dir().join(unique_name(&format!("bgp{tag}")));
         fs::create_dir_all(&dir).unwrap();
-        must("chmod", &["0755", dir.to_str().unwrap()]);
-        let fabric = format!("{id}f");
-        let mut lab = Lab {
-            id,
-            fabric: fabric.clone(),
-            dir,
+        // FRR's daemons run as user frr and must reach their directory.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let fabric = Fabric::new(tag).expect("fabric");
+        Lab {
+            helpers: vec![],
             namespaces: vec![],
-            procs: vec![],
-            next_port: 0,
+            fabric,
+            dir,
+            logs: vec![],
             _guard: guard,
-        };
-        lab.add_ns(&fabric);
-        must(
-            "ip",
-            &[
-                "-n",
-                &fabric,
-                "link",
-                "add",
-                "br0",
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ],
-        );
-        must("ip", &["-n", &fabric, "link", "set", "br0", "up"]);
-        lab
+        }
     }
 
-    fn add_ns(&mut self, ns: &str) {
-        must("ip", &["netns", "add", ns]);
-        self.namespaces.push(ns.to_string());
-        must("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        // No DAD: addresses are usable at once (and no procps needed for sysctl).
-        let dad = "echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad && echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad";
-        must("ip", &["netns", "exec", ns, "sh", "-c", dad]);
+    /// The namespace called `name` (made by this lab).
+    pub fn netns(&self, name: &str) -> &Netns {
+        self.namespaces
+            .iter()
+            .find(|n| n.name() == name)
+            .unwrap_or_else(|| panic!("no namespace {name} in this lab"))
+    }
+
+    fn add_ns(&mut self, label: &str) -> String {
+        let ns = Netns::new(label).expect("namespace");
+        ns.lo_up().unwrap();
+        // No DAD: addresses (link-local ones too) are usable at once.
+        ns.disable_dad().unwrap();
+        let name = ns.name().to_string();
+        self.namespaces.push(ns);
+        name
     }
 
     /// A namespace on the shared link with 198.18.0.`host`/24 and 2001:db8::`host`/64.
     pub fn node(&mut self, name: &str, host: u8) -> Node {
-        let ns = format!("{}{}", self.id, name);
-        self.add_ns(&ns);
-        let port = format!("v{}", self.next_port);
-        self.next_port += 1;
-        must(
-            "ip",
-            &[
-                "-n",
-                &self.fabric,
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &ns,
-            ],
-        );
-        must(
-            "ip",
-            &[
-                "-n",
-                &self.fabric,
-                "link",
-                "set",
-                &port,
-                "master",
-                "br0",
-                "up",
-            ],
-        );
+        let ns = self.add_ns(name);
         let v4 = format!("198.18.0.{host}");
         let v6 = format!("2001:db8::{host:x}");
-        must(
-            "ip",
-            &["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"],
-        );
-        must(
-            "ip",
-            &[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
+        let port = self
+            .fabric
+            .attach(
+                self.netns(&ns),
                 "eth0",
-                "nodad",
-            ],
-        );
-        must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+                &[&format!("{v4}/24"), &format!("{v6}/64")],
+            )
+            .unwrap();
         Node { ns, v4, v6, port }
     }
 
     /// An empty namespace (for routed topologies built with [`Lab::link`]).
     pub fn bare_node(&mut self, name: &str) -> String {
-        let ns = format!("{}{}", self.id, name);
-        self.add_ns(&ns);
-        ns
+        self.add_ns(name)
     }
 
     /// A second bridge in the fabric namespace.
     pub fn bridge(&self, name: &str) {
-        must(
-            "ip",
-            &[
-                "-n",
-                &self.fabric,
-                "link",
-                "add",
-                name,
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ],
-        );
-        must("ip", &["-n", &self.fabric, "link", "set", name, "up"]);
+        self.fabric.add_bridge(name).unwrap();
     }
 
     /// Connects `ns` to `bridge` with interface `ifname` holding `cidr`.
     pub fn link(&mut self, ns: &str, bridge: &str, ifname: &str, cidr: &str) {
-        let port = format!("v{}", self.next_port);
-        self.next_port += 1;
-        must(
-            "ip",
-            &[
-                "-n",
-                &self.fabric,
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                ifname,
-                "netns",
-                ns,
-            ],
-        );
-        must(
-            "ip",
-            &[
-                "-n",
-                &self.fabric,
-                "link",
-                "set",
-                &port,
-                "master",
-                bridge,
-                "up",
-            ],
-        );
-        must("ip", &["-n", ns, "addr", "add", cidr, "dev", ifname]);
-        must("ip", &["-n", ns, "link", "set", ifname, "up"]);
+        self.fabric
+            .attach_to(bridge, self.netns(ns), ifname, &[cidr])
+            .unwrap();
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -276,76 +165,42 @@ impl Lab {
         p
     }
 
-    /// Starts `cmd` in `ns` in a session of its own; returns its PID.
-    pub fn spawn(&mut self, ns: &str, name: &str, cmd: &[&str]) -> i32 {
+    fn daemon(&mut self, ns: &str, name: &str, cmd: &[&str]) -> Daemon {
         let log = self.path(&format!("{name}.log"));
-        let f = fs::File::create(&log).unwrap();
-        let child = Command::new("setsid")
-            .args(["ip", "netns", "exec", ns])
-            .args(cmd)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        // The child is reaped by the kernel once we drop the handle? No: keep
-        // it from becoming a zombie by waiting in a thread.
-        std::thread::spawn(move || {
-            let mut c = child;
-            let _ = c.wait();
-        });
-        self.procs.push(Proc {
-            pid,
-            name: name.to_string(),
-            log,
-        });
-        pid
+        let mut c = self.netns(ns).command(cmd[0]);
+        c.args(&cmd[1..]).env("TZ", "UTC");
+        let d = Daemon::spawn(name, c, Some(&log)).expect("spawn");
+        self.logs.push((name.to_string(), log));
+        d
+    }
+
+    /// Starts a helper (tcpdump, `ip monitor`) in `ns`, logging to `NAME.log`;
+    /// it runs until the lab is dropped.
+    pub fn spawn(&mut self, ns: &str, name: &str, cmd: &[&str]) {
+        let d = self.daemon(ns, name, cmd);
+        self.helpers.push(d);
     }
 
     pub fn log(&self, name: &str) -> String {
         fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
     }
 
-    pub fn signal(&self, pid: i32, sig: i32) {
-        // SAFETY: pid is one of ours.
-        unsafe { libc::kill(pid, sig) };
-    }
-
-    /// Kills one of our processes and waits until it is gone.
-    pub fn kill(&mut self, pid: i32) {
-        self.signal(pid, libc::SIGKILL);
-        let t = Instant::now();
-        while Path::new(&format!("/proc/{pid}/stat")).exists()
-            && t.elapsed() < Duration::from_secs(5)
-        {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.contains(") Z") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        cleanup_frr_dirs(pid);
-        self.procs.retain(|p| p.pid != pid);
-    }
-
-    pub fn exec(&self, ns: &str, cmd: &[&str]) -> String {
-        let mut args = vec!["netns", "exec", ns];
-        args.extend_from_slice(cmd);
-        run("ip", &args).1
-    }
-
     pub fn kernel_route(&self, ns: &str, prefix: &str) -> String {
         let fam = if prefix.contains(':') { "-6" } else { "-4" };
-        run("ip", &[fam, "-n", ns, "route", "show", prefix]).1
+        self.netns(ns)
+            .ip([fam, "route", "show", prefix])
+            .unwrap_or_default()
     }
 
     // ---- Berth ----
 
     /// Writes a speaker config and starts the speaker.
-    pub fn berth(&mut self, node: &Node, name: &str, toml: &str) -> i32 {
+    pub fn berth(&mut self, node: &Node, name: &str, toml: &str) -> Berth {
         let cfg = self.write(&format!("{name}.toml"), toml);
-        self.spawn(&node.ns, name, &[BERTH, "--config", cfg.to_str().unwrap()])
+        let cfg = cfg.to_str().unwrap().to_string();
+        Berth {
+            daemon: self.daemon(&node.ns, name, &[BERTH, "--config", &cfg]),
+        }
     }
 
     pub fn berth_status(&self, name: &str) -> String {
@@ -354,14 +209,12 @@ impl Lab {
 
     // ---- BIRD ----
 
-    pub fn bird(&mut self, node: &Node, name: &str, body: &str) -> (i32, String) {
-        let sock = self
-            .path(&format!("{name}.ctl"))
-            .to_str()
-            .unwrap()
-            .to_string();
+    /// BIRD with kernel export (ECMP), BFD on eth0 and the `spk` template;
+    /// `body` holds the protocols.
+    pub fn bird(&mut self, node: &Node, name: &str, body: &str) -> Bird {
         let conf = format!(
             "router id {v4};\n\
+             log stderr all;\n\
              protocol device {{ scan time 1; }}\n\
              protocol kernel k4 {{ ipv4 {{ export all; import none; }}; learn off; persist off; merge paths on limit 16; }}\n\
              protocol kernel k6 {{ ipv6 {{ export all; import none; }}; learn off; persist off; merge paths on limit 16; }}\n\
@@ -370,186 +223,56 @@ impl Lab {
              ipv4 {{ import all; export none; }}; ipv6 {{ import all; export none; }}; }}\n{body}\n",
             v4 = node.v4
         );
-        let c = self.write(&format!("{name}.conf"), &conf);
-        let pidf = self.path(&format!("{name}.pid"));
-        let pid = self.spawn(
-            &node.ns,
-            name,
-            &[
-                "bird",
-                "-f",
-                "-c",
-                c.to_str().unwrap(),
-                "-s",
-                &sock,
-                "-P",
-                pidf.to_str().unwrap(),
-            ],
-        );
-        wait_for("bird control socket", Duration::from_secs(10), || {
-            Path::new(&sock).exists()
-        });
-        (pid, sock)
-    }
-
-    pub fn birdc(&self, sock: &str, cmd: &str) -> String {
-        let mut args = vec!["-s", sock];
-        args.extend(cmd.split(' '));
-        run("birdc", &args).1
+        let b = Bird::start(self.netns(&node.ns), &self.dir, name, &conf).expect("bird");
+        self.logs
+            .push((name.into(), self.path(&format!("{name}.log"))));
+        b
     }
 
     // ---- FRR ----
 
-    /// Starts zebra, bfdd and bgpd with all paths under the lab dir.
-    pub fn frr(&mut self, node: &Node, name: &str, bgp_conf: &str) -> FrrHandle {
+    /// zebra, bfdd and bgpd with all paths under `DIR/NAME/`; bfdd logs its
+    /// state changes with microsecond UTC timestamps to `bfdd.dlog` (the
+    /// failover test reads FRR's detection time from it).
+    pub fn frr(&mut self, node: &Node, name: &str, bgp_conf: &str) -> Frr {
         let d = self.path(name);
-        fs::create_dir_all(&d).unwrap();
         let ds = d.to_str().unwrap().to_string();
-        fs::write(d.join("zebra.conf"), "hostname r\n").unwrap();
-        // bfdd logs its state changes with microsecond timestamps (UTC) to
-        // bfdd.dlog: the failover test reads FRR's detection time from it.
-        fs::write(
-            d.join("bfdd.conf"),
-            format!(
-                "hostname r\nlog file {ds}/bfdd.dlog debugging\nlog timestamp precision 6\ndebug bfd peer\n\
-                 bfd\n profile fast\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n"
-            ),
-        )
-        .unwrap();
-        fs::write(d.join("bgpd.conf"), bgp_conf).unwrap();
-        fs::write(d.join("vtysh.conf"), "").unwrap();
-        must("chown", &["-R", "frr:frr", &ds]);
-        let mut pids = vec![];
-        let zs = format!("{ds}/zserv.api");
-        pids.push(self.spawn(
-            &node.ns,
-            &format!("{name}-zebra"),
-            &[
-                "/usr/lib/frr/zebra",
-                "-f",
-                &format!("{ds}/zebra.conf"),
-                "-i",
-                &format!("{ds}/zebra.pid"),
-                "--vty_socket",
-                &ds,
-                "-z",
-                &zs,
-            ],
-        ));
-        wait_for("zebra socket", Duration::from_secs(10), || {
-            Path::new(&zs).exists()
-        });
-        pids.push(self.spawn(
-            &node.ns,
-            &format!("{name}-bfdd"),
-            &[
-                "env",
-                "TZ=UTC",
-                "/usr/lib/frr/bfdd",
-                "-f",
-                &format!("{ds}/bfdd.conf"),
-                "-i",
-                &format!("{ds}/bfdd.pid"),
-                "--vty_socket",
-                &ds,
-                "-z",
-                &zs,
-                "--bfdctl",
-                &format!("{ds}/bfdd.sock"),
-            ],
-        ));
-        pids.push(self.spawn(
-            &node.ns,
-            &format!("{name}-bgpd"),
-            &[
-                "/usr/lib/frr/bgpd",
-                "-f",
-                &format!("{ds}/bgpd.conf"),
-                "-i",
-                &format!("{ds}/bgpd.pid"),
-                "--vty_socket",
-                &ds,
-                "-z",
-                &zs,
-            ],
-        ));
-        wait_for("bgpd vty socket", Duration::from_secs(10), || {
-            d.join("bgpd.vty").exists()
-        });
-        FrrHandle { dir: ds, pids }
-    }
-
-    pub fn vtysh(&self, f: &FrrHandle, cmd: &str) -> String {
-        run("vtysh", &["--vty_socket", &f.dir, "-c", cmd]).1
+        let bfdd = format!(
+            "hostname r\nlog file {ds}/bfdd.dlog debugging\nlog timestamp precision 6\ndebug bfd peer\n\
+             bfd\n profile fast\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n"
+        );
+        let f = Frr::start(self.netns(&node.ns), &d, bgp_conf, &bfdd).expect("frr");
+        for x in ["zebra", "bfdd", "bgpd"] {
+            self.logs
+                .push((format!("{name}-{x}"), d.join(format!("{x}.log"))));
+        }
+        f
     }
 
     // ---- gobgpd ----
 
-    pub fn gobgpd(&mut self, node: &Node, name: &str, toml: &str) -> (i32, u16) {
-        let api = 50051u16;
-        let c = self.write(&format!("{name}.toml"), toml);
-        let pid = self.spawn(
-            &node.ns,
-            name,
-            &[
-                "gobgpd",
-                "-f",
-                c.to_str().unwrap(),
-                "-p",
-                "--api-hosts",
-                &format!("127.0.0.1:{api}"),
-                "--pprof-disable",
-            ],
-        );
-        (pid, api)
-    }
-
-    pub fn gobgp(&self, node: &Node, args: &[&str]) -> String {
-        let mut a = vec!["gobgp"];
-        a.extend_from_slice(args);
-        self.exec(&node.ns, &a)
-    }
-}
-
-pub struct FrrHandle {
-    pub dir: String,
-    pub pids: Vec<i32>,
-}
-
-fn cleanup_frr_dirs(pid: i32) {
-    for d in ["zebra", "bfdd", "bgpd", "staticd"] {
-        let _ = fs::remove_dir_all(format!("/var/tmp/frr/{d}.{pid}"));
+    pub fn gobgpd(&mut self, node: &Node, name: &str, toml: &str) -> Gobgpd {
+        let g = Gobgpd::start(self.netns(&node.ns), &self.dir, name, toml).expect("gobgpd");
+        self.logs
+            .push((name.into(), self.path(&format!("{name}.log"))));
+        g
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for p in &self.procs {
-            // SAFETY: only PIDs this lab started.
-            unsafe { libc::kill(p.pid, libc::SIGKILL) };
-        }
-        for p in &self.procs {
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(3) {
-                match fs::read_to_string(format!("/proc/{}/stat", p.pid)) {
-                    Ok(s) if !s.contains(") Z") => std::thread::sleep(Duration::from_millis(10)),
-                    _ => break,
-                }
-            }
-            cleanup_frr_dirs(p.pid);
-        }
+        // Routers and speakers are the test's own handles, dropped (killed)
+        // before the lab; the helpers go now, then the namespaces.
+        self.helpers.clear();
         if std::thread::panicking() {
-            for p in &self.procs {
+            for (name, log) in &self.logs {
                 eprintln!(
-                    "---- log of {} ----\n{}",
-                    p.name,
-                    fs::read_to_string(&p.log).unwrap_or_default()
+                    "---- log of {name} ----\n{}",
+                    fs::read_to_string(log).unwrap_or_default()
                 );
             }
         }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        self.namespaces.clear();
         if std::env::var_os("BERTH_KEEP_LAB").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
@@ -644,4 +367,67 @@ pub fn frr_log_time(log: &str, after: f64, needles: &[&str]) -> Option<f64> {
         }
     }
     None
+}
+
+/// A multi-thread Tokio runtime whose threads all live in network namespace
+/// `ns`: the library API runs in-process "on a node" while the test thread
+/// (in the host namespace) drives it.
+pub struct NsRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsRuntime {
+    pub fn new(ns: &str) -> NsRuntime {
+        let path = format!("/run/netns/{ns}");
+        let (htx, hrx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let f = fs::File::open(&path).unwrap();
+            // SAFETY: moves only this thread (and the threads it creates:
+            // the runtime's workers) into the test's namespace.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            htx.send(rt.handle().clone()).unwrap();
+            let _ = rt.block_on(stop_rx);
+            rt.shutdown_timeout(Duration::from_secs(1));
+        });
+        NsRuntime {
+            handle: hrx.recv().unwrap(),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `f` on a worker thread (in the namespace: sockets made there
+    /// belong to it) and waits for its result.
+    pub fn run<F>(&self, f: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle
+            .block_on(self.handle.spawn(f))
+            .unwrap_or_else(|e| match e.try_into_panic() {
+                Ok(p) => std::panic::resume_unwind(p),
+                Err(e) => panic!("{e}"),
+            })
+    }
+}
+
+impl Drop for NsRuntime {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -12,7 +12,7 @@ fn two_speakers_give_ecmp_in_bird_and_frr() {
     let r2 = lab.node("r2", 2);
     let s1 = lab.node("s1", 11);
     let s2 = lab.node("s2", 12);
-    let (_b, sock) = lab.bird(
+    let bird = lab.bird(
         &r1,
         "bird",
         "protocol bgp s1 from spk { neighbor 198.18.0.11 as 64513; }\nprotocol bgp s2 from spk { neighbor 198.18.0.12 as 64513; }",
@@ -24,12 +24,13 @@ fn two_speakers_give_ecmp_in_bird_and_frr() {
     );
     let peers = "[[peer]]\naddress = \"198.18.0.1\"\nremote_as = 64512\nhold_time = 3\n[[peer]]\naddress = \"198.18.0.2\"\nremote_as = 64512\nhold_time = 3\n";
     let ann = "[[announce]]\nprefix = \"198.19.100.10/32\"\n[[announce]]\nprefix = \"2001:db8:100::10/128\"\n";
+    let mut speakers = Vec::new();
     for (n, node, id) in [
         ("berth1", &s1, "198.18.0.11"),
         ("berth2", &s2, "198.18.0.12"),
     ] {
         let st = lab.path(&format!("{n}.status"));
-        lab.berth(node, n, &berth_conf(id, &st, peers, ann));
+        speakers.push(lab.berth(node, n, &berth_conf(id, &st, peers, ann)));
     }
     let two_paths = |out: &str, a: &str, b: &str| {
         out.contains(&format!("nexthop via {a}")) && out.contains(&format!("nexthop via {b}"))
@@ -57,7 +58,7 @@ fn two_speakers_give_ecmp_in_bird_and_frr() {
             )
         },
     );
-    let b = lab.birdc(&sock, "show route 198.19.100.10/32");
+    let b = bird.birdc("show route 198.19.100.10/32");
     assert!(b.contains("s1") && b.contains("s2"), "{b}");
     // IPv6 too: two next hops in both kernels.
     wait_for(

@@ -8,7 +8,7 @@ use crate::common::*;
 use crate::frr::frr_conf;
 use std::time::{Duration, Instant};
 
-fn fs_read(path: &str) -> String {
+fn fs_read(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
@@ -47,7 +47,7 @@ fn bfd_link_down_and_hold_time_failover() {
     let r2 = lab.node("r2", 2);
     let s1 = lab.node("s1", 11);
     let s2 = lab.node("s2", 12);
-    let (_b, sock) = lab.bird(
+    let bird = lab.bird(
         &r1,
         "bird",
         "protocol bgp s1 from spk { neighbor 198.18.0.11 as 64513; bfd on; }\n\
@@ -67,7 +67,7 @@ fn bfd_link_down_and_hold_time_failover() {
     );
     let peers2 = "[[peer]]\naddress = \"198.18.0.1\"\nremote_as = 64512\nhold_time = 3\n[[peer]]\naddress = \"198.18.0.2\"\nremote_as = 64512\nhold_time = 3\n";
     let st1 = lab.path("bfd.status");
-    lab.berth(
+    let _bfd_speaker = lab.berth(
         &s1,
         "bfd",
         &berth_conf(
@@ -78,7 +78,7 @@ fn bfd_link_down_and_hold_time_failover() {
         ),
     );
     let st2 = lab.path("hold.status");
-    let p2 = lab.berth(
+    let mut p2 = lab.berth(
         &s2,
         "hold",
         &berth_conf(
@@ -110,9 +110,9 @@ fn bfd_link_down_and_hold_time_failover() {
                 .contains("198.18.0.12")
     });
     wait_for("BFD Up with BIRD and FRR", Duration::from_secs(15), || {
-        lab.birdc(&sock, "show bfd sessions").contains("Up")
-            && lab
-                .vtysh(&frr, "show bfd peer 198.18.0.11")
+        bird.birdc("show bfd sessions").contains("Up")
+            && frr
+                .vtysh("show bfd peer 198.18.0.11")
                 .contains("Status: up")
             && lab.berth_status("bfd").matches("bfd=Up").count() == 2
     });
@@ -120,8 +120,8 @@ fn bfd_link_down_and_hold_time_failover() {
     std::thread::sleep(Duration::from_millis(1500));
 
     if std::env::var_os("BERTH_DEBUG_BFD").is_some() {
-        eprintln!("{}", lab.vtysh(&frr, "show bfd peer 198.18.0.11"));
-        eprintln!("{}", lab.birdc(&sock, "show bfd sessions"));
+        eprintln!("{}", frr.vtysh("show bfd peer 198.18.0.11"));
+        eprintln!("{}", bird.birdc("show bfd sessions"));
     }
     // Route events (`ip -ts monitor`), the speaker's link-down event, and the
     // BFD packets each router receives from the speaker (tcpdump), all with
@@ -155,7 +155,7 @@ fn bfd_link_down_and_hold_time_failover() {
     // sessions restart from FRR's and BIRD's slow (1 s) timers.
     for round in 0..2 {
         if round > 0 {
-            must("ip", &["-n", &s1.ns, "link", "set", "eth0", "up"]);
+            lab.netns(&s1.ns).set_link("eth0", true).unwrap();
             wait_for(
                 "routes back in both kernels",
                 Duration::from_secs(30),
@@ -168,15 +168,15 @@ fn bfd_link_down_and_hold_time_failover() {
                 },
             );
             wait_for("BFD Up again", Duration::from_secs(15), || {
-                lab.birdc(&sock, "show bfd sessions").contains("Up")
-                    && lab
-                        .vtysh(&frr, "show bfd peer 198.18.0.11")
+                bird.birdc("show bfd sessions").contains("Up")
+                    && frr
+                        .vtysh("show bfd peer 198.18.0.11")
                         .contains("Status: up")
             });
             std::thread::sleep(Duration::from_millis(1500));
         }
         let t0 = utc_day_seconds();
-        must("ip", &["-n", &s1.ns, "link", "set", "eth0", "down"]);
+        lab.netns(&s1.ns).set_link("eth0", false).unwrap();
         let (bird_poll, frr_poll) = gone_from_both(
             &lab,
             &r1.ns,
@@ -222,7 +222,7 @@ fn bfd_link_down_and_hold_time_failover() {
         let (bird_del, frr_del) = (deleted("mon-bird"), deleted("mon-frr"));
         let (bird_last, frr_last) = (last_rx("cap-bird"), last_rx("cap-frr"));
         let frr_detect = frr_log_time(
-            &fs_read(&format!("{}/bfdd.dlog", frr.dir)),
+            &fs_read(&frr.dir().join("bfdd.dlog")),
             t0,
             &["state-change", "peer:198.18.0.11", "up -> down"],
         )
@@ -288,7 +288,7 @@ fn bfd_link_down_and_hold_time_failover() {
     );
 
     // No BFD: freeze the other speaker; the hold timer (3 s) removes it.
-    lab.signal(p2, libc::SIGSTOP);
+    p2.signal(libc::SIGSTOP);
     let (bird_h, frr_h) = gone_from_both(
         &lab,
         &r1.ns,
@@ -304,5 +304,5 @@ fn bfd_link_down_and_hold_time_failover() {
             "hold-time failover took {d:?}"
         );
     }
-    lab.signal(p2, libc::SIGCONT);
+    p2.signal(libc::SIGCONT);
 }

@@ -37,14 +37,14 @@ fn frr_session_routes_withdraw_restart_passive() {
     );
     let status = lab.path("berth.status");
     let peer = "[[peer]]\naddress = \"198.18.0.1\"\nremote_as = 64512\nhold_time = 3\n";
-    let pid = lab.berth(
+    let mut berth = lab.berth(
         &s,
         "berth",
         &berth_conf("198.18.0.11", &status, peer, ANNOUNCE),
     );
 
     wait_for("FRR session Established", Duration::from_secs(20), || {
-        lab.vtysh(&frr, "show bgp neighbor 198.18.0.11")
+        frr.vtysh("show bgp neighbor 198.18.0.11")
             .contains("BGP state = Established")
     });
     wait_for(
@@ -60,7 +60,7 @@ fn frr_session_routes_withdraw_restart_passive() {
         Duration::from_secs(5),
         || lab.kernel_route(&r.ns, "2001:db8:100::10").contains("via"),
     );
-    let v4 = lab.vtysh(&frr, "show bgp ipv4 unicast 198.19.100.10/32");
+    let v4 = frr.vtysh("show bgp ipv4 unicast 198.19.100.10/32");
     for want in [
         "64513",
         "metric 10",
@@ -70,7 +70,7 @@ fn frr_session_routes_withdraw_restart_passive() {
     ] {
         assert!(v4.contains(want), "missing {want:?} in:\n{v4}");
     }
-    let v6 = lab.vtysh(&frr, "show bgp ipv6 unicast 2001:db8:100::10/128");
+    let v6 = frr.vtysh("show bgp ipv6 unicast 2001:db8:100::10/128");
     for want in ["Community: 64512:200", "2001:db8::b", "fe80::"] {
         assert!(v6.contains(want), "missing {want:?} in:\n{v6}");
     }
@@ -80,7 +80,7 @@ fn frr_session_routes_withdraw_restart_passive() {
         "berth.toml",
         &berth_conf("198.18.0.11", &status, peer, only_v6),
     );
-    lab.signal(pid, libc::SIGHUP);
+    berth.signal(libc::SIGHUP);
     wait_for(
         "IPv4 route withdrawn from FRR",
         Duration::from_secs(5),
@@ -89,31 +89,12 @@ fn frr_session_routes_withdraw_restart_passive() {
     assert!(lab.kernel_route(&r.ns, "2001:db8:100::10").contains("via"));
 
     // Restart bgpd only.
-    let bgpd = frr.pids[2];
-    lab.kill(bgpd);
-    let ds = frr.dir.clone();
-    let zs = format!("{ds}/zserv.api");
-    let _ = std::fs::remove_file(format!("{ds}/bgpd.vty"));
-    frr.pids[2] = lab.spawn(
-        &r.ns,
-        "frr-bgpd2",
-        &[
-            "/usr/lib/frr/bgpd",
-            "-f",
-            &format!("{ds}/bgpd.conf"),
-            "-i",
-            &format!("{ds}/bgpd.pid"),
-            "--vty_socket",
-            &ds,
-            "-z",
-            &zs,
-        ],
-    );
+    frr.restart_bgpd(lab.netns(&r.ns)).unwrap();
     wait_for(
         "re-established after bgpd restart",
         Duration::from_secs(20),
         || {
-            lab.vtysh(&frr, "show bgp neighbor 198.18.0.11")
+            frr.vtysh("show bgp neighbor 198.18.0.11")
                 .contains("BGP state = Established")
         },
     );
@@ -128,26 +109,13 @@ fn frr_session_routes_withdraw_restart_passive() {
         "berth.toml",
         &berth_conf("198.18.0.11", &status, passive, ANNOUNCE),
     );
-    lab.signal(pid, libc::SIGHUP);
-    let _ = lab.exec(
-        &r.ns,
-        &[
-            "vtysh",
-            "--vty_socket",
-            &frr.dir,
-            "-c",
-            "configure terminal",
-            "-c",
-            "router bgp 64512",
-            "-c",
-            "no neighbor 198.18.0.11 passive",
-        ],
-    );
+    berth.signal(libc::SIGHUP);
+    frr.configure(&["router bgp 64512", "no neighbor 198.18.0.11 passive"]);
     wait_for(
         "Established with Berth passive",
         Duration::from_secs(20),
         || {
-            lab.vtysh(&frr, "show bgp neighbor 198.18.0.11")
+            frr.vtysh("show bgp neighbor 198.18.0.11")
                 .contains("BGP state = Established")
                 && lab.berth_status("berth").contains("state=Established")
         },

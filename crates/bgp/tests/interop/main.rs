@@ -3,7 +3,8 @@
 //! threads (separate binaries would run one after another).
 //!
 //! Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and the `bird2`, `frr`,
-//! `gobgpd`, `iproute2` packages. Run: `cargo test -p berth-bgp --test interop`.
+//! `gobgpd`, `iproute2`, `tcpdump` packages (checked first: the tests fail,
+//! never skip, without them). Run: `cargo test -p berth-bgp --test interop`.
 
 mod api;
 mod bird;
@@ -12,6 +13,8 @@ mod ecmp;
 mod failover;
 mod frr;
 mod gobgp;
+mod library;
+mod limits;
 mod malformed;
 mod md5;
 mod multihop;

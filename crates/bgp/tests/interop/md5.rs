@@ -13,7 +13,7 @@ fn md5_sessions_and_wrong_password() {
     let r2 = lab.node("r2", 2);
     let s1 = lab.node("s1", 11);
     let s2 = lab.node("s2", 12);
-    let (_b, sock) = lab.bird(
+    let bird = lab.bird(
         &r1,
         "bird",
         "protocol bgp s1 from spk { neighbor 198.18.0.11 as 64513; password \"s3cret\"; }\n\
@@ -38,13 +38,13 @@ fn md5_sessions_and_wrong_password() {
     };
     let ann = "[[announce]]\nprefix = \"198.19.100.10/32\"\n";
     let st1 = lab.path("good.status");
-    let good_pid = lab.berth(
+    let mut good_speaker = lab.berth(
         &s1,
         "good",
         &berth_conf("198.18.0.11", &st1, &peers("s3cret"), ann),
     );
     let st2 = lab.path("bad.status");
-    let bad_pid = lab.berth(
+    let mut bad_speaker = lab.berth(
         &s2,
         "bad",
         &berth_conf("198.18.0.12", &st2, &peers("wrong"), ann),
@@ -53,16 +53,13 @@ fn md5_sessions_and_wrong_password() {
     wait_for(
         "BIRD MD5 session (Berth passive) Established",
         Duration::from_secs(20),
-        || {
-            lab.birdc(&sock, "show protocols s1")
-                .contains("Established")
-        },
+        || bird.birdc("show protocols s1").contains("Established"),
     );
     wait_for(
         "FRR MD5 session (Berth active) Established",
         Duration::from_secs(20),
         || {
-            lab.vtysh(&frr, "show bgp neighbor 198.18.0.11")
+            frr.vtysh("show bgp neighbor 198.18.0.11")
                 .contains("BGP state = Established")
         },
     );
@@ -81,12 +78,11 @@ fn md5_sessions_and_wrong_password() {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(5) {
         assert!(
-            !lab.birdc(&sock, "show protocols s2")
-                .contains("Established"),
+            !bird.birdc("show protocols s2").contains("Established"),
             "wrong password established with BIRD"
         );
         assert!(
-            !lab.vtysh(&frr, "show bgp neighbor 198.18.0.12")
+            !frr.vtysh("show bgp neighbor 198.18.0.12")
                 .contains("BGP state = Established"),
             "wrong password established with FRR"
         );
@@ -108,15 +104,14 @@ fn md5_sessions_and_wrong_password() {
         "bad.toml",
         &berth_conf("198.18.0.12", &st2, &peers("s3cret"), ann),
     );
-    lab.signal(bad_pid, libc::SIGHUP);
+    bad_speaker.signal(libc::SIGHUP);
     wait_for(
         "corrected password establishes with BIRD and FRR",
         Duration::from_secs(20),
         || {
-            lab.birdc(&sock, "show protocols s2")
-                .contains("Established")
-                && lab
-                    .vtysh(&frr, "show bgp neighbor 198.18.0.12")
+            bird.birdc("show protocols s2").contains("Established")
+                && frr
+                    .vtysh("show bgp neighbor 198.18.0.12")
                     .contains("BGP state = Established")
         },
     );
@@ -126,7 +121,7 @@ fn md5_sessions_and_wrong_password() {
         peers("s3cret")
     );
     lab.write("good.toml", &berth_conf("198.18.0.11", &st1, &more, ann));
-    lab.signal(good_pid, libc::SIGHUP);
+    good_speaker.signal(libc::SIGHUP);
     wait_for("third peer configured", Duration::from_secs(5), || {
         lab.berth_status("good").contains("peer=198.18.0.99")
     });
