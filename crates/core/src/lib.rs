@@ -5,12 +5,14 @@
 //! them be property-tested without etcd, Kubernetes or a kernel.
 
 pub mod addr;
+pub mod announce;
 pub mod audit;
 pub mod binding;
 pub mod block;
 pub mod claim;
 pub mod policy;
 pub mod pool;
+pub mod selector;
 
 pub use addr::{AddrRange, Family};
 pub use audit::{audit, audit_with_claims, Violation};
