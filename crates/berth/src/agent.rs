@@ -24,6 +24,19 @@ pub struct AgentArgs {
     /// How long a CNI ADD waits for its pod to appear in the watch before "try again".
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub pod_wait: Duration,
+    /// Routed pod network: `l2` routes every other node's blocks via its InternalIP when that is
+    /// on a segment this node is on; `off` leaves pod routes to something else (BGP mode) after
+    /// removing those a previous `l2` run made.
+    #[arg(long, default_value = "l2")]
+    pub pod_routes: berth_agent::routes::PodRoutes,
+    /// The bridge this node's pods hang on (the bridge plugin's `bridge`). Its prefix is not a
+    /// segment for next hops, and on it the agent answers ARP/NDP for the routed blocks. `""`:
+    /// no bridge (pods on macvlan, say).
+    #[arg(long, default_value = "cni0")]
+    pub pod_bridge: String,
+    /// Reconcile pod routes at least this often, besides following the watches.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub pod_routes_resync: Duration,
     #[command(flatten)]
     pub ledger: LedgerArgs,
 }
@@ -42,7 +55,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
@@ -94,6 +107,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let route_metrics = Arc::new(berth_agent::routes::RouteMetrics::default());
+    let _routes = start_pod_routes(&args, &node, Arc::clone(&route_metrics)).await;
     let listener = berth_agent::bind(&args.socket)?;
     tracing::info!(node = %node, socket = %args.socket.display(), ledger = %alloc.ledger().describe(), "berth agent serving");
     let result = tokio::select! {
@@ -104,6 +119,127 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_file(&args.socket);
-    tracing::info!("berth agent stopped");
+    let m = route_metrics.snapshot();
+    tracing::info!(
+        pod_routes_added = m.added,
+        pod_routes_replaced = m.replaced,
+        pod_routes_removed = m.removed,
+        pod_routes_installed = m.installed,
+        "berth agent stopped"
+    );
     result
 }
+
+/// Aborts the pod-route task when the agent stops. Routes stay in the kernel: a restart
+/// continues with them unchanged.
+struct RouteTask(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for RouteTask {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the routed pod network (`--pod-routes`) on this node's kernel, from the watches the
+/// ledger offers. Never fails the agent: without what it needs it says so and routes nothing.
+async fn start_pod_routes(
+    args: &AgentArgs,
+    node: &str,
+    metrics: Arc<berth_agent::routes::RouteMetrics>,
+) -> RouteTask {
+    use berth_agent::routes::{self, PodRoutes, RouteConfig, RouteInputs};
+    let kernel = match berth_netlink::Kernel::new() {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "no pod routes: cannot reach the kernel's routing");
+            return RouteTask(None);
+        }
+    };
+    if args.pod_routes == PodRoutes::Off {
+        return RouteTask(Some(tokio::spawn(async move {
+            match routes::run::clear(&kernel, &metrics).await {
+                Ok(n) => tracing::info!(removed = n, "pod routes off (--pod-routes off)"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pod routes off; cannot list the kernel's routes")
+                }
+            }
+        })));
+    }
+    let kube = |what: &'static str| async move {
+        match berth_k8s::client(args.ledger.kubeconfig.as_deref()).await {
+            Ok((c, _)) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no pod routes: {what}; or run with --pod-routes off");
+                None
+            }
+        }
+    };
+    let inputs = if args.ledger.is_kubernetes() {
+        let Some(client) = kube("the Kubernetes ledger's cluster cannot be reached").await else {
+            return RouteTask(None);
+        };
+        RouteInputs {
+            blocks: berth_k8s::cluster::watch_blocks(client.clone()),
+            node_ips: berth_k8s::cluster::watch_node_ips(client),
+        }
+    } else {
+        match args.ledger.spec() {
+            Ok(berth_ledger::LedgerSpec::Etcd {
+                endpoints,
+                tls,
+                prefix,
+            }) => {
+                let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+                if args.ledger.kubeconfig.is_none() && !in_cluster {
+                    tracing::warn!(
+                        "no pod routes: on the etcd ledger the nodes' InternalIPs come from Kubernetes; pass --kubeconfig (or run in a pod), or --pod-routes off"
+                    );
+                    return RouteTask(None);
+                }
+                let Some(client) =
+                    kube("node addresses come from Kubernetes, which cannot be reached").await
+                else {
+                    return RouteTask(None);
+                };
+                let etcd = match berth_ledger::etcd::Etcd::connect(
+                    &endpoints,
+                    tls.as_ref(),
+                    &prefix,
+                )
+                .await
+                {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no pod routes: cannot watch the etcd ledger's blocks");
+                        return RouteTask(None);
+                    }
+                };
+                let (c, blocks_prefix) = etcd.watch_parts(berth_ledger::Kind::Block);
+                RouteInputs {
+                    blocks: routes::etcd::watch_blocks(c, blocks_prefix),
+                    node_ips: berth_k8s::cluster::watch_node_ips(client),
+                }
+            }
+            _ => {
+                tracing::info!("no pod routes: the embedded ledger is single-node");
+                return RouteTask(None);
+            }
+        }
+    };
+    let cfg = RouteConfig {
+        node: node.to_string(),
+        pod_bridge: (!args.pod_bridge.is_empty()).then(|| args.pod_bridge.clone()),
+        resync: args.pod_routes_resync,
+        answer_limit: ANSWER_LIMIT,
+    };
+    tracing::info!(node = %node, pod_bridge = %args.pod_bridge, "routing other nodes' blocks (--pod-routes l2)");
+    RouteTask(Some(tokio::spawn(routes::run(
+        kernel, cfg, inputs, metrics,
+    ))))
+}
+
+/// Blocks with more addresses than this are routed but not answered for on the pod bridge
+/// (a /20 of IPv4, a /116 of IPv6).
+const ANSWER_LIMIT: u32 = 4096;

@@ -61,7 +61,7 @@ fn from_agent(socket: &Path) -> anyhow::Result<Snapshot> {
     })
 }
 
-async fn load(args: &InspectArgs) -> anyhow::Result<Snapshot> {
+pub(crate) async fn load(args: &InspectArgs) -> anyhow::Result<Snapshot> {
     let embedded_dir = match args.ledger.is_kubernetes() {
         true => None,
         false => match args.ledger.spec()? {
@@ -82,7 +82,7 @@ async fn load(args: &InspectArgs) -> anyhow::Result<Snapshot> {
     Ok(berth_allocator::snapshot(ledger.as_ref()).await?)
 }
 
-fn table(rows: Vec<Vec<String>>) {
+pub(crate) fn table(rows: Vec<Vec<String>>) {
     let widths: Vec<usize> = (0..rows.first().map_or(0, |r| r.len()))
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
@@ -97,7 +97,7 @@ fn table(rows: Vec<Vec<String>>) {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

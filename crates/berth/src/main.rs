@@ -6,6 +6,7 @@ mod controller;
 mod inspect;
 mod lab;
 mod ledger_args;
+mod routes;
 mod shutdown;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Blocks(inspect::InspectArgs),
     /// List bindings: address, owner, container, interface, node.
     Bindings(inspect::InspectArgs),
+    /// List this node's pod routes with their block and node, and other nodes' blocks without one.
+    Routes(routes::RoutesArgs),
     /// Check the ledger's invariants; exits 1 and prints each violation when one is broken.
     Audit(inspect::InspectArgs),
     /// Print Berth's CustomResourceDefinitions as YAML (what deploy/crds.yaml holds).
@@ -86,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             Command::Blocks(a) => inspect::blocks(a).await,
             Command::Bindings(a) => inspect::bindings(a).await,
             Command::Audit(a) => inspect::audit(a).await,
+            Command::Routes(a) => routes::routes(a).await,
             Command::Lab(_) | Command::Crds | Command::Bgp(_) => {
                 unreachable!("handled before the runtime starts")
             }

@@ -5,8 +5,11 @@
 //! - [`names`]: how ledger names map to Kubernetes object names.
 //! - [`ledger`]: the Kubernetes ledger backend: one object per record, compare-and-swap on
 //!   `resourceVersion`, so no single object is contended by every allocation.
+//! - [`cluster`]: cluster-wide watches of every node's blocks and InternalIPs (the routed pod
+//!   network's inputs).
 
 pub mod annotations;
+pub mod cluster;
 pub mod crd;
 pub mod ledger;
 pub mod names;

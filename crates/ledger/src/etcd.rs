@@ -96,6 +96,17 @@ impl Etcd {
         })
     }
 
+    /// A clone of the client, and the key prefix of `kind` (e.g. `/berth/blocks/`).
+    ///
+    /// Why: the agent's routed pod network watches the blocks prefix instead of listing it in a
+    /// loop; the watch uses the same endpoints and TLS as the ledger.
+    pub fn watch_parts(&self, kind: Kind) -> (Client, String) {
+        (
+            self.client.clone(),
+            format!("{}{}/", self.prefix, kind.as_str()),
+        )
+    }
+
     fn key(&self, kind: Kind, name: &str) -> String {
         format!("{}{}/{}", self.prefix, kind.as_str(), name)
     }
