@@ -363,6 +363,17 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Seconds since midnight of a log line's RFC 3339 timestamp (`2026-12-02T03:06:06.897910Z`).
+fn log_seconds(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split_once('T')?.1;
+    let t = t.trim_end_matches('Z');
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
 fn block_of(ip: IpAddr) -> IpNet {
     let len = if ip.is_ipv4() { V4_BLOCK } else { V6_BLOCK };
     IpNet::new(ip, len).unwrap().trunc()
@@ -517,7 +528,34 @@ fn routed_pod_network_across_three_nodes() {
         bound = bound.max(took);
         pods.push(pod);
     }
-    eprintln!("[timing] block claimed → routes on every other node: at most {bound:?} (3 claims)");
+    eprintln!("[timing] ADD start → routes on every other node: at most {bound:?} (3 claims)");
+    // From the agents' own log clocks: the owner's "claimed block" to the other agents'
+    // "pod route added" for it.
+    let mut claim_to_route = Vec::new();
+    for (owner, b) in &blocks {
+        let needle = format!("block={b} ");
+        let at = |i: usize, what: &str| {
+            w.agent_log(i)
+                .lines()
+                .find(|l| l.contains(what) && l.contains(&needle))
+                .and_then(log_seconds)
+        };
+        let claimed = at(*owner, "claimed block")
+            .unwrap_or_else(|| panic!("node{} logged no claim of {b}", owner + 1));
+        for j in (0..3).filter(|j| j != owner) {
+            let added = at(j, "pod route added")
+                .unwrap_or_else(|| panic!("node{} logged no route for {b}", j + 1));
+            claim_to_route.push(Duration::from_secs_f64((added - claimed).max(0.0)));
+        }
+    }
+    claim_to_route.sort();
+    eprintln!(
+        "[timing] block claimed → pod route added (agents' log clocks, {} routes): min {:?}, median {:?}, max {:?}",
+        claim_to_route.len(),
+        claim_to_route[0],
+        claim_to_route[claim_to_route.len() / 2],
+        claim_to_route[claim_to_route.len() - 1]
+    );
     for i in 0..3 {
         assert_eq!(w.pod_routes(i), expected(&w, i, &blocks), "node{}", i + 1);
     }
