@@ -5,7 +5,8 @@
 //! and pods as namespaces attached by Debian's `bridge` CNI plugin with `berth-ipam` through the
 //! node's agent, dual-stack.
 //!
-//! The apiserver listens on the host's loopback; each node reaches it through a TCP relay whose
+//! The agents and the controller run as deploy/berth.yaml's ServiceAccounts with its RBAC, and
+//! any 403 fails the test. The apiserver listens on the host's loopback; each node reaches it through a TCP relay whose
 //! listening socket lives in the node's namespace (127.0.0.1:PORT there), so the agents use the
 //! control plane's kubeconfig unchanged. Nodes have forwarding on, as a real node needs.
 //!
@@ -125,6 +126,7 @@ struct World {
     nodes: Vec<Node>,
     agents: Vec<Option<Daemon>>,
     agent_logs: Vec<PathBuf>,
+    roles: common::Roles,
     _fabric: Fabric,
 }
 
@@ -149,6 +151,8 @@ impl World {
                 .await
                 .unwrap();
         });
+        // Berth runs as deploy/'s ServiceAccounts, with exactly deploy/'s RBAC.
+        let roles = common::shipped_roles(&cp);
         let fabric = Fabric::new("rt").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
@@ -208,6 +212,7 @@ impl World {
             dir,
             nodes,
             agents: vec![None, None, None],
+            roles,
             _fabric: fabric,
         }
     }
@@ -230,7 +235,7 @@ impl World {
             "--ledger".into(),
             "kubernetes".into(),
             "--kubeconfig".into(),
-            self.cp.kubeconfig().display().to_string(),
+            self.roles.agent.display().to_string(),
             "--pod-wait".into(),
             "5s".into(),
             "--pod-routes".into(),
@@ -334,7 +339,8 @@ impl World {
         while !on.iter().all(|&i| ok(i)) {
             assert!(
                 t.elapsed() < Duration::from_secs(30),
-                "{what}: not within 30 s; pod routes now: {:?}\nagent logs:\n{}",
+                "{what}: not within 30 s; requests deploy/'s RBAC refused: {:?}\npod routes now: {:?}\nagent logs:\n{}",
+                self.cp.forbidden_requests().unwrap_or_default(),
                 on.iter().map(|&i| self.pod_routes(i)).collect::<Vec<_>>(),
                 on.iter()
                     .map(|&i| tail(&self.agent_log(i), 15))
@@ -476,7 +482,7 @@ fn routed_pod_network_across_three_nodes() {
     let mut ctl_cmd = Command::new(BERTH);
     ctl_cmd
         .args(["controller", "--ledger", "kubernetes", "--kubeconfig"])
-        .arg(w.cp.kubeconfig())
+        .arg(&w.roles.controller)
         .args([
             "--grace",
             "30s",
@@ -485,7 +491,7 @@ fn routed_pod_network_across_three_nodes() {
             "--lease-duration",
             "3s",
         ])
-        .args(["--lease-namespace", NS, "--id", "c1"]);
+        .args(["--lease-namespace", common::BERTH_NAMESPACE, "--id", "c1"]);
     let ctl_log = w.dir.path().join("controller.log");
     let mut controller = Daemon::spawn("controller", ctl_cmd, Some(&ctl_log)).unwrap();
 
@@ -866,6 +872,9 @@ fn routed_pod_network_across_three_nodes() {
         !w.dir.path().join("must-stay-empty").exists(),
         "berth-ipam fell back to its embedded ledger"
     );
+    // deploy/'s RBAC allowed everything the agents and the controller did (the watches too:
+    // a refused watch is retried forever and the routes silently never come).
+    common::assert_no_forbidden(&w.cp);
     let _ = controller.kill();
     for a in w.agents.iter_mut() {
         if let Some(mut d) = a.take() {
