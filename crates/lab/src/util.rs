@@ -224,6 +224,91 @@ pub fn check_test_addr(s: &str) -> Result<IpAddr> {
     Ok(ip)
 }
 
+/// A command that runs `program` inside network namespace `netns` (`nsenter --net=...`), or on
+/// the host when `netns` is `None`.
+///
+/// Why: daemons of the lab's control plane run in a namespace of their own. `nsenter` (unlike
+/// `ip netns exec`) keeps the caller's mount namespace, so `/sys/fs/cgroup` stays visible, and
+/// it execs the program, so the recorded PID is the daemon's.
+pub fn netns_command(netns: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut c = Command::new(tool("nsenter"));
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg(program);
+            c
+        }
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `netns` (or on a plain thread when
+/// `None`) and returns its result.
+///
+/// Why: health checks of daemons in a namespace (etcd's `/health`, a TCP connect) from Rust,
+/// without a helper process. Network namespace membership is per thread, and a socket keeps the
+/// namespace it was created in.
+pub fn in_netns<T: Send>(netns: Option<&str>, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let Some(ns) = netns else { return Ok(f()) };
+    let path = Path::new("/run/netns").join(ns);
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on an fd we own, affecting only this (scoped) thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(anyhow!(
+                    "setns into {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow!("a thread in netns {ns} panicked"))?
+    })
+}
+
+/// A working directory: a temp dir removed on Drop, or a kept one (a lab's state dir).
+///
+/// Why: test control planes clean up after themselves; `berth lab up` keeps its files for
+/// `berth lab down`.
+#[derive(Debug)]
+pub(crate) enum Workdir {
+    /// Removed on Drop.
+    Temp(tempfile::TempDir),
+    /// Left in place.
+    Kept(PathBuf),
+}
+
+impl Workdir {
+    /// A temp dir named after `name`, or `dir` (created) when given.
+    pub(crate) fn new(name: &str, dir: Option<&Path>) -> Result<Workdir> {
+        match dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                Ok(Workdir::Kept(d.to_path_buf()))
+            }
+            None => Ok(Workdir::Temp(
+                tempfile::Builder::new()
+                    .prefix(&format!("{name}-"))
+                    .tempdir()
+                    .context("creating a temp dir")?,
+            )),
+        }
+    }
+
+    /// The directory. Why: every file of its owner lives under it.
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            Workdir::Temp(t) => t.path(),
+            Workdir::Kept(p) => p,
+        }
+    }
+}
+
 /// The PID encoded in a harness name `bt-<pid>-…`, if `name` is one.
 fn owner_pid(name: &str) -> Option<u32> {
     name.strip_prefix(NAME_PREFIX)?
