@@ -16,12 +16,19 @@
 //! - names carry a prefix (`lab` for `berth lab`, a unique one per test), so two worlds never
 //!   collide.
 
+pub mod cgroup;
+pub mod deploy;
 mod etcd;
+pub mod image;
 mod kube;
 mod net;
+pub mod node;
 mod process;
+pub mod programs;
+pub mod state;
 mod tls;
 mod util;
+mod world;
 
 pub use etcd::{Etcd, EtcdBuilder, EtcdCluster};
 pub use kube::{
@@ -29,9 +36,12 @@ pub use kube::{
     KUBE_CONTROLLERS, KUBE_SERVICE_CIDR, KUBE_VERSION,
 };
 pub use net::{pod_netns, Fabric, Netns, FABRIC_BRIDGE};
-pub use process::Daemon;
+pub use process::{Daemon, SpawnOpts};
 pub use tls::TlsFiles;
 pub use util::{
-    check_test_addr, find_tool, free_ports, is_test_addr, run, run_checked, sweep_stale, tool,
-    unique_name, wait_for, NAME_PREFIX,
+    check_test_addr, find_tool, free_ports, in_netns, is_test_addr, netns_command, run,
+    run_checked, sweep_stale, tool, unique_name, wait_for, NAME_PREFIX,
+};
+pub use world::{
+    addr, agent_answers, Deploy, Lab, LabConfig, LabNode, DEFAULT_PREFIX, DEFAULT_STATE_DIR,
 };

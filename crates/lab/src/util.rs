@@ -309,6 +309,55 @@ impl Workdir {
     }
 }
 
+/// Fails, naming every missing program and the fix, unless the tools a lab runs exist.
+///
+/// Why: `berth lab up` and the tests fail before they make anything when the machine lacks
+/// containerd, socat, BIRD or the Kubernetes build.
+pub(crate) fn require_tools_for_lab(cfg: &crate::world::LabConfig) -> Result<()> {
+    let mut missing: Vec<String> = [
+        "ip",
+        "nsenter",
+        "unshare",
+        "socat",
+        "bird",
+        "containerd",
+        "containerd-shim-runc-v2",
+        "runc",
+        "ctr",
+        "etcd",
+        "curl",
+        "iptables",
+        "mount",
+    ]
+    .iter()
+    .filter(|t| find_tool(t).is_none())
+    .map(|t| t.to_string())
+    .collect();
+    for b in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+        "kubectl",
+    ] {
+        if find_tool(&cfg.kube_bin.join(b).display().to_string()).is_none() {
+            missing.push(cfg.kube_bin.join(b).display().to_string());
+        }
+    }
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        missing.push("/usr/lib/cni/bridge".into());
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the lab needs {}: install them with `sudo bash hack/install-deps.sh` and build \
+             Kubernetes v1.20.2 with `sudo bash hack/kube-build.sh` (or `cargo xtask kube build`)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The PID encoded in a harness name `bt-<pid>-…`, if `name` is one.
 fn owner_pid(name: &str) -> Option<u32> {
     name.strip_prefix(NAME_PREFIX)?
