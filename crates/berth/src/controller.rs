@@ -29,7 +29,7 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease (default: hostname and PID).
     #[arg(long)]
     pub id: Option<String>,
-    /// Create or update Berth's CRDs at start (otherwise apply deploy/crds.yaml).
+    /// Create or update Berth's CRDs at start (otherwise apply deploy/base/crds.yaml).
     #[arg(long)]
     pub install_crds: bool,
     #[command(flatten)]

@@ -86,7 +86,7 @@ fn deploy_manifests_are_accepted_by_the_api_server() {
     let cp = KubeControlPlane::start().unwrap();
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/berth.yaml"
+        "/../../deploy/base/berth.yaml"
     ))
     .unwrap();
     let mut kinds = vec![];
@@ -102,7 +102,7 @@ fn deploy_manifests_are_accepted_by_the_api_server() {
             }
             "DaemonSet" => format!("/apis/apps/v1/namespaces/{ns}/daemonsets"),
             "Deployment" => format!("/apis/apps/v1/namespaces/{ns}/deployments"),
-            other => panic!("deploy/berth.yaml has a {other} this test does not know"),
+            other => panic!("deploy/base/berth.yaml has a {other} this test does not know"),
         };
         let r = cp
             .request("POST", &format!("{path}?dryRun=All"), Some(&v))

@@ -12,14 +12,14 @@ use anyhow::{Context, Result};
 /// contents).
 pub const FILES: &[(&str, &str)] = &[
     (
-        "kustomization.yaml",
-        include_str!("../../../deploy/kustomization.yaml"),
+        "base/kustomization.yaml",
+        include_str!("../../../deploy/base/kustomization.yaml"),
     ),
-    ("crds.yaml", include_str!("../../../deploy/crds.yaml")),
-    ("berth.yaml", include_str!("../../../deploy/berth.yaml")),
+    ("base/crds.yaml", include_str!("../../../deploy/base/crds.yaml")),
+    ("base/berth.yaml", include_str!("../../../deploy/base/berth.yaml")),
     (
-        "10-berth.conflist",
-        include_str!("../../../deploy/10-berth.conflist"),
+        "base/10-berth.conflist",
+        include_str!("../../../deploy/base/10-berth.conflist"),
     ),
     (
         "overlays/lab/kustomization.yaml",

@@ -45,6 +45,72 @@ pub fn backing_name(path: &str) -> String {
     path.trim_start_matches('/').replace('/', "-")
 }
 
+/// Quotes `s` for a POSIX shell (single quotes).
+fn sq(s: &Path) -> String {
+    format!("'{}'", s.display().to_string().replace('\'', "'\\''"))
+}
+
+/// The shell script that, run inside a node's fresh mount namespace, puts every
+/// [`NODE_DIRS`] entry in place from the node's backing directories.
+///
+/// A directory the host lacks is never created on the host: its deepest existing ancestor is
+/// "shadowed" inside the node's namespace (a tmpfs over it, with every original entry bound
+/// back in), and the directory is made in that tmpfs. So the host's filesystem is only written
+/// below the lab's state dir, and one lab's teardown never removes a mount point another lab
+/// (or the host) uses.
+pub fn mount_script(n: &NodeSpec) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let mut shadows: Vec<PathBuf> = Vec::new();
+    for d in NODE_DIRS {
+        let mut a = Path::new(d);
+        while !a.exists() {
+            a = a.parent().context("a node dir without an existing ancestor")?;
+        }
+        if a != Path::new(d) && a != Path::new("/") && !shadows.iter().any(|s| s == a) {
+            shadows.push(a.to_path_buf());
+        }
+    }
+    let mut s = String::from("set -e\n");
+    for a in &shadows {
+        let stage = n.dir.join("shadow").join(backing_name(&a.display().to_string()));
+        std::fs::create_dir_all(&stage)
+            .with_context(|| format!("creating {}", stage.display()))?;
+        // A tmpfs made aside, filled with every entry of the original (bound, recursively,
+        // while the original is still visible), then moved over it.
+        s.push_str(&format!("mount -t tmpfs -o mode=755 berth-lab-shadow {}\n", sq(&stage)));
+        let mut entries: Vec<_> = std::fs::read_dir(a)
+            .with_context(|| format!("reading {}", a.display()))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            let (orig, dst) = (a.join(&name), stage.join(&name));
+            let ft = e.file_type().with_context(|| format!("stat {}", e.path().display()))?;
+            if ft.is_symlink() {
+                let target = std::fs::read_link(e.path())?;
+                s.push_str(&format!("ln -s {} {}\n", sq(&target), sq(&dst)));
+                continue;
+            }
+            if ft.is_dir() {
+                s.push_str(&format!("mkdir {}\n", sq(&dst)));
+            } else {
+                s.push_str(&format!(": > {}\n", sq(&dst)));
+            }
+            // The entry holding the lab's own state is bound without its submounts (the
+            // nodes' mount namespace files), so no namespace holds another's.
+            let flag = if n.dir.starts_with(&orig) { "--bind" } else { "--rbind" };
+            s.push_str(&format!("mount {flag} {} {}\n", sq(&orig), sq(&dst)));
+        }
+        s.push_str(&format!("mount --move {} {}\n", sq(&stage), sq(a)));
+    }
+    for d in NODE_DIRS {
+        s.push_str(&format!("mkdir -p {}\n", sq(Path::new(d))));
+        s.push_str(&format!("mount --bind {} {}\n", sq(&n.backing(d)), sq(Path::new(d))));
+    }
+    Ok(s)
+}
+
 /// One node's facts. Why: every generator takes the same description.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -277,6 +343,31 @@ mod tests {
             assert!(seen.insert(b), "two dirs share a backing");
         }
         assert_eq!(backing_name("/var/lib/kubelet"), "var-lib-kubelet");
+    }
+
+    #[test]
+    fn missing_dirs_are_made_in_a_shadow_never_on_the_host() {
+        let d = tempfile::tempdir().unwrap();
+        let mut n = spec();
+        n.dir = d.path().to_path_buf();
+        let s = mount_script(&n).unwrap();
+        for dir in NODE_DIRS {
+            assert!(s.contains(&format!("mount --bind '{}' '{dir}'", n.backing(dir).display())));
+            if !Path::new(dir).exists() {
+                // Its parent chain ends in an existing dir that is shadowed by a tmpfs first.
+                let mut a = Path::new(dir);
+                while !a.exists() {
+                    a = a.parent().unwrap();
+                }
+                if a != Path::new("/") {
+                    let t = format!("' '{}'\n", a.display());
+                    assert!(s.contains("mount --move"), "{s}");
+                    let at = s.find(&t).unwrap_or_else(|| panic!("{a:?} not shadowed"));
+                    assert!(at < s.find(&format!("mkdir -p '{dir}'")).unwrap());
+                }
+            }
+        }
+        assert_eq!(sq(Path::new("a'b")), "'a'\\''b'");
     }
 
     #[test]

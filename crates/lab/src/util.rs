@@ -372,15 +372,46 @@ fn owner_is_dead(name: &str) -> bool {
     owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
-/// Removes what test processes that died without running Drop left behind: namespaces in
-/// `/run/netns` and directories in the temp dir named `bt-<pid>-…` whose `<pid>` no longer
-/// exists. Returns what was removed.
+/// Removes what test processes that died without running Drop left behind: directories in the
+/// temp dir named `bt-<pid>-…` whose `<pid>` no longer exists (a lab's state dir is torn down
+/// from its record first), and namespaces in `/run/netns` named so. Returns what was removed.
 ///
 /// Why: a test process killed by SIGKILL (a nextest timeout, an OOM kill) cannot clean up; its
 /// daemons die with it (parent-death signal) but names and files stay. The next harness user in
 /// any process sweeps them. Anything of a live process is never touched.
 pub fn sweep_stale() -> Vec<String> {
     let mut removed = Vec::new();
+    // Temp dirs first: a dead test's lab is torn down from its state file (its processes in
+    // the lab's cgroups, mounts, namespaces) before its directory goes.
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if !is_dir || !owner_is_dead(&name) {
+                continue;
+            }
+            if path.join(crate::state::STATE_FILE).exists() {
+                match crate::state::teardown(&path) {
+                    Ok(t) if t.leftovers.is_empty() => {
+                        removed.push(format!("lab {}", path.display()));
+                        continue;
+                    }
+                    Ok(t) => eprintln!(
+                        "berth-lab: stale lab {} left: {}",
+                        path.display(),
+                        t.leftovers.join("; ")
+                    ),
+                    Err(e) => eprintln!("berth-lab: stale lab {}: {e:#}", path.display()),
+                }
+                continue;
+            }
+            if std::fs::remove_dir_all(&path).is_ok() {
+                removed.push(path.display().to_string());
+            }
+        }
+    }
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -395,17 +426,6 @@ pub fn sweep_stale() -> Vec<String> {
                 .unwrap_or(false);
             if ok {
                 removed.push(format!("/run/netns/{name}"));
-            }
-        }
-    }
-    let tmp = std::env::temp_dir();
-    if let Ok(entries) = std::fs::read_dir(&tmp) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let path = e.path();
-            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if is_dir && owner_is_dead(&name) && std::fs::remove_dir_all(&path).is_ok() {
-                removed.push(path.display().to_string());
             }
         }
     }

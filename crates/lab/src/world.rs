@@ -308,6 +308,16 @@ impl Lab {
         Netns::existing(&self.ns_name(what))
     }
 
+    /// The name prefix. Why: every namespace is `PREFIX-what`.
+    pub fn prefix(&self) -> &str {
+        &self.cfg.prefix
+    }
+
+    /// The kubectl v1.20.2 the lab applies deploy/ with.
+    pub fn kubectl_path(&self) -> PathBuf {
+        self.cfg.kube_bin.join("kubectl")
+    }
+
     /// The lab's nodes.
     pub fn nodes(&self) -> &[LabNode] {
         &self.nodes
@@ -693,18 +703,8 @@ impl Lab {
             service_cidr: addr::SERVICE_CIDR.into(),
             cluster_cidr: addr::POD_CIDR.into(),
         };
-        // Backing dirs, and mount points on the host where they are missing (recorded).
         for d in node::NODE_DIRS {
             std::fs::create_dir_all(spec.backing(d))?;
-            let mut p = PathBuf::from("/");
-            for part in Path::new(d).components().skip(1) {
-                p.push(part);
-                if !p.exists() {
-                    let pp = p.clone();
-                    self.rec.update(|s| s.host_dirs.push(pp))?;
-                    std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
-                }
-            }
         }
         // The distribution's CNI plugins, as a node's package would install them.
         let bin = spec.backing("/opt/cni/bin");
@@ -718,13 +718,7 @@ impl Lab {
             &spec.dir.join("resolv.conf"),
             "# berth lab: no DNS on the lab's nodes\n",
         )?;
-        let mut script = String::from("set -e\n");
-        for d in node::NODE_DIRS {
-            script.push_str(&format!(
-                "mount --bind '{}' '{d}'\n",
-                spec.backing(d).display()
-            ));
-        }
+        let mut script = node::mount_script(&spec)?;
         for (key, val) in node::KUBELET_SYSCTLS {
             let f = spec.dir.join("sysctl").join(key.replace('/', "."));
             write(&f, &format!("{val}\n"))?;
@@ -756,15 +750,35 @@ impl Lab {
             mount_ns: mnt,
             cgroup: cg.clone(),
         };
-        let sys_cg = format!("{cg}/system");
-        let logs = spec.dir.join("log");
-        std::fs::create_dir_all(&logs)?;
-
-        // containerd, then the images.
         write(
             &spec.dir.join("containerd.toml"),
             &node::containerd_config(&spec),
         )?;
+        write(&spec.dir.join("kubelet.yaml"), &node::kubelet_config(&spec))?;
+        write(
+            &spec.dir.join("kubelet.kubeconfig"),
+            &node::token_kubeconfig(&spec.server, ca, token, &format!("system:node:{name}")),
+        )?;
+        write(
+            &spec.dir.join("kube-proxy.yaml"),
+            &node::kube_proxy_config(&spec),
+        )?;
+        write(
+            &spec.dir.join("kube-proxy.kubeconfig"),
+            &node::token_kubeconfig(&spec.server, ca, proxy_token, "system:kube-proxy"),
+        )?;
+        std::fs::create_dir_all(spec.dir.join("log"))?;
+        self.start_node_processes(&node, Some(archive))?;
+        Ok(node)
+    }
+
+    /// Starts containerd (importing the images from `archive` if given), kubelet and
+    /// kube-proxy on `node`, as a machine's init does at boot.
+    fn start_node_processes(&self, node: &LabNode, archive: Option<&Path>) -> Result<()> {
+        let spec = &node.spec;
+        let name = &spec.name;
+        let sys_cg = format!("{}/system", node.cgroup);
+        let logs = spec.dir.join("log");
         let mut c = node.command(tool("containerd"));
         c.arg("--config").arg(spec.dir.join("containerd.toml"));
         self.spawn(
@@ -780,57 +794,31 @@ impl Lab {
             Duration::from_millis(50),
             || std::os::unix::net::UnixStream::connect(&sock).ok(),
         )?;
-        let mut c = node.command(tool("ctr"));
-        c.args([
-            "--address",
-            spec.containerd_socket(),
-            "-n",
-            "k8s.io",
-            "images",
-            "import",
-        ])
-        .args(["--snapshotter", "overlayfs"])
-        .arg(archive);
-        run_checked(&mut c).with_context(|| format!("importing the lab's images into {name}"))?;
-
-        // kubelet.
-        write(&spec.dir.join("kubelet.yaml"), &node::kubelet_config(&spec))?;
-        write(
-            &spec.dir.join("kubelet.kubeconfig"),
-            &node::token_kubeconfig(&spec.server, ca, token, &format!("system:node:{name}")),
-        )?;
+        if let Some(archive) = archive {
+            let mut c = node.command(tool("ctr"));
+            c.args(["--address", spec.containerd_socket(), "-n", "k8s.io", "images", "import"])
+                .args(["--snapshotter", "overlayfs"])
+                .arg(archive);
+            run_checked(&mut c)
+                .with_context(|| format!("importing the lab's images into {name}"))?;
+        }
         let mut c = node.command(self.cfg.kube_bin.join("kubelet"));
-        c.args(node::kubelet_args(&spec));
-        self.spawn(
-            &format!("kubelet@{name}"),
-            c,
-            &logs.join("kubelet.log"),
-            &sys_cg,
-        )?;
-
-        // kube-proxy.
-        write(
-            &spec.dir.join("kube-proxy.yaml"),
-            &node::kube_proxy_config(&spec),
-        )?;
-        write(
-            &spec.dir.join("kube-proxy.kubeconfig"),
-            &node::token_kubeconfig(&spec.server, ca, proxy_token, "system:kube-proxy"),
-        )?;
+        c.args(node::kubelet_args(spec));
+        self.spawn(&format!("kubelet@{name}"), c, &logs.join("kubelet.log"), &sys_cg)?;
         let mut c = node.command(self.cfg.kube_bin.join("kube-proxy"));
-        c.arg(format!(
-            "--config={}",
-            spec.dir.join("kube-proxy.yaml").display()
-        ))
-        .arg("--v=1")
-        .arg("--logtostderr=true");
-        self.spawn(
-            &format!("kube-proxy@{name}"),
-            c,
-            &logs.join("kube-proxy.log"),
-            &sys_cg,
-        )?;
-        Ok(node)
+        c.arg(format!("--config={}", spec.dir.join("kube-proxy.yaml").display()))
+            .arg("--v=1")
+            .arg("--logtostderr=true");
+        self.spawn(&format!("kube-proxy@{name}"), c, &logs.join("kube-proxy.log"), &sys_cg)?;
+        Ok(())
+    }
+
+    /// Powers node `i` (1-based) on again after [`Lab::power_off`]: containerd, kubelet and
+    /// kube-proxy start with the node's files as they were (its images, its CNI configuration);
+    /// the kubelet brings back the DaemonSet's pods.
+    pub fn power_on(&self, i: usize) -> Result<()> {
+        let n = self.nodes.get(i.wrapping_sub(1)).with_context(|| format!("no node {i}"))?;
+        self.start_node_processes(n, None)
     }
 
     fn node_log_tails(&self) -> String {

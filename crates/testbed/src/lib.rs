@@ -66,6 +66,7 @@
 
 mod check;
 mod cni;
+pub mod release;
 
 pub use berth_lab::{
     check_test_addr, find_tool, free_ports, is_test_addr, kube_bin_dir, pod_netns,
