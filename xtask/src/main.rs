@@ -7,12 +7,15 @@
 //! - `cargo xtask bench ipam`: the IPAM benchmark, side by side with Debian's host-local.
 //! - `cargo xtask bench kube`: 1000 pods over 10 simulated nodes through a real kube-apiserver
 //!   and agents, Kubernetes ledger vs etcd ledger (`docs/bench-kube.md`).
+//! - `cargo xtask bench nodes`: the lab of real nodes: bring-up time, RSS per node and component,
+//!   30 pods create → Running with berth-ipam vs host-local.
 //! - `cargo xtask release`: build the static release binaries and print their directory.
 //! - `cargo xtask kube build`: build and cache kube-apiserver and kube-controller-manager v1.20.2
 //!   from Debian's source package (`hack/kube-build.sh`; ~8 minutes once, then cached).
 
 mod bench;
 mod bench_kube;
+mod bench_nodes;
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -100,6 +103,11 @@ fn main() -> anyhow::Result<()> {
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("kube") => {
             bench_kube::run(&args[2..])
+        }
+        Some("bench") if args.get(1).map(String::as_str) == Some("nodes") => {
+            install_deps()?;
+            kube_build()?;
+            bench_nodes::run(&args[2..])
         }
         Some("bench") => bench::run(&args[1..]),
         Some("kube") if args.get(1).map(String::as_str) == Some("build") => kube_build(),

@@ -55,7 +55,10 @@ pub fn check_conflist(text: &str, what: &str) -> anyhow::Result<usize> {
         conf["name"] = name.into();
         conf["cniVersion"] = version.into();
         berth_cni::parse_config(conf.to_string().as_bytes()).map_err(|e| {
-            anyhow::anyhow!("{what}: plugins[{i}] ({}): {e}", p["type"].as_str().unwrap_or("?"))
+            anyhow::anyhow!(
+                "{what}: plugins[{i}] ({}): {e}",
+                p["type"].as_str().unwrap_or("?")
+            )
         })?;
         n += 1;
     }
@@ -71,8 +74,8 @@ fn install(dir: &Path, name: &str, data: &[u8], mode: u32) -> anyhow::Result<Pat
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let dst = dir.join(name);
-    let mut f = std::fs::File::create(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(data)
         .and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(mode)))
         .and_then(|_| f.sync_all())
@@ -113,15 +116,24 @@ mod tests {
     #[test]
     fn deploy_conflists_pass_and_bad_ones_are_named() {
         for (what, text) in [
-            ("base", include_str!("../../../deploy/base/10-berth.conflist")),
-            ("lab", include_str!("../../../deploy/overlays/lab/10-berth.conflist")),
+            (
+                "base",
+                include_str!("../../../deploy/base/10-berth.conflist"),
+            ),
+            (
+                "lab",
+                include_str!("../../../deploy/overlays/lab/10-berth.conflist"),
+            ),
         ] {
             assert_eq!(check_conflist(text, what).unwrap(), 1, "{what}");
         }
         let e = check_conflist("{", "x").unwrap_err();
         assert!(format!("{e:#}").contains("not JSON"));
-        let e = check_conflist(r#"{"name":"n","cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}"#, "x")
-            .unwrap_err();
+        let e = check_conflist(
+            r#"{"name":"n","cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}"#,
+            "x",
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("no plugin uses berth-ipam"));
         let bad = r#"{"name":"n","cniVersion":"1.0.0","plugins":[{"type":"bridge",
             "ipam":{"type":"berth-ipam","subnet":"198.18.0.0/24","rangeStart":"198.19.0.1"}}]}"#;

@@ -126,11 +126,8 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             udp: a.udp,
         }),
         LabCommand::Probe(a) => {
-            let answer = berth_lab::programs::probe(
-                &a.url,
-                Duration::from_secs(a.timeout),
-                a.source,
-            )?;
+            let answer =
+                berth_lab::programs::probe(&a.url, Duration::from_secs(a.timeout), a.source)?;
             println!("{answer}");
             Ok(())
         }
@@ -232,7 +229,11 @@ fn down(a: StateArgs) -> anyhow::Result<()> {
             t.leftovers.join("; ")
         );
     }
-    println!("removed: {} processes killed, {} gone", t.killed, a.state_dir.display());
+    println!(
+        "removed: {} processes killed, {} gone",
+        t.killed,
+        a.state_dir.display()
+    );
     Ok(())
 }
 
@@ -245,10 +246,18 @@ fn status(a: StateArgs) -> anyhow::Result<()> {
         "lab `{}` in {} ({}), built by pid {}",
         st.prefix,
         a.state_dir.display(),
-        if st.complete { "complete" } else { "INCOMPLETE: `berth lab down` removes it" },
+        if st.complete {
+            "complete"
+        } else {
+            "INCOMPLETE: `berth lab down` removes it"
+        },
         st.owner_pid
     );
-    let alive = st.processes.iter().filter(|p| berth_lab::state::alive(p)).count();
+    let alive = st
+        .processes
+        .iter()
+        .filter(|p| berth_lab::state::alive(p))
+        .count();
     println!("processes: {alive} of {} running", st.processes.len());
     for p in &st.processes {
         if !berth_lab::state::alive(p) {
@@ -260,7 +269,11 @@ fn status(a: StateArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|n| Path::new("/run/netns").join(n).exists())
         .count();
-    println!("namespaces: {ns_ok} of {} present: {}", st.namespaces.len(), st.namespaces.join(" "));
+    println!(
+        "namespaces: {ns_ok} of {} present: {}",
+        st.namespaces.len(),
+        st.namespaces.join(" ")
+    );
     let kc = a.state_dir.join("kubeconfig");
     if kc.exists() {
         let kubectl = berth_lab::kube_bin_dir().join("kubectl");

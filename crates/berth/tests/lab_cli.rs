@@ -76,7 +76,9 @@ fn snapshot(prefix: &str, state_dir: &Path) -> Machine {
         })
         .collect();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
             .unwrap_or_default();
@@ -92,7 +94,10 @@ fn snapshot(prefix: &str, state_dir: &Path) -> Machine {
             }
         });
         if pid != std::process::id()
-            && (cmdline.contains(&sd) || cmdline.contains(&format!("{prefix}-")) || cgroup.contains(&cg) || in_lab_ns)
+            && (cmdline.contains(&sd)
+                || cmdline.contains(&format!("{prefix}-"))
+                || cgroup.contains(&cg)
+                || in_lab_ns)
         {
             lab_processes.insert(format!("{pid} {cmdline}"));
         }
@@ -136,24 +141,20 @@ fn snapshot(prefix: &str, state_dir: &Path) -> Machine {
         .collect();
     let mut root_iptables = Vec::new();
     for t in ["iptables-save", "ip6tables-save"] {
-        root_iptables.extend(
-            sh(t, &[])
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .map(|l| {
-                    // Chain lines carry packet counters ([0:0]); only the chain matters.
-                    if l.starts_with(':') {
-                        l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
-                    } else {
-                        l.to_string()
-                    }
-                }),
-        );
+        root_iptables.extend(sh(t, &[]).lines().filter(|l| !l.starts_with('#')).map(|l| {
+            // Chain lines carry packet counters ([0:0]); only the chain matters.
+            if l.starts_with(':') {
+                l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+            } else {
+                l.to_string()
+            }
+        }));
     }
     let sysctls = SYSCTLS
         .iter()
         .map(|k| {
-            let v = std::fs::read_to_string(format!("/proc/sys/{k}")).unwrap_or_else(|_| "-".into());
+            let v =
+                std::fs::read_to_string(format!("/proc/sys/{k}")).unwrap_or_else(|_| "-".into());
             (k.to_string(), v.trim().to_string())
         })
         .collect();
@@ -197,23 +198,46 @@ fn lab_up_then_down_leaves_the_machine_as_it_was() {
     assert!(before.lab_processes.is_empty() && before.lab_namespaces.is_empty());
 
     let t = Instant::now();
-    let (ok, out) = berth(&["lab", "up", "--nodes", "1", "--prefix", &prefix, "--state-dir", &sd]);
+    let (ok, out) = berth(&[
+        "lab",
+        "up",
+        "--nodes",
+        "1",
+        "--prefix",
+        &prefix,
+        "--state-dir",
+        &sd,
+    ]);
     if !ok {
         let _ = berth(&["lab", "down", "--state-dir", &sd]);
         panic!("berth lab up failed:\n{out}");
     }
     eprintln!("[timing] berth lab up --nodes 1: {:.1?}", t.elapsed());
-    assert!(out.contains("the lab is up") && out.contains(&format!("{prefix}-node1")), "{out}");
+    assert!(
+        out.contains("the lab is up") && out.contains(&format!("{prefix}-node1")),
+        "{out}"
+    );
     // The lab really made what the comparison looks for (so the final check can fail).
     let during = snapshot(&prefix, &state_dir);
-    assert!(during.lab_processes.len() >= 8, "{:?}", during.lab_processes);
+    assert!(
+        during.lab_processes.len() >= 8,
+        "{:?}",
+        during.lab_processes
+    );
     for ns in ["fabric", "cp", "router", "outside", "far", "node1"] {
-        assert!(during.lab_namespaces.contains(&format!("{prefix}-{ns}")), "{ns}: {:?}", during.lab_namespaces);
+        assert!(
+            during.lab_namespaces.contains(&format!("{prefix}-{ns}")),
+            "{ns}: {:?}",
+            during.lab_namespaces
+        );
     }
     assert!(!during.lab_mounts.is_empty() && !during.lab_cgroups.is_empty());
     assert!(state_dir.join("kubeconfig").exists());
     let (ok, status) = berth(&["lab", "status", "--state-dir", &sd]);
-    assert!(ok && status.contains("complete") && status.contains(&format!("{prefix}-node1")), "{status}");
+    assert!(
+        ok && status.contains("complete") && status.contains(&format!("{prefix}-node1")),
+        "{status}"
+    );
     assert!(status.contains(" Ready "), "the node is Ready: {status}");
 
     let t = Instant::now();
@@ -223,7 +247,10 @@ fn lab_up_then_down_leaves_the_machine_as_it_was() {
     let after = snapshot(&prefix, &state_dir);
     assert_eq!(before, after, "the machine is not as it was");
     let (ok, out) = berth(&["lab", "down", "--state-dir", &sd]);
-    assert!(ok && out.contains("nothing to remove"), "second down:\n{out}");
+    assert!(
+        ok && out.contains("nothing to remove"),
+        "second down:\n{out}"
+    );
 }
 
 #[test]
@@ -236,7 +263,16 @@ fn lab_down_cleans_up_after_up_was_killed() {
     let sd = state_dir.display().to_string();
     let before = snapshot(&prefix, &state_dir);
     let mut up = Command::new(bins.join("berth"))
-        .args(["lab", "up", "--nodes", "1", "--prefix", &prefix, "--state-dir", &sd])
+        .args([
+            "lab",
+            "up",
+            "--nodes",
+            "1",
+            "--prefix",
+            &prefix,
+            "--state-dir",
+            &sd,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -248,15 +284,28 @@ fn lab_down_cleans_up_after_up_was_killed() {
         if st.is_some_and(|s| s.processes.iter().any(|p| p.label.starts_with("kubelet@"))) {
             break;
         }
-        assert!(up.try_wait().unwrap().is_none(), "berth lab up ended before it was killed");
-        assert!(t.elapsed() < Duration::from_secs(300), "no kubelet after 300 s");
+        assert!(
+            up.try_wait().unwrap().is_none(),
+            "berth lab up ended before it was killed"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "no kubelet after 300 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     up.kill().unwrap();
     up.wait().unwrap();
     let during = snapshot(&prefix, &state_dir);
-    assert!(!during.lab_processes.is_empty(), "the killed up left its world running");
+    assert!(
+        !during.lab_processes.is_empty(),
+        "the killed up left its world running"
+    );
     let (ok, out) = berth(&["lab", "down", "--state-dir", &sd]);
     assert!(ok, "berth lab down failed:\n{out}");
-    assert_eq!(before, snapshot(&prefix, &state_dir), "the machine is not as it was");
+    assert_eq!(
+        before,
+        snapshot(&prefix, &state_dir),
+        "the machine is not as it was"
+    );
 }

@@ -130,7 +130,13 @@ impl Drop for TestNs<'_> {
 }
 
 /// An echo Deployment (the lab's test server image, never pulled).
-fn echo_deployment(name: &str, ns: &str, replicas: u32, pod_spec_extra: Value, annotations: Value) -> Value {
+fn echo_deployment(
+    name: &str,
+    ns: &str,
+    replicas: u32,
+    pod_spec_extra: Value,
+    annotations: Value,
+) -> Value {
     let mut spec = json!({
         "terminationGracePeriodSeconds": 2,
         "containers": [{
@@ -162,16 +168,24 @@ fn echo_deployment(name: &str, ns: &str, replicas: u32, pod_spec_extra: Value, a
 }
 
 /// Pods of `app` in `ns` that are Ready (not being deleted): name → (node, podIP, uid, podIPs).
-fn ready_pods(lab: &Lab, ns: &str, app: &str) -> BTreeMap<String, (String, String, String, Vec<String>)> {
-    let v = get(lab, &format!("/api/v1/namespaces/{ns}/pods?labelSelector=app%3D{app}"));
+fn ready_pods(
+    lab: &Lab,
+    ns: &str,
+    app: &str,
+) -> BTreeMap<String, (String, String, String, Vec<String>)> {
+    let v = get(
+        lab,
+        &format!("/api/v1/namespaces/{ns}/pods?labelSelector=app%3D{app}"),
+    );
     let mut out = BTreeMap::new();
     for p in v["items"].as_array().into_iter().flatten() {
         if p["metadata"]["deletionTimestamp"].is_string() {
             continue;
         }
-        let ready = p["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
         if !ready {
             continue;
         }
@@ -182,7 +196,12 @@ fn ready_pods(lab: &Lab, ns: &str, app: &str) -> BTreeMap<String, (String, Strin
             .unwrap_or_default();
         out.insert(
             s(&p["metadata"]["name"]),
-            (s(&p["spec"]["nodeName"]), s(&p["status"]["podIP"]), s(&p["metadata"]["uid"]), ips),
+            (
+                s(&p["spec"]["nodeName"]),
+                s(&p["status"]["podIP"]),
+                s(&p["metadata"]["uid"]),
+                ips,
+            ),
         );
     }
     out
@@ -223,11 +242,21 @@ fn in_pod_cidr(ip: &str) -> bool {
 /// `berth bindings --json` on the cluster's ledger (the Kubernetes ledger, through the relay).
 fn bindings(lab: &Lab) -> Vec<Value> {
     let out = Command::new(BERTH)
-        .args(["bindings", "--json", "--ledger", "kubernetes", "--kubeconfig"])
+        .args([
+            "bindings",
+            "--json",
+            "--ledger",
+            "kubernetes",
+            "--kubeconfig",
+        ])
         .arg(lab.kubeconfig())
         .output()
         .unwrap();
-    assert!(out.status.success(), "berth bindings: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "berth bindings: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -237,8 +266,14 @@ fn assert_audit_clean(lab: &Lab) {
         .arg(lab.kubeconfig())
         .output()
         .unwrap();
-    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && e.contains("audit clean"), "berth audit:\n{o}\n{e}");
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && e.contains("audit clean"),
+        "berth audit:\n{o}\n{e}"
+    );
 }
 
 /// The bindings in the ledger whose pod does not exist (with that UID).
@@ -301,17 +336,39 @@ fn a_cluster_of_three_real_nodes_runs_berth_from_deploy() {
         // No route out of the node: only the LAN and the far segment via the router.
         let routes = lab.netns(&format!("node{}", i + 1)).routes().unwrap();
         assert!(
-            !routes.as_array().unwrap().iter().any(|r| r["dst"] == "default"),
+            !routes
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["dst"] == "default"),
             "{}: {routes}",
             n.name()
         );
         // The DaemonSet's init container installed the plugin and the overlay's conflist.
-        let conf = std::fs::read_to_string(n.spec.backing("/etc/cni/net.d").join("10-berth.conflist")).unwrap();
-        assert_eq!(conf, include_str!("../../../deploy/overlays/lab/10-berth.conflist"));
+        let conf =
+            std::fs::read_to_string(n.spec.backing("/etc/cni/net.d").join("10-berth.conflist"))
+                .unwrap();
+        assert_eq!(
+            conf,
+            include_str!("../../../deploy/overlays/lab/10-berth.conflist")
+        );
         let plugin = std::fs::read(n.spec.backing("/opt/cni/bin").join("berth-ipam")).unwrap();
-        let built = std::fs::read(berth_testbed::release::release_bins_once().unwrap().join("berth-ipam")).unwrap();
-        assert!(plugin == built, "{}: /opt/cni/bin/berth-ipam is not the image's", n.name());
-        assert!(berth_lab::agent_answers(&n.agent_socket()), "agent on {}", n.name());
+        let built = std::fs::read(
+            berth_testbed::release::release_bins_once()
+                .unwrap()
+                .join("berth-ipam"),
+        )
+        .unwrap();
+        assert!(
+            plugin == built,
+            "{}: /opt/cni/bin/berth-ipam is not the image's",
+            n.name()
+        );
+        assert!(
+            berth_lab::agent_answers(&n.agent_socket()),
+            "agent on {}",
+            n.name()
+        );
         // The host's mount namespace never sees the node's files.
         assert!(
             !std::path::Path::new("/etc/cni/net.d/10-berth.conflist").exists()
@@ -319,13 +376,31 @@ fn a_cluster_of_three_real_nodes_runs_berth_from_deploy() {
         );
     }
     // Berth's pods run the lab's image; the apiserver reaches kubelets (logs) over InternalIP.
-    let ds = get(lab, "/apis/apps/v1/namespaces/kube-system/daemonsets/berth-agent");
+    let ds = get(
+        lab,
+        "/apis/apps/v1/namespaces/kube-system/daemonsets/berth-agent",
+    );
     assert_eq!(ds["status"]["numberReady"], 3, "{}", ds["status"]);
-    assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["image"], image::BERTH_IMAGE);
-    let pods = get(lab, "/api/v1/namespaces/kube-system/pods?labelSelector=app.kubernetes.io%2Fname%3Dberth-agent");
-    let pod = pods["items"][0]["metadata"]["name"].as_str().unwrap().to_string();
-    let logs = kubectl(lab, &["logs", "-n", "kube-system", &pod, "-c", "install-cni"]);
-    assert!(logs.contains("installed /host/opt/cni/bin/berth-ipam"), "{logs}");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        image::BERTH_IMAGE
+    );
+    let pods = get(
+        lab,
+        "/api/v1/namespaces/kube-system/pods?labelSelector=app.kubernetes.io%2Fname%3Dberth-agent",
+    );
+    let pod = pods["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let logs = kubectl(
+        lab,
+        &["logs", "-n", "kube-system", &pod, "-c", "install-cni"],
+    );
+    assert!(
+        logs.contains("installed /host/opt/cni/bin/berth-ipam"),
+        "{logs}"
+    );
     timing("a_cluster_of_three_real_nodes_runs_berth_from_deploy", t);
 }
 
@@ -352,7 +427,10 @@ fn six_pods_over_three_nodes_get_berth_addresses() {
     assert!(per_node.values().all(|c| *c == 2), "{per_node:?}");
     // The ledger holds one binding per pod, on the pod's node, and nothing else in this ns.
     let all = bindings(lab);
-    let mine: Vec<&Value> = all.iter().filter(|b| b["owner"]["pod"]["namespace"] == ns.name.as_str()).collect();
+    let mine: Vec<&Value> = all
+        .iter()
+        .filter(|b| b["owner"]["pod"]["namespace"] == ns.name.as_str())
+        .collect();
     assert_eq!(mine.len(), 6, "{mine:?}");
     for (name, (node, ip, uid, _)) in &pods {
         let b = mine
@@ -384,32 +462,52 @@ fn outside_reaches_a_nodeport_and_a_clusterip_through_a_node() {
     apply(lab, &echo_deployment("echo", &ns.name, 1, pin, json!({})));
     let pods = wait_ready_pods(lab, &ns.name, "echo", 1, Duration::from_secs(120));
     let pod = pods.keys().next().unwrap().clone();
-    apply(lab, &json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "echo", "namespace": ns.name},
-        "spec": {"type": "NodePort", "selector": {"app": "echo"},
-                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-    }));
-    let svc = get(lab, &format!("/api/v1/namespaces/{}/services/echo", ns.name));
+    apply(
+        lab,
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "echo", "namespace": ns.name},
+            "spec": {"type": "NodePort", "selector": {"app": "echo"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        }),
+    );
+    let svc = get(
+        lab,
+        &format!("/api/v1/namespaces/{}/services/echo", ns.name),
+    );
     let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
     let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
-    assert!(cluster_ip.starts_with("198.18.") && berth_testbed::is_test_addr(cluster_ip.parse().unwrap()));
+    assert!(
+        cluster_ip.starts_with("198.18.")
+            && berth_testbed::is_test_addr(cluster_ip.parse().unwrap())
+    );
     let outside = lab.netns("outside");
     let url = format!("http://{}:{node_port}/", node1.ip());
-    let v = berth_testbed::wait_for("the NodePort from outside", Duration::from_secs(60), Duration::from_millis(300), || {
-        curl_json(outside.command("curl"), &url)
-    })
+    let v = berth_testbed::wait_for(
+        "the NodePort from outside",
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || curl_json(outside.command("curl"), &url),
+    )
     .unwrap();
     assert_eq!(v["pod"], pod.as_str(), "{v}");
     // A ClusterIP, through a route via the node (as a router would have).
-    outside.ip(["route", "add", addr::SERVICE_CIDR, "via", node1.ip()]).unwrap();
+    outside
+        .ip(["route", "add", addr::SERVICE_CIDR, "via", node1.ip()])
+        .unwrap();
     let url = format!("http://{cluster_ip}:80/");
-    let got = berth_testbed::wait_for("the ClusterIP from outside", Duration::from_secs(30), Duration::from_millis(300), || {
-        curl_json(outside.command("curl"), &url)
-    });
+    let got = berth_testbed::wait_for(
+        "the ClusterIP from outside",
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || curl_json(outside.command("curl"), &url),
+    );
     outside.ip(["route", "del", addr::SERVICE_CIDR]).unwrap();
     assert_eq!(got.unwrap()["pod"], pod.as_str());
-    timing("outside_reaches_a_nodeport_and_a_clusterip_through_a_node", t);
+    timing(
+        "outside_reaches_a_nodeport_and_a_clusterip_through_a_node",
+        t,
+    );
 }
 
 /// Seed 001: a pod with a fixed address is deleted; its replacement, on another node, comes up
@@ -420,22 +518,40 @@ fn a_fixed_address_moves_with_its_pod_to_another_node() {
     let t = Instant::now();
     let ns = TestNs::new(lab, "fixed");
     let fixed = "198.18.64.20";
-    apply(lab, &echo_deployment("db", &ns.name, 1, json!({}), json!({"berth.dev/ips": fixed})));
+    apply(
+        lab,
+        &echo_deployment(
+            "db",
+            &ns.name,
+            1,
+            json!({}),
+            json!({"berth.dev/ips": fixed}),
+        ),
+    );
     let pods = wait_ready_pods(lab, &ns.name, "db", 1, Duration::from_secs(120));
     let (old_name, (old_node, ip, _, _)) = pods.into_iter().next().unwrap();
     assert_eq!(ip, fixed);
     kubectl(lab, &["cordon", &old_node]);
-    kubectl(lab, &["delete", "pod", "-n", &ns.name, &old_name, "--wait=false"]);
-    let pods = berth_testbed::wait_for("the replacement pod", Duration::from_secs(180), Duration::from_millis(500), || {
-        let p = ready_pods(lab, &ns.name, "db");
-        p.into_iter().find(|(n, _)| *n != old_name)
-    });
+    kubectl(
+        lab,
+        &["delete", "pod", "-n", &ns.name, &old_name, "--wait=false"],
+    );
+    let pods = berth_testbed::wait_for(
+        "the replacement pod",
+        Duration::from_secs(180),
+        Duration::from_millis(500),
+        || {
+            let p = ready_pods(lab, &ns.name, "db");
+            p.into_iter().find(|(n, _)| *n != old_name)
+        },
+    );
     kubectl(lab, &["uncordon", &old_node]);
     let (new_name, (new_node, new_ip, _, _)) = pods.unwrap();
     assert_ne!(new_node, old_node, "the replacement must run elsewhere");
     assert_eq!(new_ip, fixed, "{new_name} on {new_node}");
     let n = lab.nodes().iter().find(|n| n.name() == new_node).unwrap();
-    let v = curl_json(n.command("curl"), &format!("http://{fixed}:8080/")).expect("served on the new node");
+    let v = curl_json(n.command("curl"), &format!("http://{fixed}:8080/"))
+        .expect("served on the new node");
     assert_eq!(v["pod"], new_name.as_str());
     assert_audit_clean(lab);
     timing("a_fixed_address_moves_with_its_pod_to_another_node", t);
@@ -451,28 +567,49 @@ fn the_agent_pod_deleted_mid_burst_of_thirty_pods() {
     let pin = json!({"nodeSelector": {"kubernetes.io/hostname": node}});
     apply(lab, &echo_deployment("burst", &ns.name, 30, pin, json!({})));
     // Once some pods have their address, the agent on that node goes away.
-    berth_testbed::wait_for("the first pods of the burst", Duration::from_secs(120), Duration::from_millis(200), || {
-        (ready_pods(lab, &ns.name, "burst").len() >= 3).then_some(())
-    })
+    berth_testbed::wait_for(
+        "the first pods of the burst",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || (ready_pods(lab, &ns.name, "burst").len() >= 3).then_some(()),
+    )
     .unwrap();
     let agents = get(lab, &format!(
         "/api/v1/namespaces/kube-system/pods?labelSelector=app.kubernetes.io%2Fname%3Dberth-agent&fieldSelector=spec.nodeName%3D{node}"
     ));
-    let agent = agents["items"][0]["metadata"]["name"].as_str().unwrap().to_string();
+    let agent = agents["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let before = ready_pods(lab, &ns.name, "burst").len();
-    kubectl(lab, &["delete", "pod", "-n", "kube-system", &agent, "--wait=false"]);
+    kubectl(
+        lab,
+        &["delete", "pod", "-n", "kube-system", &agent, "--wait=false"],
+    );
     eprintln!("deleted {agent} with {before}/30 pods Ready");
-    assert!(before < 30, "the agent must go while pods are still being created");
+    assert!(
+        before < 30,
+        "the agent must go while pods are still being created"
+    );
     let pods = wait_ready_pods(lab, &ns.name, "burst", 30, Duration::from_secs(400));
     let ips: BTreeSet<&String> = pods.values().map(|(_, ip, _, _)| ip).collect();
     assert_eq!(ips.len(), 30, "every pod its own address");
-    assert!(pods.values().all(|(n, ip, _, _)| *n == node && in_pod_cidr(ip)));
+    assert!(pods
+        .values()
+        .all(|(n, ip, _, _)| *n == node && in_pod_cidr(ip)));
     let new_agents = get(lab, &format!(
         "/api/v1/namespaces/kube-system/pods?labelSelector=app.kubernetes.io%2Fname%3Dberth-agent&fieldSelector=spec.nodeName%3D{node}"
     ));
-    assert_ne!(new_agents["items"][0]["metadata"]["name"], agent.as_str(), "a new agent pod");
+    assert_ne!(
+        new_agents["items"][0]["metadata"]["name"],
+        agent.as_str(),
+        "a new agent pod"
+    );
     let all = bindings(lab);
-    let mine: Vec<&Value> = all.iter().filter(|b| b["owner"]["pod"]["namespace"] == ns.name.as_str()).collect();
+    let mine: Vec<&Value> = all
+        .iter()
+        .filter(|b| b["owner"]["pod"]["namespace"] == ns.name.as_str())
+        .collect();
     assert_eq!(mine.len(), 30, "one binding per pod: {mine:?}");
     assert_audit_clean(lab);
     // No binding is left without its pod (a sandbox that failed while the agent was away is
@@ -490,24 +627,56 @@ fn a_fenced_node_gives_its_fixed_address_to_the_replacement() {
     let t = Instant::now();
     let ns = TestNs::new(lab, "fence");
     let fixed = "198.18.64.30";
-    apply(lab, &echo_deployment("app", &ns.name, 1, json!({}), json!({"berth.dev/ips": fixed})));
+    apply(
+        lab,
+        &echo_deployment(
+            "app",
+            &ns.name,
+            1,
+            json!({}),
+            json!({"berth.dev/ips": fixed}),
+        ),
+    );
     let pods = wait_ready_pods(lab, &ns.name, "app", 1, Duration::from_secs(120));
     let (old_name, (old_node, ip, _, _)) = pods.into_iter().next().unwrap();
     assert_eq!(ip, fixed);
-    let idx = lab.nodes().iter().position(|n| n.name() == old_node).unwrap() + 1;
+    let idx = lab
+        .nodes()
+        .iter()
+        .position(|n| n.name() == old_node)
+        .unwrap()
+        + 1;
     lab.power_off(idx).unwrap();
     let taint = "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute";
     kubectl(lab, &["taint", "node", &old_node, taint]);
-    let moved = berth_testbed::wait_for("the replacement on another node", Duration::from_secs(240), Duration::from_millis(500), || {
-        ready_pods(lab, &ns.name, "app").into_iter().find(|(n, (node, _, _, _))| *n != old_name && *node != old_node)
-    });
+    let moved = berth_testbed::wait_for(
+        "the replacement on another node",
+        Duration::from_secs(240),
+        Duration::from_millis(500),
+        || {
+            ready_pods(lab, &ns.name, "app")
+                .into_iter()
+                .find(|(n, (node, _, _, _))| *n != old_name && *node != old_node)
+        },
+    );
     // Bring the node back before asserting, so a failure leaves the cluster whole.
-    kubectl(lab, &["taint", "node", &old_node, "node.kubernetes.io/out-of-service-"]);
+    kubectl(
+        lab,
+        &[
+            "taint",
+            "node",
+            &old_node,
+            "node.kubernetes.io/out-of-service-",
+        ],
+    );
     lab.power_on(idx).unwrap();
     let (new_name, (new_node, new_ip, _, _)) = moved.unwrap();
     assert_eq!(new_ip, fixed, "{new_name} on {new_node}");
     drop(ns);
     lab.wait_ready().unwrap();
     assert_audit_clean(lab);
-    timing("a_fenced_node_gives_its_fixed_address_to_the_replacement", t);
+    timing(
+        "a_fenced_node_gives_its_fixed_address_to_the_replacement",
+        t,
+    );
 }

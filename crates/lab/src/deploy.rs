@@ -15,8 +15,14 @@ pub const FILES: &[(&str, &str)] = &[
         "base/kustomization.yaml",
         include_str!("../../../deploy/base/kustomization.yaml"),
     ),
-    ("base/crds.yaml", include_str!("../../../deploy/base/crds.yaml")),
-    ("base/berth.yaml", include_str!("../../../deploy/base/berth.yaml")),
+    (
+        "base/crds.yaml",
+        include_str!("../../../deploy/base/crds.yaml"),
+    ),
+    (
+        "base/berth.yaml",
+        include_str!("../../../deploy/base/berth.yaml"),
+    ),
     (
         "base/10-berth.conflist",
         include_str!("../../../deploy/base/10-berth.conflist"),

@@ -64,7 +64,9 @@ pub fn mount_script(n: &NodeSpec) -> anyhow::Result<String> {
     for d in NODE_DIRS {
         let mut a = Path::new(d);
         while !a.exists() {
-            a = a.parent().context("a node dir without an existing ancestor")?;
+            a = a
+                .parent()
+                .context("a node dir without an existing ancestor")?;
         }
         if a != Path::new(d) && a != Path::new("/") && !shadows.iter().any(|s| s == a) {
             shadows.push(a.to_path_buf());
@@ -72,12 +74,17 @@ pub fn mount_script(n: &NodeSpec) -> anyhow::Result<String> {
     }
     let mut s = String::from("set -e\n");
     for a in &shadows {
-        let stage = n.dir.join("shadow").join(backing_name(&a.display().to_string()));
-        std::fs::create_dir_all(&stage)
-            .with_context(|| format!("creating {}", stage.display()))?;
+        let stage = n
+            .dir
+            .join("shadow")
+            .join(backing_name(&a.display().to_string()));
+        std::fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
         // A tmpfs made aside, filled with every entry of the original (bound, recursively,
         // while the original is still visible), then moved over it.
-        s.push_str(&format!("mount -t tmpfs -o mode=755 berth-lab-shadow {}\n", sq(&stage)));
+        s.push_str(&format!(
+            "mount -t tmpfs -o mode=755 berth-lab-shadow {}\n",
+            sq(&stage)
+        ));
         let mut entries: Vec<_> = std::fs::read_dir(a)
             .with_context(|| format!("reading {}", a.display()))?
             .flatten()
@@ -86,7 +93,9 @@ pub fn mount_script(n: &NodeSpec) -> anyhow::Result<String> {
         for e in entries {
             let name = e.file_name();
             let (orig, dst) = (a.join(&name), stage.join(&name));
-            let ft = e.file_type().with_context(|| format!("stat {}", e.path().display()))?;
+            let ft = e
+                .file_type()
+                .with_context(|| format!("stat {}", e.path().display()))?;
             if ft.is_symlink() {
                 let target = std::fs::read_link(e.path())?;
                 s.push_str(&format!("ln -s {} {}\n", sq(&target), sq(&dst)));
@@ -99,14 +108,22 @@ pub fn mount_script(n: &NodeSpec) -> anyhow::Result<String> {
             }
             // The entry holding the lab's own state is bound without its submounts (the
             // nodes' mount namespace files), so no namespace holds another's.
-            let flag = if n.dir.starts_with(&orig) { "--bind" } else { "--rbind" };
+            let flag = if n.dir.starts_with(&orig) {
+                "--bind"
+            } else {
+                "--rbind"
+            };
             s.push_str(&format!("mount {flag} {} {}\n", sq(&orig), sq(&dst)));
         }
         s.push_str(&format!("mount --move {} {}\n", sq(&stage), sq(a)));
     }
     for d in NODE_DIRS {
         s.push_str(&format!("mkdir -p {}\n", sq(Path::new(d))));
-        s.push_str(&format!("mount --bind {} {}\n", sq(&n.backing(d)), sq(Path::new(d))));
+        s.push_str(&format!(
+            "mount --bind {} {}\n",
+            sq(&n.backing(d)),
+            sq(Path::new(d))
+        ));
     }
     Ok(s)
 }
@@ -352,7 +369,10 @@ mod tests {
         n.dir = d.path().to_path_buf();
         let s = mount_script(&n).unwrap();
         for dir in NODE_DIRS {
-            assert!(s.contains(&format!("mount --bind '{}' '{dir}'", n.backing(dir).display())));
+            assert!(s.contains(&format!(
+                "mount --bind '{}' '{dir}'",
+                n.backing(dir).display()
+            )));
             if !Path::new(dir).exists() {
                 // Its parent chain ends in an existing dir that is shadowed by a tmpfs first.
                 let mut a = Path::new(dir);

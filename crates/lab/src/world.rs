@@ -796,20 +796,40 @@ impl Lab {
         )?;
         if let Some(archive) = archive {
             let mut c = node.command(tool("ctr"));
-            c.args(["--address", spec.containerd_socket(), "-n", "k8s.io", "images", "import"])
-                .args(["--snapshotter", "overlayfs"])
-                .arg(archive);
+            c.args([
+                "--address",
+                spec.containerd_socket(),
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+            ])
+            .args(["--snapshotter", "overlayfs"])
+            .arg(archive);
             run_checked(&mut c)
                 .with_context(|| format!("importing the lab's images into {name}"))?;
         }
         let mut c = node.command(self.cfg.kube_bin.join("kubelet"));
         c.args(node::kubelet_args(spec));
-        self.spawn(&format!("kubelet@{name}"), c, &logs.join("kubelet.log"), &sys_cg)?;
+        self.spawn(
+            &format!("kubelet@{name}"),
+            c,
+            &logs.join("kubelet.log"),
+            &sys_cg,
+        )?;
         let mut c = node.command(self.cfg.kube_bin.join("kube-proxy"));
-        c.arg(format!("--config={}", spec.dir.join("kube-proxy.yaml").display()))
-            .arg("--v=1")
-            .arg("--logtostderr=true");
-        self.spawn(&format!("kube-proxy@{name}"), c, &logs.join("kube-proxy.log"), &sys_cg)?;
+        c.arg(format!(
+            "--config={}",
+            spec.dir.join("kube-proxy.yaml").display()
+        ))
+        .arg("--v=1")
+        .arg("--logtostderr=true");
+        self.spawn(
+            &format!("kube-proxy@{name}"),
+            c,
+            &logs.join("kube-proxy.log"),
+            &sys_cg,
+        )?;
         Ok(())
     }
 
@@ -817,7 +837,10 @@ impl Lab {
     /// kube-proxy start with the node's files as they were (its images, its CNI configuration);
     /// the kubelet brings back the DaemonSet's pods.
     pub fn power_on(&self, i: usize) -> Result<()> {
-        let n = self.nodes.get(i.wrapping_sub(1)).with_context(|| format!("no node {i}"))?;
+        let n = self
+            .nodes
+            .get(i.wrapping_sub(1))
+            .with_context(|| format!("no node {i}"))?;
         self.start_node_processes(n, None)
     }
 

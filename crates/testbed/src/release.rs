@@ -185,4 +185,3 @@ fn bin_dir(mut c: Command) -> anyhow::Result<PathBuf> {
         .context("an executable without a directory")?
         .to_path_buf())
 }
-
