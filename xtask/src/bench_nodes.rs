@@ -129,6 +129,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         detached: false,
         deploy: Deploy::Kustomize(crate::root().join("deploy/overlays/lab")),
         timeout: Duration::from_secs(600),
+        keep_on_failure: false,
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(

@@ -58,6 +58,9 @@ pub struct UpArgs {
     /// Bound of each wait, in seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// When `up` fails, leave what it made (logs under the state dir) for `berth lab down`.
+    #[arg(long)]
+    pub keep_on_failure: bool,
 }
 
 /// The state directory of `berth lab down|status`.
@@ -140,6 +143,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     cfg.prefix = a.prefix;
     cfg.state_dir = a.state_dir;
     cfg.timeout = Duration::from_secs(a.timeout);
+    cfg.keep_on_failure = a.keep_on_failure;
     if let Some(k) = a.kube_bin {
         cfg.kube_bin = k;
     }

@@ -64,6 +64,7 @@ fn shared() -> (MutexGuard<'static, ()>, &'static Lab) {
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/overlays/lab"),
             ),
             timeout: Duration::from_secs(300),
+            keep_on_failure: false,
         };
         let t = Instant::now();
         let lab = Lab::up(cfg).map_err(|e| format!("{e:#}"))?;

@@ -59,6 +59,21 @@ pub fn parse_hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
     out
 }
 
+/// Mount points of cgroup2 (in a hybrid layout, `/sys/fs/cgroup/unified`).
+///
+/// Why: runc and the kubelet also make the pods' cgroups there; teardown must remove them.
+pub fn unified_mounts() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mount = pre.split_whitespace().nth(4)?;
+            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+        })
+        .collect()
+}
+
 /// The caller's path in the hierarchy whose controller list contains `controller`, from
 /// `/proc/self/cgroup` text (`ID:CONTROLLERS:PATH` lines).
 pub fn parse_own_path(proc_cgroup: &str, controller: &str) -> Option<String> {

@@ -105,6 +105,7 @@ pub struct KubeBuilder {
     nodes: bool,
     users: Vec<String>,
     spawn: SpawnOpts,
+    controllers: String,
 }
 
 impl Default for KubeBuilder {
@@ -125,6 +126,7 @@ impl Default for KubeBuilder {
             nodes: false,
             users: Vec::new(),
             spawn: SpawnOpts::default(),
+            controllers: KUBE_CONTROLLERS.to_string(),
         }
     }
 }
@@ -217,6 +219,15 @@ impl KubeBuilder {
     /// Why: a lab uses only 198.18.0.0/15 inside its namespaces.
     pub fn service_cidr(mut self, cidr: &str) -> Self {
         self.service_cidr = cidr.to_string();
+        self
+    }
+
+    /// The controller-manager's `--controllers` (default [`KUBE_CONTROLLERS`]).
+    ///
+    /// Why: `--controllers` is a list flag, so a second one appends instead of replacing; with
+    /// real kubelets the node lifecycle controller must run (it lifts the not-ready taint).
+    pub fn controllers(mut self, list: &str) -> Self {
+        self.controllers = list.to_string();
         self
     }
 
@@ -716,7 +727,7 @@ impl KubeControlPlane {
         let p = |x: &Path| x.display().to_string();
         let mut a = vec![
             format!("--kubeconfig={}", p(&self.kubeconfig)),
-            format!("--controllers={KUBE_CONTROLLERS}"),
+            format!("--controllers={}", self.opts.controllers),
             "--bind-address=127.0.0.1".into(),
             // No serving at all: nothing to collide on, nothing to probe.
             "--secure-port=0".into(),

@@ -120,6 +120,9 @@ pub struct LabConfig {
     pub deploy: Deploy,
     /// Bound on each wait (control plane, nodes Ready, agents serving).
     pub timeout: Duration,
+    /// Leave a lab whose `up` failed in place (for `berth lab status` and its logs) instead of
+    /// tearing it down; `berth lab down` removes it.
+    pub keep_on_failure: bool,
 }
 
 impl LabConfig {
@@ -135,6 +138,7 @@ impl LabConfig {
             detached: true,
             deploy: Deploy::Embedded,
             timeout: Duration::from_secs(300),
+            keep_on_failure: false,
         }
     }
 }
@@ -267,10 +271,26 @@ impl Lab {
             timings: Mutex::new(Vec::new()),
             done: false,
         };
+        // Where runc and the kubelet also put the pods' cgroups (cgroup2 of a hybrid layout):
+        // recorded so teardown removes it, made by them, not by the lab.
+        for m in cgroup::unified_mounts() {
+            let d = m.join(lab.cg_root.trim_start_matches('/'));
+            lab.rec.update(|s| s.cgroups.push(d))?;
+        }
         match lab.build() {
             Ok(()) => {
                 lab.rec.update(|s| s.complete = true)?;
                 Ok(lab)
+            }
+            Err(e) if lab.cfg.keep_on_failure => {
+                let dir = lab.cfg.state_dir.clone();
+                lab.release_all();
+                lab.done = true;
+                Err(e.context(format!(
+                    "the half-built lab is kept in {}; remove it with `berth lab down --state-dir {}`",
+                    dir.display(),
+                    dir.display()
+                )))
             }
             Err(e) => {
                 let dir = lab.cfg.state_dir.clone();
@@ -568,7 +588,7 @@ impl Lab {
             .start_timeout(self.cfg.timeout)
             .spawn_opts(self.spawn_opts(&format!("{}/cp", self.cg_root))?)
             // Node IPAM is Berth's; node lifecycle stays on (real kubelets report).
-            .controller_manager_arg("--controllers=*,-nodeipam");
+            .controllers("*,-nodeipam");
         for i in 1..=self.cfg.nodes {
             let tk = token()?;
             let user = format!("system:node:{}", self.ns_name(&format!("node{i}")));
@@ -686,7 +706,10 @@ impl Lab {
                 &format!("{}/64", addr::node6(i)),
             ],
         )?;
-        // No default route; only the far segment through the router (return path).
+        // No default route. Locally sent packets are routed before kube-proxy's DNAT, so the
+        // ClusterIP range needs a route of its own (on the LAN; DNAT picks the real target).
+        ns.ip(["route", "add", addr::SERVICE_CIDR, "dev", "eth0"])?;
+        // The far segment through the router (the return path to `far`).
         ns.ip(["route", "add", addr::FAR_NET, "via", addr::ROUTER])?;
         ns.ip(["-6", "route", "add", addr::FAR_NET6, "via", addr::ROUTER6])?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
