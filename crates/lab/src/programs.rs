@@ -137,6 +137,21 @@ fn serve_tcp(mut s: TcpStream) -> Result<()> {
 ///
 /// Why: the test server of the lab's echo image.
 pub fn echo(ports: EchoPorts) -> Result<()> {
+    // As a container's PID 1 no signal has a default action: stop on SIGTERM/SIGINT ourselves.
+    // SAFETY: signal-mask calls on this process; the set is plain data.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let set = set;
+        std::thread::spawn(move || {
+            let mut sig: libc::c_int = 0;
+            libc::sigwait(&set, &mut sig);
+            libc::_exit(0);
+        });
+    }
     let http = bind_tcp(ports.http)?;
     let tcp = bind_tcp(ports.tcp)?;
     let udp = UdpSocket::bind(("::", ports.udp))
