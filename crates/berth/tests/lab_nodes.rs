@@ -598,14 +598,28 @@ fn the_agent_pod_deleted_mid_burst_of_thirty_pods() {
     assert!(pods
         .values()
         .all(|(n, ip, _, _)| *n == node && in_pod_cidr(ip)));
-    let new_agents = get(lab, &format!(
+    // The DaemonSet replaced the deleted agent: a Ready pod of another name on that node.
+    let path = format!(
         "/api/v1/namespaces/kube-system/pods?labelSelector=app.kubernetes.io%2Fname%3Dberth-agent&fieldSelector=spec.nodeName%3D{node}"
-    ));
-    assert_ne!(
-        new_agents["items"][0]["metadata"]["name"],
-        agent.as_str(),
-        "a new agent pod"
     );
+    berth_testbed::wait_for(
+        "the replacement agent pod Ready",
+        Duration::from_secs(180),
+        Duration::from_millis(500),
+        || {
+            let v = get(lab, &path);
+            v["items"].as_array()?.iter().find(|p| {
+                p["metadata"]["name"] != agent.as_str()
+                    && !p["metadata"]["deletionTimestamp"].is_string()
+                    && p["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+            })?;
+            Some(())
+        },
+    )
+    .unwrap();
     let all = bindings(lab);
     let mine: Vec<&Value> = all
         .iter()
