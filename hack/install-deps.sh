@@ -16,6 +16,8 @@ PKGS=(
   # berth-netlink's tests send Neighbor Solicitations with ndisc6 to Berth's NDP responder.
   ndisc6
   socat openssl jq
+  # Real nodes (crates/lab, `berth lab up`): containerd 1.6 + runc run the pods the kubelet asks for.
+  containerd runc
   # Kubernetes control plane for the tests, built from Debian's source by hack/kube-build.sh.
   golang-go make curl golang-github-modern-go-reflect2-dev
   # The fresh-machine check (hack/fresh-check.sh) builds a minimal Debian root.
@@ -26,7 +28,7 @@ EXTRA=(${BERTH_EXTRA_PKGS:-})
 PKGS+=("${EXTRA[@]}")
 
 # Debian services that packages above ship (and would start on install).
-SERVICES=(etcd frr bird keepalived gobgpd)
+SERVICES=(etcd frr bird keepalived gobgpd containerd)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 
@@ -156,7 +158,8 @@ fi
 # Facts the build and the tests rely on, checked by file so a package that stops shipping one
 # (or is only recommended by another) fails here, named, instead of in a later build step.
 for f in /usr/bin/etcd /usr/bin/etcdctl /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/bin/protoc \
-  /usr/bin/ip /usr/bin/ping /usr/sbin/iptables /usr/bin/socat /usr/bin/mmdebstrap /usr/bin/arping /usr/bin/ndisc6; do
+  /usr/bin/ip /usr/bin/ping /usr/sbin/iptables /usr/bin/socat /usr/bin/mmdebstrap /usr/bin/arping /usr/bin/ndisc6 \
+  /usr/bin/containerd /usr/bin/containerd-shim-runc-v2 /usr/bin/ctr /usr/sbin/runc; do
   [[ -x $f ]] || { log "FAILED: $f is missing after the install"; exit 1; }
 done
 # etcd-client's build compiles etcd's .proto files, which import protobuf's well-known types.

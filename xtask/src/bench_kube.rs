@@ -10,7 +10,7 @@
 //!    scheduler's and apiserver's work, not IPAM's.
 //! 2. Per ledger (`kubernetes`, then `etcd:URL` on a separate testbed etcd): one `berth agent` per
 //!    node (release build, `--kubeconfig` always, so every agent watches its node's pods, as in a
-//!    cluster; the kubeconfig is deploy/berth.yaml's agent ServiceAccount with its RBAC, a token
+//!    cluster; the kubeconfig is deploy/base/berth.yaml's agent ServiceAccount with its RBAC, a token
 //!    from the TokenRequest API, and any 403 to it fails the run), started after the pods exist. A warm-up ADD+DEL per node on a *separate* network
 //!    and pool proves each agent's pod watch is synced and its API connection open (a long-running
 //!    agent's steady state); the measured pool is still cold: no pool record, no block.
@@ -176,7 +176,7 @@ fn post_raw(cp: &KubeControlPlane, path: &str, content_type: &str, body: &str) -
     Ok(())
 }
 
-/// Berth's CRDs from `berth crds` (the same YAML as deploy/crds.yaml), created and waited for.
+/// Berth's CRDs from `berth crds` (the same YAML as deploy/base/crds.yaml), created and waited for.
 fn install_crds(cp: &KubeControlPlane, berth: &Path) -> Result<()> {
     let out = Command::new(berth).arg("crds").output()?;
     if !out.status.success() {
@@ -704,7 +704,7 @@ fn run_ledger(
         a.daemon.terminate(Duration::from_secs(5));
     }
     for f in cp.forbidden_requests()? {
-        checks.push(format!("FORBIDDEN by deploy/berth.yaml's RBAC: {f}"));
+        checks.push(format!("FORBIDDEN by deploy/base/berth.yaml's RBAC: {f}"));
     }
     drop(agents);
     drop(etcd);
@@ -738,12 +738,12 @@ fn bench(o: Opts) -> Result<()> {
         .context("starting the control plane")?;
     eprintln!("control plane up in {:.1?}: {}", t0.elapsed(), cp.server());
     install_crds(&cp, &berth)?;
-    // The agents act as deploy/berth.yaml's agent ServiceAccount, with its RBAC.
+    // The agents act as deploy/base/berth.yaml's agent ServiceAccount, with its RBAC.
     cp.apply_manifest(
-        &crate::root().join("deploy/berth.yaml"),
+        &crate::root().join("deploy/base/berth.yaml"),
         Some(berth_testbed::RBAC_KINDS),
     )
-    .context("applying deploy/berth.yaml's RBAC")?;
+    .context("applying deploy/base/berth.yaml's RBAC")?;
     let agent_kubeconfig = cp
         .service_account_kubeconfig("berth-system", "berth-agent")
         .context("a kubeconfig for berth-system/berth-agent")?;

@@ -18,7 +18,7 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub interval: Duration,
     /// Namespace of the leader-election Lease: the controller's own (`POD_NAMESPACE` from the
-    /// downward API), where deploy/berth.yaml's Role lets it hold the Lease.
+    /// downward API), where deploy/base/berth.yaml's Role lets it hold the Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "berth-system")]
     pub lease_namespace: String,
     /// Name of the leader-election Lease.
@@ -30,7 +30,7 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease (default: hostname and PID).
     #[arg(long)]
     pub id: Option<String>,
-    /// Create or update Berth's CRDs at start (otherwise apply deploy/crds.yaml).
+    /// Create or update Berth's CRDs at start (otherwise apply deploy/base/crds.yaml).
     #[arg(long)]
     pub install_crds: bool,
     #[command(flatten)]

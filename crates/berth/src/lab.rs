@@ -5,6 +5,10 @@
 //! embedded ledger. It prints each pod's addresses, pings between pods, shows the ledger with the
 //! inspection commands, and cleans everything up (unless `--keep`). Only 198.18.0.0/15 and
 //! 2001:db8::/32 are used, inside namespaces it creates.
+//!
+//! `berth lab up|down|status` run the world of real nodes from `berth-lab`: the tests build the
+//! same world with the same code. `berth lab pause|echo|probe` are the programs of the lab's
+//! images.
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -18,6 +22,80 @@ use std::time::{Duration, Instant};
 pub enum LabCommand {
     /// A node with pods on a bridge, addressed by berth-ipam through the agent on the embedded ledger.
     Demo(DemoArgs),
+    /// Bring up a cluster of real nodes (containerd, kubelet, kube-proxy) with Berth deployed
+    /// from deploy/, in network namespaces of this machine.
+    Up(UpArgs),
+    /// Remove everything `berth lab up` made (safe to run twice, and after a crash of `up`).
+    Down(StateArgs),
+    /// Say what of the lab runs.
+    Status(StateArgs),
+    /// The pod sandbox of the lab's images: wait for SIGTERM, reap children.
+    Pause,
+    /// The lab's test server: HTTP, TCP and UDP answers naming the peer address and the pod.
+    Echo(EchoArgs),
+    /// Ask an echo server once: http://ADDR:PORT/, tcp://ADDR:PORT or udp://ADDR:PORT.
+    Probe(ProbeArgs),
+}
+
+/// Options of `berth lab up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Prefix of the namespaces (`lab-node1`, `lab-outside`, …) and cgroups.
+    #[arg(long, default_value = berth_lab::DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// Where the lab keeps its state, configs, logs and the kubeconfig.
+    #[arg(long, default_value = berth_lab::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// A kustomization to apply instead of deploy/overlays/lab as built into this binary.
+    #[arg(long)]
+    pub deploy: Option<PathBuf>,
+    /// Directory of the Kubernetes v1.20.2 binaries (default: hack/kube-build.sh's cache).
+    #[arg(long)]
+    pub kube_bin: Option<PathBuf>,
+    /// Bound of each wait, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// When `up` fails, leave what it made (logs under the state dir) for `berth lab down`.
+    #[arg(long)]
+    pub keep_on_failure: bool,
+}
+
+/// The state directory of `berth lab down|status`.
+#[derive(Args, Debug)]
+pub struct StateArgs {
+    /// Where `berth lab up` keeps its state.
+    #[arg(long, default_value = berth_lab::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+/// Options of `berth lab echo`.
+#[derive(Args, Debug)]
+pub struct EchoArgs {
+    /// HTTP port.
+    #[arg(long, default_value_t = 8080)]
+    pub http: u16,
+    /// TCP port (the report, then every line echoed).
+    #[arg(long, default_value_t = 9000)]
+    pub tcp: u16,
+    /// UDP port.
+    #[arg(long, default_value_t = 9000)]
+    pub udp: u16,
+}
+
+/// Options of `berth lab probe`.
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// http://ADDR:PORT[/path], tcp://ADDR:PORT or udp://ADDR:PORT (lab addresses only).
+    pub url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout: u64,
+    /// Source address to send from.
+    #[arg(long)]
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// Options of `berth lab demo`.
@@ -41,7 +119,189 @@ pub struct DemoArgs {
 pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Demo(a) => demo(a),
+        LabCommand::Up(a) => up(a),
+        LabCommand::Down(a) => down(a),
+        LabCommand::Status(a) => status(a),
+        LabCommand::Pause => berth_lab::programs::pause(),
+        LabCommand::Echo(a) => berth_lab::programs::echo(berth_lab::programs::EchoPorts {
+            http: a.http,
+            tcp: a.tcp,
+            udp: a.udp,
+        }),
+        LabCommand::Probe(a) => {
+            let answer =
+                berth_lab::programs::probe(&a.url, Duration::from_secs(a.timeout), a.source)?;
+            println!("{answer}");
+            Ok(())
+        }
     }
+}
+
+fn up(a: UpArgs) -> anyhow::Result<()> {
+    let mut cfg = berth_lab::LabConfig::user(own_dir()?);
+    cfg.nodes = a.nodes;
+    cfg.prefix = a.prefix;
+    cfg.state_dir = a.state_dir;
+    cfg.timeout = Duration::from_secs(a.timeout);
+    cfg.keep_on_failure = a.keep_on_failure;
+    if let Some(k) = a.kube_bin {
+        cfg.kube_bin = k;
+    }
+    if let Some(d) = a.deploy {
+        cfg.deploy = berth_lab::Deploy::Kustomize(d);
+    }
+    println!(
+        "== berth lab up: {} nodes, prefix {}, state in {}",
+        cfg.nodes,
+        cfg.prefix,
+        cfg.state_dir.display()
+    );
+    let lab = berth_lab::Lab::up(cfg)?;
+    for (what, d) in lab.timings() {
+        println!("  {what}: {:.1} s", d.as_secs_f64());
+    }
+    print!("{}", usage(&lab));
+    lab.detach();
+    Ok(())
+}
+
+/// How to use a running lab: printed by `up`.
+fn usage(lab: &berth_lab::Lab) -> String {
+    use berth_lab::addr;
+    let kc = lab.kubeconfig().display();
+    let kubectl = lab.kubectl_path();
+    let kubectl = kubectl.display();
+    let p = lab.prefix();
+    let mut s = format!(
+        "\n== the lab is up\n\
+         kubectl (v1.20.2):  {kubectl} --kubeconfig {kc} get nodes -o wide\n\
+         \x20                   (or: export KUBECONFIG={kc})\n\
+         control plane:      {p}-cp, apiserver https://{}:{} (host: through the relay in the kubeconfig)\n\
+         nodes (eth0 on the LAN {}, no route out):\n",
+        addr::CONTROL_PLANE,
+        addr::API_PORT,
+        addr::LAN,
+    );
+    for n in lab.nodes() {
+        s.push_str(&format!("  {:<20} {}\n", n.name(), n.ip()));
+    }
+    s.push_str(&format!(
+        "outside client:     {p}-outside {} (on the LAN)\n\
+         router:             {p}-router {} / {} (BIRD 2: birdc -s {}/router/bird.ctl show status)\n\
+         far client:         {p}-far {} (only through the router)\n\
+         Services:           {} (ClusterIP); pods: {}\n\
+         try:                ip netns exec {p}-outside curl http://NODE-IP:NODEPORT/\n\
+         images:             {} {} {} (imagePullPolicy: Never)\n\
+         remove it all:      berth lab down{}\n",
+        addr::OUTSIDE,
+        addr::ROUTER,
+        addr::ROUTER_FAR,
+        lab.state_dir().display(),
+        addr::FAR,
+        addr::SERVICE_CIDR,
+        addr::POD_CIDR,
+        berth_lab::image::BERTH_IMAGE,
+        berth_lab::image::PAUSE_IMAGE,
+        berth_lab::image::ECHO_IMAGE,
+        if lab.state_dir() == Path::new(berth_lab::DEFAULT_STATE_DIR) {
+            String::new()
+        } else {
+            format!(" --state-dir {}", lab.state_dir().display())
+        },
+    ));
+    s
+}
+
+fn down(a: StateArgs) -> anyhow::Result<()> {
+    let Some(st) = berth_lab::state::read(&a.state_dir)? else {
+        if a.state_dir.exists() {
+            std::fs::remove_dir_all(&a.state_dir)?;
+        }
+        println!("no lab in {}: nothing to remove", a.state_dir.display());
+        return Ok(());
+    };
+    println!(
+        "== berth lab down: {} namespaces, {} processes recorded, {} cgroups",
+        st.namespaces.len(),
+        st.processes.len(),
+        st.cgroups.len()
+    );
+    let t = berth_lab::state::teardown(&a.state_dir)?;
+    if !t.leftovers.is_empty() {
+        bail!(
+            "the lab is partly removed; left behind: {}\nrun `berth lab down` again once that is fixed",
+            t.leftovers.join("; ")
+        );
+    }
+    println!(
+        "removed: {} processes killed, {} gone",
+        t.killed,
+        a.state_dir.display()
+    );
+    Ok(())
+}
+
+fn status(a: StateArgs) -> anyhow::Result<()> {
+    let Some(st) = berth_lab::state::read(&a.state_dir)? else {
+        println!("no lab in {}", a.state_dir.display());
+        return Ok(());
+    };
+    println!(
+        "lab `{}` in {} ({}), built by pid {}",
+        st.prefix,
+        a.state_dir.display(),
+        if st.complete {
+            "complete"
+        } else {
+            "INCOMPLETE: `berth lab down` removes it"
+        },
+        st.owner_pid
+    );
+    let alive = st
+        .processes
+        .iter()
+        .filter(|p| berth_lab::state::alive(p))
+        .count();
+    println!("processes: {alive} of {} running", st.processes.len());
+    for p in &st.processes {
+        if !berth_lab::state::alive(p) {
+            println!("  not running: {} (pid {})", p.label, p.pid);
+        }
+    }
+    let ns_ok = st
+        .namespaces
+        .iter()
+        .filter(|n| Path::new("/run/netns").join(n).exists())
+        .count();
+    println!(
+        "namespaces: {ns_ok} of {} present: {}",
+        st.namespaces.len(),
+        st.namespaces.join(" ")
+    );
+    let kc = a.state_dir.join("kubeconfig");
+    if kc.exists() {
+        let kubectl = berth_lab::kube_bin_dir().join("kubectl");
+        println!("kubeconfig: {}", kc.display());
+        for args in [
+            &["get", "nodes", "-o", "wide"][..],
+            &["get", "pods", "-A", "-o", "wide"][..],
+        ] {
+            let out = Command::new(&kubectl)
+                .arg(format!("--kubeconfig={}", kc.display()))
+                .args(["--request-timeout=5s"])
+                .args(args)
+                .output();
+            match out {
+                Ok(o) => print!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => println!("  {}: {e}", kubectl.display()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Everything the demo created, torn down on drop unless kept.

@@ -4,6 +4,7 @@ mod agent;
 mod bgp;
 mod controller;
 mod inspect;
+mod install_cni;
 mod lab;
 mod ledger_args;
 mod routes;
@@ -40,13 +41,16 @@ enum Command {
     Routes(routes::RoutesArgs),
     /// Check the ledger's invariants; exits 1 and prints each violation when one is broken.
     Audit(inspect::InspectArgs),
-    /// Print Berth's CustomResourceDefinitions as YAML (what deploy/crds.yaml holds).
+    /// Print Berth's CustomResourceDefinitions as YAML (what deploy/base/crds.yaml holds).
     Crds,
     /// A small world of network namespaces to show and try Berth on one machine.
     #[command(subcommand)]
     Lab(lab::LabCommand),
     /// Run a BGP speaker from a TOML file (see crates/bgp/README.md).
     Bgp(BgpArgs),
+    /// Install berth-ipam and a network configuration on this node (the DaemonSet's init
+    /// container): check the conflist, copy the plugin, write both atomically.
+    InstallCni(install_cni::InstallCniArgs),
 }
 
 /// Arguments of `berth bgp`.
@@ -59,6 +63,10 @@ struct BgpArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The pod sandbox starts before anything else (no logging, no runtime).
+    if let Command::Lab(lab::LabCommand::Pause) = cli.command {
+        berth_lab::programs::pause();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
@@ -76,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Bgp(args) => return Ok(bgp::run(args.config)?),
+        Command::InstallCni(args) => return install_cni::run(args),
         other => other,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -90,7 +99,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bindings(a) => inspect::bindings(a).await,
             Command::Audit(a) => inspect::audit(a).await,
             Command::Routes(a) => routes::routes(a).await,
-            Command::Lab(_) | Command::Crds | Command::Bgp(_) => {
+            Command::Lab(_) | Command::Crds | Command::Bgp(_) | Command::InstallCni(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

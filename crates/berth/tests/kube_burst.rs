@@ -9,7 +9,7 @@
 //! (retrying until the DEL succeeds), then ADD again with a new sandbox ID. At the end every pod
 //! holds exactly one address, all distinct, `berth audit` is clean, and the bindings in the ledger
 //! are exactly the pods' final sandboxes' addresses: nothing leaked from the failed attempts.
-//! The agents run as deploy/berth.yaml's agent ServiceAccount with its RBAC; no request of theirs
+//! The agents run as deploy/base/berth.yaml's agent ServiceAccount with its RBAC; no request of theirs
 //! may be refused.
 
 mod common;

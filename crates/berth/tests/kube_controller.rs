@@ -9,7 +9,7 @@
 //! name and UID in `CNI_ARGS`. Pods are deleted with `gracePeriodSeconds=0` (no kubelet would
 //! ever confirm a graceful deletion), and no CNI DEL is sent unless a scenario says so.
 //!
-//! Agents (and in-process allocators) act as deploy/berth.yaml's `berth-agent` ServiceAccount,
+//! Agents (and in-process allocators) act as deploy/base/berth.yaml's `berth-agent` ServiceAccount,
 //! controllers (and in-process rounds) as `berth-controller`, with its RBAC and tokens from the
 //! TokenRequest API; the Lease is in `berth-system`. Each test fails on any 403 to them.
 //!
@@ -275,7 +275,7 @@ async fn gc_race_and_claims_in_process() {
         .await
         .unwrap();
     // The test reads the ledger as an operator (admin); the allocators act as the agent's
-    // ServiceAccount and the rounds as the controller's, with deploy/berth.yaml's RBAC.
+    // ServiceAccount and the rounds as the controller's, with deploy/base/berth.yaml's RBAC.
     let ledger: Arc<dyn Ledger> = Arc::new(KubeLedger::new(client.clone()));
     let roles = shipped_roles(&cp);
     let agent_ledger: Arc<dyn Ledger> = Arc::new(KubeLedger::new(

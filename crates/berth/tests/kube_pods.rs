@@ -10,7 +10,7 @@
 //! Deployment's sticky set, the pool's policy (fixed addresses and sticky sets refused outside the
 //! namespaces it lists, with an Event), and fencing of a node whose agent keeps running.
 //!
-//! The agents and the controller's rounds run as deploy/berth.yaml's ServiceAccounts with its
+//! The agents and the controller's rounds run as deploy/base/berth.yaml's ServiceAccounts with its
 //! RBAC (tokens from the TokenRequest API); the test fails on any 403 to them.
 
 mod common;

@@ -5,7 +5,7 @@
 //! and pods as namespaces attached by Debian's `bridge` CNI plugin with `berth-ipam` through the
 //! node's agent, dual-stack.
 //!
-//! The agents and the controller run as deploy/berth.yaml's ServiceAccounts with its RBAC, and
+//! The agents and the controller run as deploy/base/berth.yaml's ServiceAccounts with its RBAC, and
 //! any 403 fails the test. The apiserver listens on the host's loopback; each node reaches it through a TCP relay whose
 //! listening socket lives in the node's namespace (127.0.0.1:PORT there), so the agents use the
 //! control plane's kubeconfig unchanged. Nodes have forwarding on, as a real node needs.

@@ -83,11 +83,11 @@ fn corrected_seed_accepts_berth_ipam_type_too() {
     assert_eq!(a, b);
 }
 
-/// The example network configuration in `deploy/10-berth.conflist` parses, as the runtime hands
+/// The example network configuration in `deploy/base/10-berth.conflist` parses, as the runtime hands
 /// each plugin its own entry with the list's name and version.
 #[test]
 fn deploy_example_conflist_parses() {
-    let text = include_str!("../../../deploy/10-berth.conflist");
+    let text = include_str!("../../../deploy/base/10-berth.conflist");
     let list: serde_json::Value = serde_json::from_str(text).unwrap();
     let mut conf = list["plugins"][0].clone();
     conf["name"] = list["name"].clone();

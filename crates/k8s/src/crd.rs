@@ -114,7 +114,7 @@ pub struct BindingRecord {
     pub binding: CoreBinding,
 }
 
-/// Every CRD as one multi-document YAML, as checked into `deploy/crds.yaml`.
+/// Every CRD as one multi-document YAML, as checked into `deploy/base/crds.yaml`.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
     let mut out = String::from(
@@ -129,7 +129,7 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
 
 /// Create or update Berth's CRDs on a cluster and wait until the API server serves them.
 /// Used by tests and by `berth controller --install-crds`; production installs apply
-/// `deploy/crds.yaml`.
+/// `deploy/base/crds.yaml`.
 pub async fn install(
     client: &kube::Client,
     timeout: std::time::Duration,

@@ -104,7 +104,7 @@ impl KubeLedger {
             Some(403) | Some(401) => LedgerError::Unavailable {
                 backend: self.server.clone(),
                 reason: format!(
-                    "the API server refused access to {kind} {name:?} ({e}): grant the agent's service account Berth's RBAC (deploy/berth.yaml)"
+                    "the API server refused access to {kind} {name:?} ({e}): grant the agent's service account Berth's RBAC (deploy/base/berth.yaml)"
                 ),
             },
             _ => LedgerError::Unavailable {

@@ -1,6 +1,6 @@
 //! Up-front checks that the machine can run the test world; they fail loudly, never skip.
 
-use crate::util::find_tool;
+use berth_lab::find_tool;
 
 /// Tools every harness-based test needs: iproute2, ping, etcd, etcdctl, the Debian CNI plugins.
 ///

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
-use crate::net::Netns;
-use crate::util::tool;
+use berth_lab::tool;
+use berth_lab::Netns;
 
 /// Directory of Debian's CNI plugins (containernetworking-plugins 1.1.1).
 pub const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";

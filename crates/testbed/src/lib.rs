@@ -1,5 +1,10 @@
 //! `berth-testbed`: the test world for Berth's integration tests.
 //!
+//! The world itself (namespaces, fabrics, etcd, the Kubernetes control plane, real nodes) lives
+//! in `berth-lab`, which the `berth` binary ships for `berth lab`; this crate re-exports it and
+//! adds what only tests need: a CNI runtime that plays containerd, and up-front checks that fail
+//! loudly instead of skipping.
+//!
 //! Why this crate exists: the ledger, CNI plugin and node agent must be tested against the real
 //! things they meet in production (etcd, network namespaces, bridges, CNI runtimes), on one
 //! shared machine, in parallel, without ever touching the host's network. This crate starts and
@@ -77,31 +82,21 @@
 
 mod check;
 mod cni;
-mod etcd;
-mod kube;
-mod net;
-mod process;
+pub mod release;
 mod routers;
-mod tls;
-mod util;
 
+pub use berth_lab::{
+    check_test_addr, find_tool, free_ports, is_test_addr, kube_bin_dir, pod_netns,
+    require_kube_binaries, run, run_checked, sweep_stale, tool, unique_name, wait_for, ApiResponse,
+    Daemon, Etcd, EtcdBuilder, EtcdCluster, Fabric, KubeBuilder, KubeControlPlane, KubeTimings,
+    Netns, TlsFiles, FABRIC_BRIDGE, KUBE_CONTROLLERS, KUBE_SERVICE_CIDR, KUBE_VERSION, NAME_PREFIX,
+    RBAC_KINDS,
+};
 pub use check::{require_root, require_root_and_tools, require_tools, DEFAULT_TOOLS};
 pub use cni::{
     result_ips, with_prev_result, Cni, CniCommand, CniOutput, CniTarget, DEBIAN_CNI_DIR,
 };
-pub use etcd::{Etcd, EtcdBuilder, EtcdCluster};
-pub use kube::{
-    kube_bin_dir, require_kube_binaries, ApiResponse, KubeBuilder, KubeControlPlane, KubeTimings,
-    KUBE_CONTROLLERS, KUBE_SERVICE_CIDR, KUBE_VERSION, RBAC_KINDS,
-};
-pub use net::{pod_netns, Fabric, Netns, FABRIC_BRIDGE};
-pub use process::Daemon;
 pub use routers::{Bird, Frr, Gobgpd, BGP_TOOLS};
-pub use tls::TlsFiles;
-pub use util::{
-    check_test_addr, find_tool, free_ports, is_test_addr, run, run_checked, sweep_stale, tool,
-    unique_name, wait_for, NAME_PREFIX,
-};
 
 #[cfg(test)]
 mod tests {

@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::net::Netns;
-use crate::process::Daemon;
-use crate::util::{find_tool, run_checked, tool, wait_for};
+use berth_lab::{find_tool, run_checked, tool, wait_for, Daemon, Netns};
 
 /// Tools the BGP interop tests need: iproute2, BIRD, FRR, gobgpd and tcpdump.
 ///

@@ -400,9 +400,9 @@ pub fn timing(what: &str, since: Instant) {
     eprintln!("[timing] {what}: {:.2?}", since.elapsed());
 }
 
-/// deploy/berth.yaml: the RBAC, agent and controller that ship.
-pub const DEPLOY_BERTH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/berth.yaml");
-/// The namespace deploy/berth.yaml puts Berth in.
+/// deploy/base/berth.yaml: the RBAC, agent and controller that ship.
+pub const DEPLOY_BERTH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/base/berth.yaml");
+/// The namespace deploy/base/berth.yaml puts Berth in.
 pub const BERTH_NAMESPACE: &str = "berth-system";
 
 /// Kubeconfigs of deploy/'s ServiceAccounts, whose rights are exactly deploy/'s RBAC.
@@ -413,16 +413,16 @@ pub struct Roles {
     pub controller: PathBuf,
 }
 
-/// Apply deploy/berth.yaml's Namespace, ServiceAccounts and RBAC (from the file itself) and mint
+/// Apply deploy/base/berth.yaml's Namespace, ServiceAccounts and RBAC (from the file itself) and mint
 /// a token and kubeconfig for the agent's and the controller's ServiceAccount.
 pub fn shipped_roles(cp: &berth_testbed::KubeControlPlane) -> Roles {
     let applied = cp
         .apply_manifest(Path::new(DEPLOY_BERTH), Some(berth_testbed::RBAC_KINDS))
-        .unwrap_or_else(|e| panic!("applying deploy/berth.yaml's RBAC: {e:#}"));
+        .unwrap_or_else(|e| panic!("applying deploy/base/berth.yaml's RBAC: {e:#}"));
     assert!(
         applied.iter().any(|a| a == "ClusterRole/berth-agent")
             && applied.iter().any(|a| a == "Role/berth-controller"),
-        "deploy/berth.yaml's RBAC: {applied:?}"
+        "deploy/base/berth.yaml's RBAC: {applied:?}"
     );
     let kc = |sa: &str| {
         cp.service_account_kubeconfig(BERTH_NAMESPACE, sa)
@@ -451,7 +451,7 @@ pub fn assert_no_forbidden(cp: &berth_testbed::KubeControlPlane) {
     let refused = cp.forbidden_requests().expect("reading the audit log");
     assert!(
         refused.is_empty(),
-        "deploy/berth.yaml's RBAC refused {} request(s) of Berth's ServiceAccounts:\n{}",
+        "deploy/base/berth.yaml's RBAC refused {} request(s) of Berth's ServiceAccounts:\n{}",
         refused.len(),
         refused.join("\n")
     );

@@ -35,6 +35,15 @@ impl TlsFiles {
     /// Why: every TLS test gets its own CA, so a client of one test can never talk to another's
     /// server by accident, and nothing depends on a pre-made key in the repository.
     pub fn generate(dir: &Path) -> Result<TlsFiles> {
+        Self::generate_with_sans(dir, &[])
+    }
+
+    /// Like [`TlsFiles::generate`], with `extra_sans` (IP addresses or DNS names) added to the
+    /// server certificate.
+    ///
+    /// Why: a lab's apiserver is reached at its LAN address, at the `kubernetes` Service's
+    /// ClusterIP and as `kubernetes.default.svc`; clients verify every one of those names.
+    pub fn generate_with_sans(dir: &Path, extra_sans: &[String]) -> Result<TlsFiles> {
         std::fs::create_dir_all(dir)?;
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -65,7 +74,11 @@ impl TlsFiles {
         };
         let (server_pem, server_key_pem) = leaf(
             "berth-test-server",
-            vec!["127.0.0.1".into(), "::1".into(), "localhost".into()],
+            ["127.0.0.1", "::1", "localhost"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(extra_sans.iter().cloned())
+                .collect(),
             vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,

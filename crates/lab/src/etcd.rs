@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::process::Daemon;
+use crate::process::{Daemon, SpawnOpts};
 use crate::tls::TlsFiles;
-use crate::util::{free_ports, run_checked, tool, unique_name, wait_for};
+use crate::util::{
+    free_ports, in_netns, netns_command, run_checked, tool, unique_name, wait_for, Workdir,
+};
 
 /// How an etcd cluster is started. Build with [`EtcdCluster::builder`].
 ///
@@ -25,6 +27,9 @@ pub struct EtcdBuilder {
     election_ms: u32,
     start_timeout: Duration,
     extra_args: Vec<String>,
+    netns: Option<String>,
+    dir: Option<PathBuf>,
+    spawn: SpawnOpts,
 }
 
 impl Default for EtcdBuilder {
@@ -36,6 +41,9 @@ impl Default for EtcdBuilder {
             election_ms: 1000,
             start_timeout: Duration::from_secs(60),
             extra_args: Vec::new(),
+            netns: None,
+            dir: None,
+            spawn: SpawnOpts::default(),
         }
     }
 }
@@ -81,6 +89,30 @@ impl EtcdBuilder {
         self
     }
 
+    /// Runs the members inside network namespace `name` (on its loopback) instead of the host's.
+    ///
+    /// Why: a lab's control plane lives in a namespace of its own on the lab's LAN.
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
+        self
+    }
+
+    /// Keeps data, logs and PKI in `dir` (created, never removed) instead of a temp dir.
+    ///
+    /// Why: `berth lab up` leaves its etcd running for `berth lab down` to remove.
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// How member processes are spawned (parent-death signal, cgroups).
+    ///
+    /// Why: a lab's daemons outlive `berth lab up` and start in the lab's cgroups.
+    pub fn spawn_opts(mut self, opts: SpawnOpts) -> Self {
+        self.spawn = opts;
+        self
+    }
+
     /// Starts the cluster and waits until every member reports healthy.
     ///
     /// Why: tests start from a working cluster. Ports colliding with another process make the
@@ -113,7 +145,7 @@ pub struct EtcdCluster {
     initial_cluster: String,
     token: String,
     started_in: Duration,
-    dir: tempfile::TempDir,
+    dir: Workdir,
 }
 
 impl std::fmt::Debug for EtcdCluster {
@@ -150,10 +182,7 @@ impl EtcdCluster {
         tool("etcdctl");
         crate::util::sweep_stale_once();
         let token = unique_name("etcd");
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{token}-"))
-            .tempdir()
-            .context("creating etcd temp dir")?;
+        let dir = Workdir::new(&token, opts.dir.as_deref()).context("creating etcd's dir")?;
         let tls = if opts.tls {
             Some(TlsFiles::generate(&dir.path().join("pki"))?)
         } else {
@@ -240,7 +269,7 @@ impl EtcdCluster {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let mut cmd = Command::new(tool("etcd"));
+        let mut cmd = netns_command(self.opts.netns.as_deref(), tool("etcd"));
         clear_etcd_env(&mut cmd);
         cmd.arg("--name")
             .arg(&m.name)
@@ -280,7 +309,12 @@ impl EtcdCluster {
                 .arg(&t.ca);
         }
         cmd.args(&self.opts.extra_args);
-        Daemon::spawn(&format!("etcd-{}", m.name), cmd, Some(&m.log))
+        Daemon::spawn_with(
+            &format!("etcd-{}", m.name),
+            cmd,
+            Some(&m.log),
+            &self.opts.spawn,
+        )
     }
 
     fn logs_summary(&self) -> String {
@@ -308,7 +342,7 @@ impl EtcdCluster {
                     if let Some(st) = d.try_status() {
                         bail!("etcd member {} exited during start: {st}", m.name);
                     }
-                    if !member_healthy(m.metrics_port) {
+                    if !self.member_healthy(m.metrics_port) {
                         all = false;
                     }
                 }
@@ -337,7 +371,7 @@ impl EtcdCluster {
             "running etcd members to be healthy",
             timeout,
             Duration::from_millis(50),
-            || ports.iter().all(|p| member_healthy(*p)).then_some(()),
+            || ports.iter().all(|p| self.member_healthy(*p)).then_some(()),
         )
         .with_context(|| self.logs_summary())
     }
@@ -520,7 +554,7 @@ impl EtcdCluster {
     }
 
     fn etcdctl_for(&self, endpoints: &str) -> Command {
-        let mut cmd = Command::new(tool("etcdctl"));
+        let mut cmd = netns_command(self.opts.netns.as_deref(), tool("etcdctl"));
         clear_etcd_env(&mut cmd);
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"));
@@ -538,6 +572,37 @@ impl EtcdCluster {
     pub fn etcdctl_run(&self, args: &[&str]) -> Result<String> {
         let out = run_checked(self.etcdctl().args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl EtcdCluster {
+    /// PIDs of the running members. Why: a lab records every process it started.
+    pub fn pids(&self) -> Vec<u32> {
+        self.lock()
+            .iter()
+            .filter_map(|m| m.daemon.as_ref().map(Daemon::pid))
+            .collect()
+    }
+
+    fn member_healthy(&self, metrics_port: u16) -> bool {
+        in_netns(self.opts.netns.as_deref(), || member_healthy(metrics_port)).unwrap_or(false)
+    }
+
+    /// Lets the members go: they keep running, their dir is kept, and this handle forgets them.
+    /// Returns their PIDs.
+    ///
+    /// Why: `berth lab up` exits while its etcd runs on; `berth lab down` stops it later.
+    pub fn release(self) -> Vec<u32> {
+        let mut this = self;
+        let pids = this
+            .lock()
+            .iter_mut()
+            .filter_map(|m| m.daemon.take().map(Daemon::release))
+            .collect();
+        if let Workdir::Temp(t) = std::mem::replace(&mut this.dir, Workdir::Kept(PathBuf::new())) {
+            let _ = t.keep();
+        }
+        pids
     }
 }
 

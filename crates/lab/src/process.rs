@@ -14,6 +14,27 @@ use crate::util::show;
 
 type SpawnReq = (Command, mpsc::Sender<std::io::Result<Child>>);
 
+/// How a daemon is started (see [`Daemon::spawn_with`]).
+///
+/// Why: tests want daemons that die with the test process; `berth lab up` wants daemons that
+/// outlive it, inside the lab's cgroups.
+#[derive(Debug, Clone)]
+pub struct SpawnOpts {
+    /// Kill the daemon when this process dies (`PR_SET_PDEATHSIG`); default true.
+    pub parent_death: bool,
+    /// `cgroup.procs` files the daemon writes itself into before it execs (one per hierarchy).
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+impl Default for SpawnOpts {
+    fn default() -> Self {
+        SpawnOpts {
+            parent_death: true,
+            cgroup_procs: Vec::new(),
+        }
+    }
+}
+
 /// All daemons are spawned from one thread that lives as long as the process.
 ///
 /// Why: each daemon gets `PR_SET_PDEATHSIG(SIGKILL)`, which Linux fires when the *thread* that
@@ -72,7 +93,22 @@ impl Daemon {
     ///
     /// Why: one place that applies the daemon rules (own session, parent-death signal, recorded
     /// PID, log file) to any program: etcd, BIRD, gobgpd, FRR, the Berth agent.
-    pub fn spawn(label: &str, mut cmd: Command, log: Option<&Path>) -> Result<Daemon> {
+    pub fn spawn(label: &str, cmd: Command, log: Option<&Path>) -> Result<Daemon> {
+        Self::spawn_with(label, cmd, log, &SpawnOpts::default())
+    }
+
+    /// [`Daemon::spawn`] with options: whether the daemon dies with this process, and the
+    /// cgroups it starts in.
+    ///
+    /// Why: `berth lab up` leaves its world running after it exits (no parent-death signal),
+    /// and every process of a lab starts inside the lab's cgroups, so `berth lab down` finds
+    /// whatever it forked (containerd's shims, the pods) even after a crash.
+    pub fn spawn_with(
+        label: &str,
+        mut cmd: Command,
+        log: Option<&Path>,
+        opts: &SpawnOpts,
+    ) -> Result<Daemon> {
         let (log, log_dir) = match log {
             Some(p) => (p.to_path_buf(), None),
             None => {
@@ -91,21 +127,44 @@ impl Daemon {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
-        // SAFETY: only async-signal-safe calls (setsid, prctl) run between fork and exec.
+        let parent_death = opts.parent_death;
+        let procs: Vec<std::ffi::CString> = opts
+            .cgroup_procs
+            .iter()
+            .map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()))
+            .collect::<std::result::Result<_, _>>()
+            .context("a cgroup path with a NUL byte")?;
+        // SAFETY: only async-signal-safe calls (setsid, prctl, getpid, open, write, close) run
+        // between fork and exec; the paths were allocated before the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) < 0
+                if parent_death
+                    && libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGKILL as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    ) < 0
                 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if !procs.is_empty() {
+                    // "0" names the writing process itself in cgroup v1 and v2.
+                    for p in &procs {
+                        let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                        if fd < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+                        libc::close(fd);
+                        if r < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
                 }
                 Ok(())
             });
@@ -270,6 +329,18 @@ impl Daemon {
             }
         }
         self.reap()
+    }
+}
+
+impl Daemon {
+    /// Lets the daemon go: it is no longer killed on Drop, and this handle forgets it.
+    /// Returns its PID.
+    ///
+    /// Why: `berth lab up` exits while its world keeps running; `berth lab down` stops the
+    /// daemons later from the PIDs recorded in the lab's state file.
+    pub fn release(mut self) -> u32 {
+        self.child = None;
+        self.pid
     }
 }
 

@@ -18,6 +18,7 @@ use crate::util::{check_test_addr, run_checked, tool, unique_name};
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    owned: bool,
 }
 
 impl Netns {
@@ -29,7 +30,18 @@ impl Netns {
         crate::util::sweep_stale_once();
         let name = unique_name(label);
         run_checked(Command::new(tool("ip")).args(["netns", "add", &name]))?;
-        Ok(Netns { name })
+        Ok(Netns { name, owned: true })
+    }
+
+    /// A handle on an existing namespace that is never deleted on Drop.
+    ///
+    /// Why: a lab's namespaces outlive the handles tests and `berth lab` hold; the lab's
+    /// teardown removes them from its record.
+    pub fn existing(name: &str) -> Netns {
+        Netns {
+            name: name.to_string(),
+            owned: false,
+        }
     }
 
     /// The namespace name (as used by `ip netns` / `ip -n`). Why: build commands by hand.
@@ -249,6 +261,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let r = Command::new(tool("ip"))
             .args(["netns", "del", &self.name])
             .stdin(std::process::Stdio::null())

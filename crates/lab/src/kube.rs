@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::etcd::EtcdCluster;
-use crate::process::Daemon;
+use crate::process::{Daemon, SpawnOpts};
 use crate::tls::TlsFiles;
-use crate::util::{free_ports, run_checked, show, tool, unique_name};
+use crate::util::{free_ports, netns_command, run_checked, show, tool, unique_name, Workdir};
 
 /// Kubernetes version the cache holds. Why: names the cache directory and the error messages.
 pub const KUBE_VERSION: &str = "1.20.2";
@@ -152,6 +152,17 @@ pub struct KubeBuilder {
     apiserver_args: Vec<String>,
     controller_manager_args: Vec<String>,
     start_timeout: Duration,
+    netns: Option<String>,
+    dir: Option<PathBuf>,
+    port: Option<u16>,
+    advertise: Option<String>,
+    service_cidr: String,
+    sans: Vec<String>,
+    scheduler: bool,
+    nodes: bool,
+    users: Vec<String>,
+    spawn: SpawnOpts,
+    controllers: String,
 }
 
 impl Default for KubeBuilder {
@@ -162,6 +173,17 @@ impl Default for KubeBuilder {
             apiserver_args: Vec::new(),
             controller_manager_args: Vec::new(),
             start_timeout: Duration::from_secs(120),
+            netns: None,
+            dir: None,
+            port: None,
+            advertise: None,
+            service_cidr: KUBE_SERVICE_CIDR.to_string(),
+            sans: Vec::new(),
+            scheduler: false,
+            nodes: false,
+            users: Vec::new(),
+            spawn: SpawnOpts::default(),
+            controllers: KUBE_CONTROLLERS.to_string(),
         }
     }
 }
@@ -207,6 +229,99 @@ impl KubeBuilder {
     /// running several suites at once can be many times slower; the wait stays bounded.
     pub fn start_timeout(mut self, t: Duration) -> Self {
         self.start_timeout = t;
+        self
+    }
+
+    /// Runs etcd and every component inside network namespace `name`; clients reach the
+    /// apiserver on that namespace's addresses (requests of this handle enter it).
+    ///
+    /// Why: a lab's control plane is a host on the lab's LAN, so the apiserver reaches kubelets
+    /// at their InternalIPs and nodes reach it as real nodes do, with no link in the root
+    /// namespace.
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
+        self
+    }
+
+    /// Keeps PKI, logs, tokens, etcd data and the kubeconfig in `dir` (created, never
+    /// removed) instead of a temp dir.
+    ///
+    /// Why: `berth lab up` leaves its control plane running for `berth lab down`.
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Serves on this port instead of a free one, on all addresses of the namespace.
+    ///
+    /// Why: in a namespace of its own nothing else binds, and a lab's users expect 6443.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// The address the apiserver advertises (the `kubernetes` Service's endpoint); also a SAN
+    /// of its certificate.
+    ///
+    /// Why: pods reach the API through the `kubernetes` ClusterIP, which kube-proxy sends here.
+    pub fn advertise(mut self, addr: &str) -> Self {
+        self.advertise = Some(addr.to_string());
+        self.sans.push(addr.to_string());
+        self
+    }
+
+    /// The Service ClusterIP range (default [`KUBE_SERVICE_CIDR`]); its first address becomes
+    /// a SAN of the serving certificate.
+    ///
+    /// Why: a lab uses only 198.18.0.0/15 inside its namespaces.
+    pub fn service_cidr(mut self, cidr: &str) -> Self {
+        self.service_cidr = cidr.to_string();
+        self
+    }
+
+    /// The controller-manager's `--controllers` (default [`KUBE_CONTROLLERS`]).
+    ///
+    /// Why: `--controllers` is a list flag, so a second one appends instead of replacing; with
+    /// real kubelets the node lifecycle controller must run (it lifts the not-ready taint).
+    pub fn controllers(mut self, list: &str) -> Self {
+        self.controllers = list.to_string();
+        self
+    }
+
+    /// Starts kube-scheduler too (default false).
+    ///
+    /// Why: with real kubelets pods are placed by the real scheduler, not by the test.
+    pub fn scheduler(mut self, on: bool) -> Self {
+        self.scheduler = on;
+        self
+    }
+
+    /// Prepares for real kubelets: the Node authorizer and the NodeRestriction admission
+    /// plugin, and a client certificate the apiserver presents to kubelets (the CA is
+    /// [`KubeControlPlane::ca_pem`]).
+    ///
+    /// Why: kubelets authenticate with node credentials as on a real cluster, and logs/exec
+    /// reach them authenticated.
+    pub fn real_nodes(mut self, on: bool) -> Self {
+        self.nodes = on;
+        self
+    }
+
+    /// Adds a static token user: `token,user,uid,"group1,group2"` (a token file line).
+    ///
+    /// Why: kubelets (`system:node:NAME` in `system:nodes`) and kube-proxy
+    /// (`system:kube-proxy`) get credentials of their own.
+    pub fn user(mut self, token: &str, user: &str, groups: &[&str]) -> Self {
+        self.users
+            .push(format!("{token},{user},{user},\"{}\"", groups.join(",")));
+        self
+    }
+
+    /// How component processes are spawned (parent-death signal, cgroups).
+    ///
+    /// Why: a lab's daemons outlive `berth lab up` and start in the lab's cgroups.
+    pub fn spawn_opts(mut self, opts: SpawnOpts) -> Self {
+        self.spawn = opts;
         self
     }
 
@@ -284,8 +399,8 @@ pub struct KubeTimings {
 /// cp.restart_apiserver().unwrap(); // same port, same data
 /// ```
 pub struct KubeControlPlane {
-    etcd: EtcdCluster,
-    dir: tempfile::TempDir,
+    etcd: Option<EtcdCluster>,
+    dir: Workdir,
     bin_dir: PathBuf,
     opts: KubeBuilder,
     port: u16,
@@ -299,6 +414,7 @@ pub struct KubeControlPlane {
     /// Each apiserver start: (spawned, ready), as audit-log timestamps.
     starts: Mutex<Vec<(String, Option<String>)>>,
     controller_manager: Mutex<Option<Daemon>>,
+    scheduler: Mutex<Option<Daemon>>,
     timings: KubeTimings,
 }
 
@@ -318,7 +434,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Standard base64 (with padding). Why: kubeconfig's `certificate-authority-data`, without a
 /// new dependency.
-fn base64(data: &[u8]) -> String {
+pub(crate) fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
@@ -404,18 +520,33 @@ impl KubeControlPlane {
         crate::util::sweep_stale_once();
 
         let name = unique_name("kube");
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{name}-"))
-            .tempdir()
-            .context("creating kube temp dir")?;
+        let dir = Workdir::new(&name, opts.dir.as_deref()).context("creating the kube dir")?;
         let d = dir.path();
 
-        let etcd = EtcdCluster::start(1).context("starting etcd for the control plane")?;
+        let mut eb = EtcdCluster::builder().spawn_opts(opts.spawn.clone());
+        if let Some(ns) = &opts.netns {
+            eb = eb.netns(ns);
+        }
+        if opts.dir.is_some() {
+            eb = eb.dir(d.join("etcd"));
+        }
+        let etcd = eb.start().context("starting etcd for the control plane")?;
         let etcd_time = etcd.startup_time();
 
         // Serving PKI of our own, so clients verify against a real CA file (the apiserver's
         // self-signed fallback would be a leaf-plus-CA bundle); SANs 127.0.0.1, ::1, localhost.
-        let tls = TlsFiles::generate(&d.join("pki"))?;
+        let mut sans = opts.sans.clone();
+        sans.push(first_service_ip(&opts.service_cidr)?);
+        sans.extend(
+            [
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ]
+            .map(String::from),
+        );
+        let tls = TlsFiles::generate_with_sans(&d.join("pki"), &sans)?;
         std::fs::create_dir_all(d.join("cert-dir"))?;
 
         // Service-account token signing key (ECDSA P-256, PKCS#8): apiserver signs and
@@ -429,14 +560,15 @@ impl KubeControlPlane {
         write_file(&d.join("audit-policy.yaml"), AUDIT_POLICY, 0o644)?;
         let token = random_token()?;
         let token_file = d.join("tokens.csv");
-        write_file(
-            &token_file,
-            &format!("{token},admin,admin,\"system:masters\"\n"),
-            0o600,
-        )?;
+        let mut tokens = format!("{token},admin,admin,\"system:masters\"\n");
+        for u in &opts.users {
+            tokens.push_str(u);
+            tokens.push('\n');
+        }
+        write_file(&token_file, &tokens, 0o600)?;
 
         let mut cp = KubeControlPlane {
-            etcd,
+            etcd: Some(etcd),
             bin_dir,
             opts,
             port: 0,
@@ -449,6 +581,7 @@ impl KubeControlPlane {
             apiserver: Mutex::new(None),
             starts: Mutex::new(Vec::new()),
             controller_manager: Mutex::new(None),
+            scheduler: Mutex::new(None),
             timings: KubeTimings {
                 etcd: etcd_time,
                 ..KubeTimings::default()
@@ -459,7 +592,10 @@ impl KubeControlPlane {
         // The port is found free but another process may take it first: retry on collision.
         let mut last_err = None;
         for attempt in 1..=3 {
-            cp.port = free_ports(1)?[0];
+            cp.port = match cp.opts.port {
+                Some(p) => p,
+                None => free_ports(1)?[0],
+            };
             let t = Instant::now();
             match cp.start_apiserver() {
                 Ok(()) => {
@@ -471,7 +607,7 @@ impl KubeControlPlane {
                     let log = std::fs::read_to_string(cp.apiserver_log()).unwrap_or_default();
                     let collided = log.contains("address already in use");
                     let e = e.context(format!("kube-apiserver start attempt {attempt} failed"));
-                    if !collided {
+                    if !collided || cp.opts.port.is_some() {
                         return Err(e);
                     }
                     last_err = Some(e);
@@ -489,6 +625,9 @@ impl KubeControlPlane {
             cp.wait_default_service_account("default", cp.opts.start_timeout)
                 .context("waiting for kube-controller-manager to create default/default")?;
             cp.timings.controller_manager = t.elapsed();
+        }
+        if cp.opts.scheduler {
+            cp.start_scheduler()?;
         }
         cp.timings.total = t0.elapsed();
         Ok(cp)
@@ -537,11 +676,15 @@ impl KubeControlPlane {
     fn apiserver_args(&self) -> Vec<String> {
         let d = self.dir.path();
         let p = |x: &Path| x.display().to_string();
+        let (advertise, bind) = match &self.opts.advertise {
+            Some(a) => (a.clone(), "0.0.0.0".to_string()),
+            None => ("127.0.0.1".to_string(), "127.0.0.1".to_string()),
+        };
         let mut a = vec![
-            format!("--etcd-servers={}", self.etcd.endpoints_csv()),
+            format!("--etcd-servers={}", self.etcd().endpoints_csv()),
             "--etcd-prefix=/registry".into(),
-            "--advertise-address=127.0.0.1".into(),
-            "--bind-address=127.0.0.1".into(),
+            format!("--advertise-address={advertise}"),
+            format!("--bind-address={bind}"),
             format!("--secure-port={}", self.port),
             // 1.20 still serves an unauthenticated port (8080) by default: never.
             "--insecure-port=0".into(),
@@ -559,7 +702,7 @@ impl KubeControlPlane {
             format!("--audit-log-path={}", p(&self.audit_log())),
             "--audit-log-format=json".into(),
             "--audit-log-maxbackup=0".into(),
-            format!("--service-cluster-ip-range={KUBE_SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", self.opts.service_cidr),
             // Never resolve node hostnames through the host's DNS.
             "--kubelet-preferred-address-types=InternalIP".into(),
             // Less background work on a shared 2-core machine.
@@ -568,15 +711,102 @@ impl KubeControlPlane {
             "--allow-privileged=true".into(),
             "--logtostderr=true".into(),
         ];
+        if self.opts.nodes {
+            a.extend([
+                "--authorization-mode=Node,RBAC".to_string(),
+                "--enable-admission-plugins=NodeRestriction".to_string(),
+                format!("--kubelet-client-certificate={}", p(&self.tls.client_cert)),
+                format!("--kubelet-client-key={}", p(&self.tls.client_key)),
+            ]);
+        } else {
+            a.push("--authorization-mode=RBAC".into());
+        }
         a.extend(self.opts.apiserver_args.iter().cloned());
         a
+    }
+
+    fn scheduler_args(&self) -> Vec<String> {
+        vec![
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            "--secure-port=0".into(),
+            "--port=0".into(),
+            "--profiling=false".into(),
+            "--logtostderr=true".into(),
+        ]
+    }
+
+    /// Starts kube-scheduler (if not running).
+    ///
+    /// Why: real kubelets run what the scheduler binds to them; tests may also stop it to hold
+    /// pods Pending.
+    pub fn start_scheduler(&self) -> Result<()> {
+        let mut guard = lock(&self.scheduler);
+        if let Some(d) = guard.as_mut() {
+            if d.is_running() {
+                return Ok(());
+            }
+        }
+        let mut cmd = netns_command(
+            self.opts.netns.as_deref(),
+            kube_binary(&self.bin_dir, "kube-scheduler")?,
+        );
+        no_proxy(&mut cmd);
+        cmd.args(self.scheduler_args());
+        let log = self.dir.path().join("kube-scheduler.log");
+        let mut daemon = Daemon::spawn_with("kube-scheduler", cmd, Some(&log), &self.opts.spawn)?;
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(st) = daemon.try_status() {
+            bail!(
+                "kube-scheduler exited at once ({st}); log {}:\n{}",
+                log.display(),
+                daemon.log_tail(30)
+            );
+        }
+        *guard = Some(daemon);
+        Ok(())
+    }
+
+    /// The PIDs of the running components (etcd, apiserver, controller-manager, scheduler).
+    ///
+    /// Why: a lab records every process it started in its state file.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut p = self.etcd().pids();
+        for m in [&self.apiserver, &self.controller_manager, &self.scheduler] {
+            if let Some(d) = lock(m).as_ref() {
+                p.push(d.pid());
+            }
+        }
+        p
+    }
+
+    /// Lets the control plane go: its processes keep running, its dir is kept, and this handle
+    /// forgets them. Returns their PIDs.
+    ///
+    /// Why: `berth lab up` exits while its control plane runs on; `berth lab down` stops it.
+    pub fn release(mut self) -> Vec<u32> {
+        let mut pids = self
+            .etcd
+            .take()
+            .map(EtcdCluster::release)
+            .unwrap_or_default();
+        for m in [&self.apiserver, &self.controller_manager, &self.scheduler] {
+            if let Some(d) = lock(m).take() {
+                pids.push(d.release());
+            }
+        }
+        if let Workdir::Temp(t) = std::mem::replace(&mut self.dir, Workdir::Kept(PathBuf::new())) {
+            let _ = t.keep();
+        }
+        pids
     }
 
     fn controller_manager_args(&self) -> Vec<String> {
         let p = |x: &Path| x.display().to_string();
         let mut a = vec![
             format!("--kubeconfig={}", p(&self.kubeconfig)),
-            format!("--controllers={KUBE_CONTROLLERS}"),
+            format!("--controllers={}", self.opts.controllers),
             "--bind-address=127.0.0.1".into(),
             // No serving at all: nothing to collide on, nothing to probe.
             "--secure-port=0".into(),
@@ -604,11 +834,19 @@ impl KubeControlPlane {
                 return Ok(());
             }
         }
-        let mut cmd = Command::new(self.bin_dir.join("kube-apiserver"));
+        let mut cmd = netns_command(
+            self.opts.netns.as_deref(),
+            self.bin_dir.join("kube-apiserver"),
+        );
         no_proxy(&mut cmd);
         cmd.args(self.apiserver_args());
         lock(&self.starts).push((audit_time(std::time::SystemTime::now()), None));
-        let daemon = Daemon::spawn("kube-apiserver", cmd, Some(&self.apiserver_log()))?;
+        let daemon = Daemon::spawn_with(
+            "kube-apiserver",
+            cmd,
+            Some(&self.apiserver_log()),
+            &self.opts.spawn,
+        )?;
         *guard = Some(daemon);
         let timeout = self.opts.start_timeout;
         let start = Instant::now();
@@ -697,13 +935,17 @@ impl KubeControlPlane {
                 return Ok(());
             }
         }
-        let mut cmd = Command::new(kube_binary(&self.bin_dir, "kube-controller-manager")?);
+        let mut cmd = netns_command(
+            self.opts.netns.as_deref(),
+            kube_binary(&self.bin_dir, "kube-controller-manager")?,
+        );
         no_proxy(&mut cmd);
         cmd.args(self.controller_manager_args());
-        let mut daemon = Daemon::spawn(
+        let mut daemon = Daemon::spawn_with(
             "kube-controller-manager",
             cmd,
             Some(&self.controller_manager_log()),
+            &self.opts.spawn,
         )?;
         std::thread::sleep(Duration::from_millis(200));
         if let Some(st) = daemon.try_status() {
@@ -810,7 +1052,9 @@ impl KubeControlPlane {
     ///
     /// Why: tests may kill or stop etcd under the apiserver, or read raw keys under `/registry`.
     pub fn etcd(&self) -> &EtcdCluster {
-        &self.etcd
+        self.etcd
+            .as_ref()
+            .expect("etcd is present until the control plane is released")
     }
 
     /// The service-account signing key (PKCS#8 PEM). Why: tests that mint tokens themselves.
@@ -1012,7 +1256,7 @@ impl KubeControlPlane {
     /// Why: tests and debugging need HTTP access without a Kubernetes client in the dependency
     /// tree; curl is on every Debian machine (installed by `hack/install-deps.sh`).
     pub fn curl(&self) -> Command {
-        let mut cmd = Command::new(tool("curl"));
+        let mut cmd = netns_command(self.opts.netns.as_deref(), tool("curl"));
         no_proxy(&mut cmd);
         cmd.arg("-sS")
             .arg("--max-time")
@@ -1095,7 +1339,7 @@ impl KubeControlPlane {
         } else {
             tool("kubectl")
         };
-        let mut cmd = Command::new(prog);
+        let mut cmd = netns_command(self.opts.netns.as_deref(), prog);
         no_proxy(&mut cmd);
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .args(args);
@@ -1129,6 +1373,17 @@ fn audit_time(t: std::time::SystemTime) -> String {
     )
 }
 
+/// The first host address of an IPv4 CIDR (the `kubernetes` Service's ClusterIP).
+fn first_service_ip(cidr: &str) -> Result<String> {
+    let (net, _) = cidr
+        .split_once('/')
+        .ok_or_else(|| anyhow!("service CIDR `{cidr}` is not ADDR/LEN"))?;
+    let net: std::net::Ipv4Addr = net
+        .parse()
+        .with_context(|| format!("service CIDR `{cidr}` is not an IPv4 CIDR"))?;
+    Ok(std::net::Ipv4Addr::from(u32::from(net) + 1).to_string())
+}
+
 fn tail(p: &Path, n: usize) -> String {
     let log = std::fs::read(p)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -1141,6 +1396,9 @@ impl Drop for KubeControlPlane {
     fn drop(&mut self) {
         // Controllers first (they would log errors against a vanished apiserver), then the
         // apiserver; etcd and the temp dir go when their fields drop.
+        if let Some(mut d) = lock(&self.scheduler).take() {
+            d.kill();
+        }
         if let Some(mut d) = lock(&self.controller_manager).take() {
             d.kill();
         }

@@ -224,6 +224,140 @@ pub fn check_test_addr(s: &str) -> Result<IpAddr> {
     Ok(ip)
 }
 
+/// A command that runs `program` inside network namespace `netns` (`nsenter --net=...`), or on
+/// the host when `netns` is `None`.
+///
+/// Why: daemons of the lab's control plane run in a namespace of their own. `nsenter` (unlike
+/// `ip netns exec`) keeps the caller's mount namespace, so `/sys/fs/cgroup` stays visible, and
+/// it execs the program, so the recorded PID is the daemon's.
+pub fn netns_command(netns: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut c = Command::new(tool("nsenter"));
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg(program);
+            c
+        }
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `netns` (or on a plain thread when
+/// `None`) and returns its result.
+///
+/// Why: health checks of daemons in a namespace (etcd's `/health`, a TCP connect) from Rust,
+/// without a helper process. Network namespace membership is per thread, and a socket keeps the
+/// namespace it was created in.
+pub fn in_netns<T: Send>(netns: Option<&str>, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let Some(ns) = netns else { return Ok(f()) };
+    let path = Path::new("/run/netns").join(ns);
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on an fd we own, affecting only this (scoped) thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(anyhow!(
+                    "setns into {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow!("a thread in netns {ns} panicked"))?
+    })
+}
+
+/// A working directory: a temp dir removed on Drop, or a kept one (a lab's state dir).
+///
+/// Why: test control planes clean up after themselves; `berth lab up` keeps its files for
+/// `berth lab down`.
+#[derive(Debug)]
+pub(crate) enum Workdir {
+    /// Removed on Drop.
+    Temp(tempfile::TempDir),
+    /// Left in place.
+    Kept(PathBuf),
+}
+
+impl Workdir {
+    /// A temp dir named after `name`, or `dir` (created) when given.
+    pub(crate) fn new(name: &str, dir: Option<&Path>) -> Result<Workdir> {
+        match dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                Ok(Workdir::Kept(d.to_path_buf()))
+            }
+            None => Ok(Workdir::Temp(
+                tempfile::Builder::new()
+                    .prefix(&format!("{name}-"))
+                    .tempdir()
+                    .context("creating a temp dir")?,
+            )),
+        }
+    }
+
+    /// The directory. Why: every file of its owner lives under it.
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            Workdir::Temp(t) => t.path(),
+            Workdir::Kept(p) => p,
+        }
+    }
+}
+
+/// Fails, naming every missing program and the fix, unless the tools a lab runs exist.
+///
+/// Why: `berth lab up` and the tests fail before they make anything when the machine lacks
+/// containerd, socat, BIRD or the Kubernetes build.
+pub(crate) fn require_tools_for_lab(cfg: &crate::world::LabConfig) -> Result<()> {
+    let mut missing: Vec<String> = [
+        "ip",
+        "nsenter",
+        "unshare",
+        "socat",
+        "bird",
+        "containerd",
+        "containerd-shim-runc-v2",
+        "runc",
+        "ctr",
+        "etcd",
+        "curl",
+        "iptables",
+        "mount",
+    ]
+    .iter()
+    .filter(|t| find_tool(t).is_none())
+    .map(|t| t.to_string())
+    .collect();
+    for b in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+        "kubectl",
+    ] {
+        if find_tool(&cfg.kube_bin.join(b).display().to_string()).is_none() {
+            missing.push(cfg.kube_bin.join(b).display().to_string());
+        }
+    }
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        missing.push("/usr/lib/cni/bridge".into());
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the lab needs {}: install them with `sudo bash hack/install-deps.sh` and build \
+             Kubernetes v1.20.2 with `sudo bash hack/kube-build.sh` (or `cargo xtask kube build`)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The PID encoded in a harness name `bt-<pid>-…`, if `name` is one.
 fn owner_pid(name: &str) -> Option<u32> {
     name.strip_prefix(NAME_PREFIX)?
@@ -238,15 +372,46 @@ fn owner_is_dead(name: &str) -> bool {
     owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
-/// Removes what test processes that died without running Drop left behind: namespaces in
-/// `/run/netns` and directories in the temp dir named `bt-<pid>-…` whose `<pid>` no longer
-/// exists. Returns what was removed.
+/// Removes what test processes that died without running Drop left behind: directories in the
+/// temp dir named `bt-<pid>-…` whose `<pid>` no longer exists (a lab's state dir is torn down
+/// from its record first), and namespaces in `/run/netns` named so. Returns what was removed.
 ///
 /// Why: a test process killed by SIGKILL (a nextest timeout, an OOM kill) cannot clean up; its
 /// daemons die with it (parent-death signal) but names and files stay. The next harness user in
 /// any process sweeps them. Anything of a live process is never touched.
 pub fn sweep_stale() -> Vec<String> {
     let mut removed = Vec::new();
+    // Temp dirs first: a dead test's lab is torn down from its state file (its processes in
+    // the lab's cgroups, mounts, namespaces) before its directory goes.
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if !is_dir || !owner_is_dead(&name) {
+                continue;
+            }
+            if path.join(crate::state::STATE_FILE).exists() {
+                match crate::state::teardown(&path) {
+                    Ok(t) if t.leftovers.is_empty() => {
+                        removed.push(format!("lab {}", path.display()));
+                        continue;
+                    }
+                    Ok(t) => eprintln!(
+                        "berth-lab: stale lab {} left: {}",
+                        path.display(),
+                        t.leftovers.join("; ")
+                    ),
+                    Err(e) => eprintln!("berth-lab: stale lab {}: {e:#}", path.display()),
+                }
+                continue;
+            }
+            if std::fs::remove_dir_all(&path).is_ok() {
+                removed.push(path.display().to_string());
+            }
+        }
+    }
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -261,17 +426,6 @@ pub fn sweep_stale() -> Vec<String> {
                 .unwrap_or(false);
             if ok {
                 removed.push(format!("/run/netns/{name}"));
-            }
-        }
-    }
-    let tmp = std::env::temp_dir();
-    if let Ok(entries) = std::fs::read_dir(&tmp) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let path = e.path();
-            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if is_dir && owner_is_dead(&name) && std::fs::remove_dir_all(&path).is_ok() {
-                removed.push(path.display().to_string());
             }
         }
     }

@@ -1,0 +1,704 @@
+//! Berth on real nodes: a cluster of three nodes (containerd, kubelet, kube-proxy v1.20.2 in
+//! network and mount namespaces of their own), with Berth deployed from deploy/overlays/lab by
+//! `kubectl apply -k`, built by the same code as `berth lab up` (a unique prefix and state dir,
+//! so it never meets a running `berth lab` or another test run).
+//!
+//! The tests of this binary share one cluster (bring-up is most of the cost) and run one at a
+//! time; each works in a namespace of its own and deletes it, and a test that stops a node
+//! powers it on again. The cluster is torn down when the test process exits (and by the next
+//! run's sweep if the process was killed).
+
+use berth_lab::{addr, image, Deploy, Lab, LabConfig};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static LAB: OnceLock<Result<Lab, String>> = OnceLock::new();
+static STATE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn teardown_at_exit() {
+    if let Some(d) = STATE_DIR.get() {
+        let t = Instant::now();
+        match berth_lab::state::teardown(d) {
+            Ok(td) if td.leftovers.is_empty() => {
+                eprintln!("[timing] lab teardown: {:.1?}", t.elapsed())
+            }
+            Ok(td) => eprintln!("lab teardown left: {}", td.leftovers.join("; ")),
+            Err(e) => eprintln!("lab teardown: {e:#}"),
+        }
+    }
+}
+
+/// The shared lab (built on first use) and the lock that makes this test the only user.
+fn shared() -> (MutexGuard<'static, ()>, &'static Lab) {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = LAB.get_or_init(|| {
+        berth_testbed::require_root();
+        berth_testbed::require_kube_binaries();
+        let bins = berth_testbed::release::release_bins_once()
+            .map_err(|e| format!("building the static release binaries: {e:#}"));
+        let bins = match bins {
+            Ok(b) => b,
+            Err(e) => return Err(e),
+        };
+        let prefix = berth_testbed::unique_name("lab");
+        let state_dir = std::env::temp_dir().join(&prefix);
+        let _ = STATE_DIR.set(state_dir.clone());
+        // SAFETY: registers a plain extern "C" function with no captured state.
+        unsafe { libc::atexit(teardown_at_exit) };
+        let cfg = LabConfig {
+            prefix,
+            state_dir,
+            nodes: 3,
+            bins,
+            kube_bin: berth_testbed::kube_bin_dir(),
+            detached: false,
+            deploy: Deploy::Kustomize(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/overlays/lab"),
+            ),
+            timeout: Duration::from_secs(300),
+            keep_on_failure: false,
+        };
+        let t = Instant::now();
+        let lab = Lab::up(cfg).map_err(|e| format!("{e:#}"))?;
+        eprintln!("[timing] lab up (3 nodes): {:.1?}", t.elapsed());
+        for (what, d) in lab.timings() {
+            eprintln!("[timing]   {what}: {d:.1?}");
+        }
+        Ok(lab)
+    });
+    match lab {
+        Ok(l) => (guard, l),
+        Err(e) => panic!("the shared lab did not come up: {e}"),
+    }
+}
+
+fn kubectl(lab: &Lab, args: &[&str]) -> String {
+    lab.kubectl(args)
+        .unwrap_or_else(|e| panic!("kubectl {}: {e:#}", args.join(" ")))
+}
+
+/// `kubectl apply -f -` of one JSON object.
+fn apply(lab: &Lab, obj: &Value) {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), obj.to_string()).unwrap();
+    kubectl(lab, &["apply", "-f", &f.path().display().to_string()]);
+}
+
+fn get(lab: &Lab, path: &str) -> Value {
+    lab.request("GET", path, None)
+        .and_then(|r| r.ok())
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
+}
+
+/// A namespace of the test's own, with its default ServiceAccount ready; deleted on Drop.
+struct TestNs<'a> {
+    lab: &'a Lab,
+    name: String,
+}
+
+impl<'a> TestNs<'a> {
+    fn new(lab: &'a Lab, name: &str) -> TestNs<'a> {
+        let _ = lab.kubectl(&["delete", "namespace", name, "--wait=true"]);
+        kubectl(lab, &["create", "namespace", name]);
+        lab.control_plane()
+            .wait_default_service_account(name, Duration::from_secs(60))
+            .unwrap();
+        TestNs {
+            lab,
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for TestNs<'_> {
+    fn drop(&mut self) {
+        let _ = self.lab.kubectl(&[
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=true",
+            "--timeout=120s",
+        ]);
+    }
+}
+
+/// An echo Deployment (the lab's test server image, never pulled).
+fn echo_deployment(
+    name: &str,
+    ns: &str,
+    replicas: u32,
+    pod_spec_extra: Value,
+    annotations: Value,
+) -> Value {
+    let mut spec = json!({
+        "terminationGracePeriodSeconds": 2,
+        "containers": [{
+            "name": "echo",
+            "image": image::ECHO_IMAGE,
+            "imagePullPolicy": "Never",
+            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+            "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+        }],
+    });
+    if let (Some(s), Some(extra)) = (spec.as_object_mut(), pod_spec_extra.as_object()) {
+        for (k, v) in extra {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": spec,
+            },
+        },
+    })
+}
+
+/// Pods of `app` in `ns` that are Ready (not being deleted): name → (node, podIP, uid, podIPs).
+fn ready_pods(
+    lab: &Lab,
+    ns: &str,
+    app: &str,
+) -> BTreeMap<String, (String, String, String, Vec<String>)> {
+    let v = get(
+        lab,
+        &format!("/api/v1/namespaces/{ns}/pods?labelSelector=app%3D{app}"),
+    );
+    let mut out = BTreeMap::new();
+    for p in v["items"].as_array().into_iter().flatten() {
+        if p["metadata"]["deletionTimestamp"].is_string() {
+            continue;
+        }
+        let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if !ready {
+            continue;
+        }
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let ips = p["status"]["podIPs"]
+            .as_array()
+            .map(|a| a.iter().map(|i| s(&i["ip"])).collect())
+            .unwrap_or_default();
+        out.insert(
+            s(&p["metadata"]["name"]),
+            (
+                s(&p["spec"]["nodeName"]),
+                s(&p["status"]["podIP"]),
+                s(&p["metadata"]["uid"]),
+                ips,
+            ),
+        );
+    }
+    out
+}
+
+fn wait_ready_pods(
+    lab: &Lab,
+    ns: &str,
+    app: &str,
+    n: usize,
+    timeout: Duration,
+) -> BTreeMap<String, (String, String, String, Vec<String>)> {
+    let t = Instant::now();
+    loop {
+        let p = ready_pods(lab, ns, app);
+        if p.len() == n {
+            return p;
+        }
+        if t.elapsed() > timeout {
+            let all = lab
+                .kubectl(&["get", "pods", "-n", ns, "-o", "wide"])
+                .unwrap_or_default();
+            let events = lab
+                .kubectl(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
+                .unwrap_or_default();
+            panic!("{n} Ready pods of {ns}/{app} not there after {timeout:?} (have {}):\n{all}\n{events}", p.len());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn in_pod_cidr(ip: &str) -> bool {
+    let a: Ipv4Addr = ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let net: Ipv4Addr = "198.18.64.0".parse().unwrap();
+    u32::from(a) & 0xffff_c000 == u32::from(net)
+}
+
+/// `berth bindings --json` on the cluster's ledger (the Kubernetes ledger, through the relay).
+fn bindings(lab: &Lab) -> Vec<Value> {
+    let out = Command::new(BERTH)
+        .args([
+            "bindings",
+            "--json",
+            "--ledger",
+            "kubernetes",
+            "--kubeconfig",
+        ])
+        .arg(lab.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "berth bindings: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn assert_audit_clean(lab: &Lab) {
+    let out = Command::new(BERTH)
+        .args(["audit", "--ledger", "kubernetes", "--kubeconfig"])
+        .arg(lab.kubeconfig())
+        .output()
+        .unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && e.contains("audit clean"),
+        "berth audit:\n{o}\n{e}"
+    );
+}
+
+/// The bindings in the ledger whose pod does not exist (with that UID).
+fn bindings_without_pod(lab: &Lab) -> Vec<Value> {
+    let pods = get(lab, "/api/v1/pods");
+    let uids: BTreeSet<String> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["metadata"]["uid"].as_str().map(String::from))
+        .collect();
+    bindings(lab)
+        .into_iter()
+        .filter(|b| !uids.contains(b["owner"]["pod"]["uid"].as_str().unwrap_or_default()))
+        .collect()
+}
+
+/// The echo server's answer to a GET, fetched with curl inside a namespace or on a node.
+fn curl_json(mut cmd: Command, url: &str) -> Option<Value> {
+    let out = cmd
+        .args(["-sS", "--max-time", "3", "--noproxy", "*", url])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn timing(what: &str, t: Instant) {
+    eprintln!("[timing] {what}: {:.1?}", t.elapsed());
+}
+
+#[test]
+fn a_cluster_of_three_real_nodes_runs_berth_from_deploy() {
+    let (_g, lab) = shared();
+    let t = Instant::now();
+    let nodes = get(lab, "/api/v1/nodes");
+    let items = nodes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for (i, n) in lab.nodes().iter().enumerate() {
+        let obj = items
+            .iter()
+            .find(|o| o["metadata"]["name"] == n.name())
+            .unwrap_or_else(|| panic!("no Node {}", n.name()));
+        assert_eq!(obj["status"]["nodeInfo"]["kubeletVersion"], "v1.20.2");
+        assert_eq!(obj["status"]["nodeInfo"]["kubeProxyVersion"], "v1.20.2");
+        assert!(obj["status"]["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("containerd://1.6"));
+        let internal: Vec<&str> = obj["status"]["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["type"] == "InternalIP")
+            .filter_map(|a| a["address"].as_str())
+            .collect();
+        assert_eq!(internal, [addr::node(i + 1).as_str()]);
+        // No route out of the node: only the LAN and the far segment via the router.
+        let routes = lab.netns(&format!("node{}", i + 1)).routes().unwrap();
+        assert!(
+            !routes
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["dst"] == "default"),
+            "{}: {routes}",
+            n.name()
+        );
+        // The DaemonSet's init container installed the plugin and the overlay's conflist.
+        let conf =
+            std::fs::read_to_string(n.spec.backing("/etc/cni/net.d").join("10-berth.conflist"))
+                .unwrap();
+        assert_eq!(
+            conf,
+            include_str!("../../../deploy/overlays/lab/10-berth.conflist")
+        );
+        let plugin = std::fs::read(n.spec.backing("/opt/cni/bin").join("berth-ipam")).unwrap();
+        let built = std::fs::read(
+            berth_testbed::release::release_bins_once()
+                .unwrap()
+                .join("berth-ipam"),
+        )
+        .unwrap();
+        assert!(
+            plugin == built,
+            "{}: /opt/cni/bin/berth-ipam is not the image's",
+            n.name()
+        );
+        assert!(
+            berth_lab::agent_answers(&n.agent_socket()),
+            "agent on {}",
+            n.name()
+        );
+        // The host's mount namespace never sees the node's files.
+        assert!(
+            !std::path::Path::new("/etc/cni/net.d/10-berth.conflist").exists()
+                || std::fs::read_to_string("/etc/cni/net.d/10-berth.conflist").unwrap() != conf
+        );
+    }
+    // Berth's pods run the lab's image; the apiserver reaches kubelets (logs) over InternalIP.
+    let ds = get(
+        lab,
+        "/apis/apps/v1/namespaces/berth-system/daemonsets/berth-agent",
+    );
+    assert_eq!(ds["status"]["numberReady"], 3, "{}", ds["status"]);
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        image::BERTH_IMAGE
+    );
+    let pods = get(
+        lab,
+        "/api/v1/namespaces/berth-system/pods?labelSelector=app.kubernetes.io%2Fname%3Dberth-agent",
+    );
+    let pod = pods["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let logs = kubectl(
+        lab,
+        &["logs", "-n", "berth-system", &pod, "-c", "install-cni"],
+    );
+    assert!(
+        logs.contains("installed /host/opt/cni/bin/berth-ipam"),
+        "{logs}"
+    );
+    timing("a_cluster_of_three_real_nodes_runs_berth_from_deploy", t);
+}
+
+#[test]
+fn six_pods_over_three_nodes_get_berth_addresses() {
+    let (_g, lab) = shared();
+    let t = Instant::now();
+    let ns = TestNs::new(lab, "six");
+    let spread = json!({"topologySpreadConstraints": [{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}},
+    }]});
+    apply(lab, &echo_deployment("web", &ns.name, 6, spread, json!({})));
+    let pods = wait_ready_pods(lab, &ns.name, "web", 6, Duration::from_secs(180));
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut ips = BTreeSet::new();
+    for (name, (node, ip, _, podips)) in &pods {
+        *per_node.entry(node.as_str()).or_default() += 1;
+        assert!(in_pod_cidr(ip), "{name}: {ip} is not from the lab's pool");
+        assert_eq!(podips.first(), Some(ip), "{name}: status.podIPs");
+        assert!(ips.insert(ip.clone()), "{ip} given twice");
+    }
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(per_node.values().all(|c| *c == 2), "{per_node:?}");
+    // The ledger holds one binding per pod, on the pod's node, and nothing else in this ns.
+    let all = bindings(lab);
+    let mine: Vec<&Value> = all
+        .iter()
+        .filter(|b| b["owner"]["pod"]["namespace"] == ns.name.as_str())
+        .collect();
+    assert_eq!(mine.len(), 6, "{mine:?}");
+    for (name, (node, ip, uid, _)) in &pods {
+        let b = mine
+            .iter()
+            .find(|b| b["address"] == ip.as_str())
+            .unwrap_or_else(|| panic!("no binding for {name} {ip}"));
+        assert_eq!(b["owner"]["pod"]["name"], name.as_str());
+        assert_eq!(b["owner"]["pod"]["uid"], uid.as_str());
+        assert_eq!(b["node"], node.as_str());
+    }
+    assert_audit_clean(lab);
+    // Each pod serves on its address, seen from its node.
+    for (name, (node, ip, _, _)) in &pods {
+        let n = lab.nodes().iter().find(|n| n.name() == node).unwrap();
+        let v = curl_json(n.command("curl"), &format!("http://{ip}:8080/"))
+            .unwrap_or_else(|| panic!("{name} at {ip} does not answer from {node}"));
+        assert_eq!(v["pod"], name.as_str());
+    }
+    timing("six_pods_over_three_nodes_get_berth_addresses", t);
+}
+
+#[test]
+fn outside_reaches_a_nodeport_and_a_clusterip_through_a_node() {
+    let (_g, lab) = shared();
+    let t = Instant::now();
+    let ns = TestNs::new(lab, "svc");
+    let node1 = &lab.nodes()[0];
+    let pin = json!({"nodeSelector": {"kubernetes.io/hostname": node1.name()}});
+    apply(lab, &echo_deployment("echo", &ns.name, 1, pin, json!({})));
+    let pods = wait_ready_pods(lab, &ns.name, "echo", 1, Duration::from_secs(120));
+    let pod = pods.keys().next().unwrap().clone();
+    apply(
+        lab,
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "echo", "namespace": ns.name},
+            "spec": {"type": "NodePort", "selector": {"app": "echo"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        }),
+    );
+    let svc = get(
+        lab,
+        &format!("/api/v1/namespaces/{}/services/echo", ns.name),
+    );
+    let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!(
+        cluster_ip.starts_with("198.18.")
+            && berth_testbed::is_test_addr(cluster_ip.parse().unwrap())
+    );
+    let outside = lab.netns("outside");
+    let url = format!("http://{}:{node_port}/", node1.ip());
+    let v = berth_testbed::wait_for(
+        "the NodePort from outside",
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || curl_json(outside.command("curl"), &url),
+    )
+    .unwrap();
+    assert_eq!(v["pod"], pod.as_str(), "{v}");
+    // A ClusterIP, through a route via the node (as a router would have).
+    outside
+        .ip(["route", "add", addr::SERVICE_CIDR, "via", node1.ip()])
+        .unwrap();
+    let url = format!("http://{cluster_ip}:80/");
+    let got = berth_testbed::wait_for(
+        "the ClusterIP from outside",
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || curl_json(outside.command("curl"), &url),
+    );
+    outside.ip(["route", "del", addr::SERVICE_CIDR]).unwrap();
+    assert_eq!(got.unwrap()["pod"], pod.as_str());
+    timing(
+        "outside_reaches_a_nodeport_and_a_clusterip_through_a_node",
+        t,
+    );
+}
+
+/// Seed 001: a pod with a fixed address is deleted; its replacement, on another node, comes up
+/// with the same address.
+#[test]
+fn a_fixed_address_moves_with_its_pod_to_another_node() {
+    let (_g, lab) = shared();
+    let t = Instant::now();
+    let ns = TestNs::new(lab, "fixed");
+    let fixed = "198.18.64.20";
+    apply(
+        lab,
+        &echo_deployment(
+            "db",
+            &ns.name,
+            1,
+            json!({}),
+            json!({"berth.dev/ips": fixed}),
+        ),
+    );
+    let pods = wait_ready_pods(lab, &ns.name, "db", 1, Duration::from_secs(120));
+    let (old_name, (old_node, ip, _, _)) = pods.into_iter().next().unwrap();
+    assert_eq!(ip, fixed);
+    kubectl(lab, &["cordon", &old_node]);
+    kubectl(
+        lab,
+        &["delete", "pod", "-n", &ns.name, &old_name, "--wait=false"],
+    );
+    let pods = berth_testbed::wait_for(
+        "the replacement pod",
+        Duration::from_secs(180),
+        Duration::from_millis(500),
+        || {
+            let p = ready_pods(lab, &ns.name, "db");
+            p.into_iter().find(|(n, _)| *n != old_name)
+        },
+    );
+    kubectl(lab, &["uncordon", &old_node]);
+    let (new_name, (new_node, new_ip, _, _)) = pods.unwrap();
+    assert_ne!(new_node, old_node, "the replacement must run elsewhere");
+    assert_eq!(new_ip, fixed, "{new_name} on {new_node}");
+    let n = lab.nodes().iter().find(|n| n.name() == new_node).unwrap();
+    let v = curl_json(n.command("curl"), &format!("http://{fixed}:8080/"))
+        .expect("served on the new node");
+    assert_eq!(v["pod"], new_name.as_str());
+    assert_audit_clean(lab);
+    timing("a_fixed_address_moves_with_its_pod_to_another_node", t);
+}
+
+/// The agent pod of a node is deleted in the middle of 30 pod creations on that node.
+#[test]
+fn the_agent_pod_deleted_mid_burst_of_thirty_pods() {
+    let (_g, lab) = shared();
+    let t = Instant::now();
+    let ns = TestNs::new(lab, "burst");
+    let node = lab.nodes()[1].name().to_string();
+    let pin = json!({"nodeSelector": {"kubernetes.io/hostname": node}});
+    apply(lab, &echo_deployment("burst", &ns.name, 30, pin, json!({})));
+    // Once some pods have their address, the agent on that node goes away.
+    berth_testbed::wait_for(
+        "the first pods of the burst",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || (ready_pods(lab, &ns.name, "burst").len() >= 3).then_some(()),
+    )
+    .unwrap();
+    let agents = get(lab, &format!(
+        "/api/v1/namespaces/berth-system/pods?labelSelector=app.kubernetes.io%2Fname%3Dberth-agent&fieldSelector=spec.nodeName%3D{node}"
+    ));
+    let agent = agents["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = ready_pods(lab, &ns.name, "burst").len();
+    kubectl(
+        lab,
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "berth-system",
+            &agent,
+            "--wait=false",
+        ],
+    );
+    eprintln!("deleted {agent} with {before}/30 pods Ready");
+    assert!(
+        before < 30,
+        "the agent must go while pods are still being created"
+    );
+    let pods = wait_ready_pods(lab, &ns.name, "burst", 30, Duration::from_secs(400));
+    let ips: BTreeSet<&String> = pods.values().map(|(_, ip, _, _)| ip).collect();
+    assert_eq!(ips.len(), 30, "every pod its own address");
+    assert!(pods
+        .values()
+        .all(|(n, ip, _, _)| *n == node && in_pod_cidr(ip)));
+    // The DaemonSet replaced the deleted agent: a Ready pod of another name on that node.
+    let path = format!(
+        "/api/v1/namespaces/berth-system/pods?labelSelector=app.kubernetes.io%2Fname%3Dberth-agent&fieldSelector=spec.nodeName%3D{node}"
+    );
+    berth_testbed::wait_for(
+        "the replacement agent pod Ready",
+        Duration::from_secs(180),
+        Duration::from_millis(500),
+        || {
+            let v = get(lab, &path);
+            v["items"].as_array()?.iter().find(|p| {
+                p["metadata"]["name"] != agent.as_str()
+                    && !p["metadata"]["deletionTimestamp"].is_string()
+                    && p["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+            })?;
+            Some(())
+        },
+    )
+    .unwrap();
+    let all = bindings(lab);
+    let mine: Vec<&Value> = all
+        .iter()
+        .filter(|b| b["owner"]["pod"]["namespace"] == ns.name.as_str())
+        .collect();
+    assert_eq!(mine.len(), 30, "one binding per pod: {mine:?}");
+    assert_audit_clean(lab);
+    // No binding is left without its pod (a sandbox that failed while the agent was away is
+    // released by its DEL; none may stay).
+    let orphans = bindings_without_pod(lab);
+    assert!(orphans.is_empty(), "bindings without a pod: {orphans:?}");
+    timing("the_agent_pod_deleted_mid_burst_of_thirty_pods", t);
+}
+
+/// A node is shut down (kubelet and agent stopped with everything else on it) and tainted out of
+/// service: its fixed-address pod comes up on another node with the same address.
+#[test]
+fn a_fenced_node_gives_its_fixed_address_to_the_replacement() {
+    let (_g, lab) = shared();
+    let t = Instant::now();
+    let ns = TestNs::new(lab, "fence");
+    let fixed = "198.18.64.30";
+    apply(
+        lab,
+        &echo_deployment(
+            "app",
+            &ns.name,
+            1,
+            json!({}),
+            json!({"berth.dev/ips": fixed}),
+        ),
+    );
+    let pods = wait_ready_pods(lab, &ns.name, "app", 1, Duration::from_secs(120));
+    let (old_name, (old_node, ip, _, _)) = pods.into_iter().next().unwrap();
+    assert_eq!(ip, fixed);
+    let idx = lab
+        .nodes()
+        .iter()
+        .position(|n| n.name() == old_node)
+        .unwrap()
+        + 1;
+    lab.power_off(idx).unwrap();
+    let taint = "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute";
+    kubectl(lab, &["taint", "node", &old_node, taint]);
+    let moved = berth_testbed::wait_for(
+        "the replacement on another node",
+        Duration::from_secs(240),
+        Duration::from_millis(500),
+        || {
+            ready_pods(lab, &ns.name, "app")
+                .into_iter()
+                .find(|(n, (node, _, _, _))| *n != old_name && *node != old_node)
+        },
+    );
+    // Bring the node back before asserting, so a failure leaves the cluster whole.
+    kubectl(
+        lab,
+        &[
+            "taint",
+            "node",
+            &old_node,
+            "node.kubernetes.io/out-of-service-",
+        ],
+    );
+    lab.power_on(idx).unwrap();
+    let (new_name, (new_node, new_ip, _, _)) = moved.unwrap();
+    assert_eq!(new_ip, fixed, "{new_name} on {new_node}");
+    drop(ns);
+    lab.wait_ready().unwrap();
+    assert_audit_clean(lab);
+    timing(
+        "a_fenced_node_gives_its_fixed_address_to_the_replacement",
+        t,
+    );
+}
