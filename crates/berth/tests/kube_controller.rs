@@ -243,12 +243,12 @@ async fn add(a: &Allocator, network: &str, cid: &str, pod: Option<(&str, &str)>)
 }
 
 async fn ledger_bindings(l: &dyn Ledger) -> BTreeMap<IpAddr, Binding> {
-    let v: Vec<Stored<Binding>> = Records(l).list(Kind::Binding).await.unwrap();
+    let v: Vec<Stored<Binding>> = Records(l).list(Kind::Binding).await.unwrap().records;
     v.into_iter().map(|s| (s.value.address, s.value)).collect()
 }
 
 async fn ledger_claims(l: &dyn Ledger) -> BTreeSet<String> {
-    let v: Vec<Stored<Claim>> = Records(l).list(Kind::Claim).await.unwrap();
+    let v: Vec<Stored<Claim>> = Records(l).list(Kind::Claim).await.unwrap().records;
     v.into_iter().map(|s| s.value.name()).collect()
 }
 
@@ -344,12 +344,17 @@ async fn gc_race_and_claims_in_process() {
     let deleted = Instant::now();
     {
         let view = berth_controller::run::read_cluster(&client).await.unwrap();
-        let bl: Vec<Stored<Binding>> = Records(ledger.as_ref()).list(Kind::Binding).await.unwrap();
+        let bl: Vec<Stored<Binding>> = Records(ledger.as_ref())
+            .list(Kind::Binding)
+            .await
+            .unwrap()
+            .records;
         let d = berth_controller::decide(
             &view,
             &[],
             &[],
             &bl.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
+            &[],
             grace.as_secs(),
         );
         assert!(
@@ -390,13 +395,14 @@ async fn gc_race_and_claims_in_process() {
     let jip = add(&aj, "race", "c-joined-0", Some(("joined-0", &juid))).await;
     {
         let r = Records(ledger.as_ref());
-        let bl: Vec<Stored<Binding>> = r.list(Kind::Binding).await.unwrap();
-        let bk: Vec<Stored<berth_core::Block>> = r.list(Kind::Block).await.unwrap();
+        let bl: Vec<Stored<Binding>> = r.list(Kind::Binding).await.unwrap().records;
+        let bk: Vec<Stored<berth_core::Block>> = r.list(Kind::Block).await.unwrap().records;
         let d = berth_controller::decide(
             &view,
             &bk.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
             &[],
             &bl.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
+            &[],
             0,
         );
         assert!(
@@ -417,8 +423,11 @@ async fn gc_race_and_claims_in_process() {
         ledger_bindings(ledger.as_ref()).await.contains_key(&jip),
         "a binding on a node that joined after the node list was released: {rep:?}"
     );
-    let jblocks: Vec<Stored<berth_core::Block>> =
-        Records(ledger.as_ref()).list(Kind::Block).await.unwrap();
+    let jblocks: Vec<Stored<berth_core::Block>> = Records(ledger.as_ref())
+        .list(Kind::Block)
+        .await
+        .unwrap()
+        .records;
     assert!(
         jblocks.iter().any(|b| b.value.node == "joined"),
         "the block of a node that joined after the node list was reclaimed: {rep:?}"
@@ -838,7 +847,7 @@ struct Node {
 }
 
 fn conf(n: &Node, fallback: &common::Ledger) -> Value {
-    with_store(v4_pool("fence", &n.socket, &n.name), fallback)
+    agent_only(v4_pool("fence", &n.socket, &n.name), fallback)
 }
 
 /// ADD through `berth-ipam` for a pod (namespace, name, UID in CNI_ARGS); the result or the CNI error.

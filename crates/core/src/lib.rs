@@ -10,6 +10,9 @@ pub mod binding;
 pub mod block;
 pub mod claim;
 pub mod pool;
+#[cfg(feature = "schema")]
+pub mod schema;
+pub mod time;
 
 pub use addr::{AddrRange, Family};
 pub use audit::{audit, audit_with_claims, Violation};
@@ -17,3 +20,4 @@ pub use binding::{Binding, BindingKind, Owner, PodRef};
 pub use block::Block;
 pub use claim::{Claim, Identity};
 pub use pool::{PoolError, PoolSpec, PoolUse, Route, SubnetSpec};
+pub use time::Timestamp;

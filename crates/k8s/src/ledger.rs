@@ -146,45 +146,41 @@ fn plausible(v: &Version) -> bool {
 }
 
 /// Back from an object to the ledger's record: the spec without `key`.
-fn entry(kind: Kind, obj: DynamicObject) -> Result<Entry> {
+///
+/// An object without a spec or without `spec.key` (which the CRD schema requires, so only an
+/// object stored before it did, or under a relaxed schema) is returned under its object name,
+/// with what it has as the value: the typed layer then reports it as a bad record (it does not
+/// decode, or it names another record than its own), and the rest of a list is unaffected.
+fn entry(obj: DynamicObject) -> Entry {
     let version = Version(obj.metadata.resource_version.clone().unwrap_or_default());
+    let object = obj.metadata.name.unwrap_or_default();
     let mut spec = match obj.data.get("spec") {
         Some(Value::Object(m)) => m.clone(),
         _ => {
-            return Err(LedgerError::Corrupt {
-                kind,
-                name: obj.metadata.name.unwrap_or_default(),
-                reason: "object has no spec".into(),
-            })
+            return Entry {
+                name: object,
+                value: b"{}".to_vec(),
+                version,
+            }
         }
     };
     let name = match spec.remove("key") {
         Some(Value::String(k)) => k,
-        _ => {
-            return Err(LedgerError::Corrupt {
-                kind,
-                name: obj.metadata.name.unwrap_or_default(),
-                reason: "spec has no key".into(),
-            })
-        }
+        _ => object,
     };
-    let value = serde_json::to_vec(&spec).map_err(|e| LedgerError::Corrupt {
-        kind,
-        name: name.clone(),
-        reason: e.to_string(),
-    })?;
-    Ok(Entry {
+    Entry {
         name,
-        value,
+        // Serializing a JSON map cannot fail.
+        value: serde_json::to_vec(&spec).unwrap_or_default(),
         version,
-    })
+    }
 }
 
 #[async_trait]
 impl Ledger for KubeLedger {
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<Entry>> {
         match self.api(kind).get_opt(&object_name(name)).await {
-            Ok(Some(o)) => entry(kind, o).map(Some),
+            Ok(Some(o)) => Ok(Some(entry(o))),
             Ok(None) => Ok(None),
             Err(e) => Err(LedgerError::Unavailable {
                 backend: self.server.clone(),
@@ -203,9 +199,7 @@ impl Ledger for KubeLedger {
                 reason: e.to_string(),
             })?;
             let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-            for o in page.items {
-                out.push(entry(kind, o)?);
-            }
+            out.extend(page.items.into_iter().map(entry));
             match next {
                 Some(token) => lp = lp.continue_token(&token),
                 None => break,
@@ -273,5 +267,9 @@ impl Ledger for KubeLedger {
 
     fn describe(&self) -> String {
         self.server.clone()
+    }
+
+    fn backend(&self) -> berth_ledger::Backend {
+        berth_ledger::Backend::Kubernetes
     }
 }

@@ -5,9 +5,11 @@
 //! - [`names`]: how ledger names map to Kubernetes object names.
 //! - [`ledger`]: the Kubernetes ledger backend: one object per record, compare-and-swap on
 //!   `resourceVersion`, so no single object is contended by every allocation.
+//! - [`events`]: Warning Events on Berth's own objects (a record Berth cannot read).
 
 pub mod annotations;
 pub mod crd;
+pub mod events;
 pub mod ledger;
 pub mod names;
 pub mod pods;

@@ -45,10 +45,10 @@ async fn records_are_readable_berth_objects() {
     crd::install(&c, Duration::from_secs(30)).await.unwrap();
     let l = KubeLedger::new(c.clone());
     let binding = serde_json::json!({
-        "address": "2001:db8::5", "prefix_len": 64, "pool": "pods", "node": "node-1",
-        "owner": {"network": "net", "container_id": "c1", "ifname": "eth0",
+        "address": "2001:db8::5", "prefixLen": 64, "pool": "pods", "node": "node-1",
+        "owner": {"network": "net", "containerID": "c1", "ifname": "eth0",
                   "pod": {"namespace": "default", "name": "web-0"}},
-        "kind": "dynamic", "block": "2001:db8::/122", "since": 1
+        "kind": "dynamic", "block": "2001:db8::/122", "since": "2024-06-15T07:00:00.123456Z"
     });
     l.create(
         Kind::Binding,
@@ -72,7 +72,7 @@ async fn records_are_readable_berth_objects() {
         .unwrap()
         .starts_with("2001-db8-5-"));
     // A record that breaks the schema is refused, not stored.
-    let bad = serde_json::json!({"address": 5, "prefix_len": "x"});
+    let bad = serde_json::json!({"address": 5, "prefixLen": "x"});
     assert!(l
         .create(Kind::Binding, "bad", serde_json::to_vec(&bad).unwrap())
         .await

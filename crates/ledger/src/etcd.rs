@@ -19,6 +19,12 @@ const PAGE: i64 = 500;
 /// How many times a request that never reached a server is re-sent (the client then picks
 /// another endpoint), so one dead member of a cluster does not fail a share of all requests.
 const UNSENT_RETRIES: usize = 6;
+/// The longest one etcd request may take, waiting for a connection included: an etcd that
+/// accepts TCP but never answers (stopped, overloaded, half-partitioned) makes the request
+/// fail as "unavailable" (CNI code 11) after this, instead of hanging its caller.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a TCP connect to one endpoint may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Whether an error proves the request never reached etcd (refused or failed connection), so
 /// re-sending it cannot apply a write twice.
@@ -32,21 +38,36 @@ fn never_sent(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// Run `op`, re-sending it while it fails without having reached a server.
-async fn resend<T, F, Fut>(mut op: F) -> std::result::Result<T, etcd_client::Error>
+/// Why one etcd request failed.
+enum CallError {
+    /// The client's error.
+    Etcd(etcd_client::Error),
+    /// No answer within [`REQUEST_TIMEOUT`].
+    Timeout,
+}
+
+/// Run `op`, re-sending it while it fails without having reached a server; the whole, re-sends
+/// included, is bounded by [`REQUEST_TIMEOUT`].
+async fn resend<T, F, Fut>(mut op: F) -> std::result::Result<T, CallError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
-    let mut tries = 0;
-    loop {
-        match op().await {
-            Err(e) if never_sent(&e) && tries < UNSENT_RETRIES => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(20 * tries as u64)).await;
+    let attempts = async {
+        let mut tries = 0;
+        loop {
+            match op().await {
+                Err(e) if never_sent(&e) && tries < UNSENT_RETRIES => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * tries as u64)).await;
+                }
+                other => return other,
             }
-            other => return other,
         }
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, attempts).await {
+        Ok(r) => r.map_err(CallError::Etcd),
+        Err(_) => Err(CallError::Timeout),
     }
 }
 
@@ -76,8 +97,8 @@ impl Etcd {
             ));
         }
         let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(Duration::from_secs(5))
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         if let Some(tls) = tls {
             opts = opts.with_tls(tls_options(tls)?);
@@ -86,9 +107,13 @@ impl Etcd {
                 "etcd endpoint {e} uses https but no certificates are configured: set etcdCertFile, etcdKeyFile and etcdTrustedCAFileFile"
             )));
         }
-        let client = Client::connect(&endpoints, Some(opts))
-            .await
-            .map_err(|e| unavailable(&endpoints, e))?;
+        let client =
+            match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&endpoints, Some(opts)))
+                .await
+            {
+                Ok(r) => r.map_err(|e| unavailable(&endpoints, CallError::Etcd(e)))?,
+                Err(_) => return Err(unavailable(&endpoints, CallError::Timeout)),
+            };
         Ok(Etcd {
             client,
             prefix: prefix.to_string(),
@@ -100,7 +125,7 @@ impl Etcd {
         format!("{}{}/{}", self.prefix, kind.as_str(), name)
     }
 
-    fn err(&self, e: etcd_client::Error) -> LedgerError {
+    fn err(&self, e: CallError) -> LedgerError {
         unavailable(&self.endpoints, e)
     }
 
@@ -158,10 +183,16 @@ fn tls_options(tls: &TlsFiles) -> Result<TlsOptions> {
     Ok(o)
 }
 
-fn unavailable(endpoints: &[String], e: etcd_client::Error) -> LedgerError {
+fn unavailable(endpoints: &[String], e: CallError) -> LedgerError {
     LedgerError::Unavailable {
         backend: format!("etcd:{}", endpoints.join(",")),
-        reason: e.to_string(),
+        reason: match e {
+            CallError::Etcd(e) => e.to_string(),
+            CallError::Timeout => format!(
+                "no answer within {} s (a stopped, overloaded or partitioned etcd accepts connections but does not answer)",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        },
     }
 }
 
@@ -275,5 +306,9 @@ impl Ledger for Etcd {
 
     fn describe(&self) -> String {
         format!("etcd:{}", self.endpoints.join(","))
+    }
+
+    fn backend(&self) -> crate::Backend {
+        crate::Backend::Etcd
     }
 }
