@@ -3,13 +3,11 @@
 //! Keys are `<prefix><kind>/<name>` (prefix `/berth/` by default) and values are JSON, so an operator
 //! can read them with `etcdctl get --prefix /berth/`. A record's version is its `mod_revision`.
 
+use crate::etcd_tls::{self, TlsSetup};
 use crate::spec::TlsFiles;
 use crate::{Entry, Kind, Ledger, LedgerError, Result, Version};
 use async_trait::async_trait;
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use std::time::Duration;
 
 /// Default key prefix.
@@ -76,6 +74,7 @@ pub struct Etcd {
     client: Client,
     prefix: String,
     endpoints: Vec<String>,
+    tls: Option<TlsSetup>,
 }
 
 impl Etcd {
@@ -100,24 +99,26 @@ impl Etcd {
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        if let Some(tls) = tls {
-            opts = opts.with_tls(tls_options(tls)?);
+        let tls = tls.map(etcd_tls::prepare).transpose()?;
+        if let Some(t) = &tls {
+            opts = opts.with_tls(t.options.clone());
         } else if let Some(e) = endpoints.iter().find(|e| e.starts_with("https://")) {
             return Err(LedgerError::Config(format!(
                 "etcd endpoint {e} uses https but no certificates are configured: set etcdCertFile, etcdKeyFile and etcdTrustedCAFileFile"
             )));
         }
-        let client =
-            match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&endpoints, Some(opts)))
-                .await
-            {
-                Ok(r) => r.map_err(|e| unavailable(&endpoints, CallError::Etcd(e)))?,
-                Err(_) => return Err(unavailable(&endpoints, CallError::Timeout)),
-            };
+        let connected =
+            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&endpoints, Some(opts))).await;
+        let client = match connected {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(fail(&endpoints, tls.as_ref(), CallError::Etcd(e)).await),
+            Err(_) => return Err(unavailable(&endpoints, CallError::Timeout)),
+        };
         Ok(Etcd {
             client,
             prefix: prefix.to_string(),
             endpoints,
+            tls,
         })
     }
 
@@ -125,8 +126,8 @@ impl Etcd {
         format!("{}{}/{}", self.prefix, kind.as_str(), name)
     }
 
-    fn err(&self, e: CallError) -> LedgerError {
-        unavailable(&self.endpoints, e)
+    async fn err(&self, e: CallError) -> LedgerError {
+        fail(&self.endpoints, self.tls.as_ref(), e).await
     }
 
     async fn cas(&self, kind: Kind, name: &str, cmp: Compare, op: TxnOp) -> Result<Version> {
@@ -136,8 +137,11 @@ impl Etcd {
             let mut kv = self.client.kv_client();
             async move { kv.txn(txn).await }
         })
-        .await
-        .map_err(|e| self.err(e))?;
+        .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => return Err(self.err(e).await),
+        };
         if !resp.succeeded() {
             return Err(LedgerError::Conflict {
                 kind,
@@ -149,38 +153,36 @@ impl Etcd {
     }
 }
 
-fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| {
-        LedgerError::Config(format!(
-            "{what} {}: {e}; check the path and its permissions",
-            path.display()
-        ))
-    })
-}
-
-fn tls_options(tls: &TlsFiles) -> Result<TlsOptions> {
-    let mut o = TlsOptions::new();
-    if let Some(ca) = &tls.ca {
-        o = o.ca_certificate(Certificate::from_pem(read_file(
-            ca,
-            "etcdTrustedCAFileFile",
-        )?));
-    }
-    match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => {
-            o = o.identity(Identity::from_pem(
-                read_file(cert, "etcdCertFile")?,
-                read_file(key, "etcdKeyFile")?,
-            ));
-        }
-        (None, None) => {}
-        _ => {
-            return Err(LedgerError::Config(
-                "etcdCertFile and etcdKeyFile must be given together".into(),
-            ))
+/// The error of a failed request. On a TLS connection a failure the client cannot explain is
+/// followed by one diagnostic handshake, so a refused certificate is named (a configuration
+/// error, code 7) instead of passing for an unreachable etcd.
+async fn fail(endpoints: &[String], tls: Option<&TlsSetup>, e: CallError) -> LedgerError {
+    let (Some(tls), CallError::Etcd(err)) = (tls, &e) else {
+        return unavailable(endpoints, e);
+    };
+    let chain: Option<&(dyn std::error::Error + 'static)> = match err {
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::GRpcStatus(s) => Some(s),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    };
+    let mut found = etcd_tls::rustls_error(chain).map(|r| (r, endpoints.first().cloned()));
+    if found.is_none() {
+        for ep in endpoints {
+            if let Some(r) = etcd_tls::probe(ep, tls.config.clone()).await {
+                found = Some((r, Some(ep.clone())));
+                break;
+            }
         }
     }
-    Ok(o)
+    match found {
+        Some((r, ep)) => LedgerError::Config(etcd_tls::explain(
+            &r,
+            ep.as_deref().unwrap_or_default(),
+            &tls.files,
+        )),
+        None => unavailable(endpoints, e),
+    }
 }
 
 fn unavailable(endpoints: &[String], e: CallError) -> LedgerError {
@@ -205,8 +207,11 @@ impl Ledger for Etcd {
             let key = key.clone();
             async move { kv.get(key, None).await }
         })
-        .await
-        .map_err(|e| self.err(e))?;
+        .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => return Err(self.err(e).await),
+        };
         Ok(resp.kvs().first().map(|kv| Entry {
             name: name.to_string(),
             value: kv.value().to_vec(),
@@ -233,8 +238,11 @@ impl Ledger for Etcd {
                 let from = from.clone();
                 async move { kv.get(from, Some(opts)).await }
             })
-            .await
-            .map_err(|e| self.err(e))?;
+            .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => return Err(self.err(e).await),
+            };
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or_default();
             }

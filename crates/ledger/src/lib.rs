@@ -7,6 +7,7 @@
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+mod etcd_tls;
 pub mod spec;
 mod typed;
 
