@@ -14,6 +14,9 @@ use kube::api::{
 use kube::Client;
 use serde_json::{Map, Value};
 
+/// How long a ledger request waits for the API server's answer.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The Kubernetes ledger.
 pub struct KubeLedger {
     client: Client,
@@ -54,9 +57,16 @@ impl KubeLedger {
     /// the agent, so that a write lands after the runtime was told the ADD failed. The ledger's
     /// callers already treat "unavailable" as transient: the CNI call fails at once with "try
     /// again" (code 11) and the kubelet retries.
+    ///
+    /// Every request has a deadline ([`REQUEST_TIMEOUT`] to wait for the answer, counted from
+    /// when it was sent): an API server that accepts connections but does not answer is
+    /// "unavailable" after it, never a hung CNI call. The client serves ledger requests only, no
+    /// watches.
     pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Self> {
         let mut config = crate::config(kubeconfig).await?;
         config.default_retry = false;
+        config.read_timeout = Some(REQUEST_TIMEOUT);
+        config.reset_reader_on_write = true;
         let (client, server) = crate::client_from(config)?;
         Ok(KubeLedger {
             client,
@@ -64,7 +74,8 @@ impl KubeLedger {
         })
     }
 
-    /// The client, for watches and events that share the connection.
+    /// The client, for events that share the connection (not for watches: it has a read
+    /// deadline).
     pub fn client(&self) -> &Client {
         &self.client
     }
