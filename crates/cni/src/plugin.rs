@@ -216,7 +216,10 @@ fn direct(cfg: &IpamConfig, inv: &Invocation) -> Result<Option<Value>, CniError>
             None => work.await,
             Some(d) => tokio::time::timeout(d, work).await.unwrap_or_else(|_| {
                 Err(CniError::new(
-                    CniError::TRY_AGAIN_LATER,
+                    match inv.command {
+                        Command::Status => CniError::PLUGIN_NOT_AVAILABLE,
+                        _ => CniError::TRY_AGAIN_LATER,
+                    },
                     format!(
                         "the {} ledger did not complete {} within {} s: check that etcd is running and answering, then retry",
                         cfg.store.backend().map(|b| b.as_str()).unwrap_or("configured"),
