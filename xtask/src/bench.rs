@@ -368,7 +368,7 @@ fn ipam(o: Opts) -> Result<()> {
         variants.push(Variant {
             name: "direct/embedded",
             plugin: ipam_bin.clone(),
-            ipam: json!({"type": "berth-ipam", "dataDir": dir.join("direct-embedded"),
+            ipam: json!({"type": "berth-ipam", "ledger": "embedded", "dataDir": dir.join("direct-embedded"),
                          "agentSocket": nobody, "nodeName": "bench-direct", "ranges": range}),
             agent: None,
             servers: vec![],
@@ -387,7 +387,7 @@ fn ipam(o: Opts) -> Result<()> {
             plugin: ipam_bin.clone(),
             // The same dataDir as the agent: if the agent died, the direct fallback would wait on
             // the agent's ledger lock and fail instead of silently measuring the direct path.
-            ipam: json!({"type": "berth-ipam", "dataDir": data, "agentSocket": socket,
+            ipam: json!({"type": "berth-ipam", "ledger": "embedded", "dataDir": data, "agentSocket": socket,
                          "nodeName": "bench-agent-embedded", "ranges": range}),
             servers: vec![d.pid()],
             agent: Some(d),

@@ -316,9 +316,9 @@ fn create_objects(cp: &KubeControlPlane, o: &Opts) -> Result<(Vec<Pod>, Vec<Pod>
     Ok((pods, warm, start.elapsed()))
 }
 
-/// The CNI configuration a node's runtime would hand berth-ipam. The direct-path `dataDir` is a
-/// path that cannot exist, so an ADD that missed its agent fails loudly instead of being served
-/// silently from a local file.
+/// The CNI configuration a node's runtime would hand berth-ipam. It names no ledger: only the
+/// node's agent may serve it (whichever ledger the agent runs), so an ADD that missed its agent
+/// is "try again" (code 11), never served from a local file.
 fn cni_config(network: &str, subnet: &str, socket: &Path, node: &str, block: u8) -> Vec<u8> {
     let conf = json!({
         "cniVersion": "1.1.0",
@@ -330,7 +330,6 @@ fn cni_config(network: &str, subnet: &str, socket: &Path, node: &str, block: u8)
             "blockSize": block,
             "agentSocket": socket,
             "nodeName": node,
-            "dataDir": "/dev/null/berth-kbench-no-direct-path",
         }
     });
     serde_json::to_vec(&conf).expect("JSON")
@@ -469,7 +468,7 @@ fn ledger_bindings(socket: &Path, network: &str) -> Result<Vec<(String, IpAddr)>
             .as_str()
             .and_then(|a| a.parse().ok())
             .context("binding without address")?;
-        let cid = b["owner"]["container_id"]
+        let cid = b["owner"]["containerID"]
             .as_str()
             .unwrap_or_default()
             .to_string();

@@ -14,7 +14,7 @@ pub struct AdminRequest {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AdminCommand {
-    /// The whole ledger: pools, blocks, bindings.
+    /// The whole ledger: pools, blocks, claims, bindings, and the records that cannot be read.
     Snapshot,
 }
 
@@ -34,7 +34,31 @@ pub struct SnapshotReply {
     pub claims: Vec<serde_json::Value>,
     /// Bindings.
     pub bindings: Vec<serde_json::Value>,
+    /// Records the ledger holds but Berth cannot read.
+    #[serde(default)]
+    pub bad: Vec<BadRecordReply>,
     /// An error instead of data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A ledger record Berth cannot read, as the agent reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BadRecordReply {
+    /// Its kind: `pool`, `block`, `claim` or `binding`.
+    pub kind: String,
+    /// Its ledger name.
+    pub name: String,
+    /// Why it cannot be read.
+    pub reason: String,
+}
+
+impl From<&berth_ledger::BadRecord> for BadRecordReply {
+    fn from(b: &berth_ledger::BadRecord) -> Self {
+        BadRecordReply {
+            kind: b.kind.to_string(),
+            name: b.name.clone(),
+            reason: b.reason.clone(),
+        }
+    }
 }

@@ -104,6 +104,10 @@ async fn cni_reply(line: &str, alloc: &Allocator, pods: Option<&dyn PodSource>) 
         },
         RequestConfig::Parsed(c) => (**c).clone(),
     };
+    if let Some(err) = ledger_mismatch(&cfg, alloc) {
+        tracing::warn!(command = ?req.command, container = ?req.container_id, msg = %err.msg, "refused");
+        return Response::from(Err(err));
+    }
     if let Some(source) = pods {
         if req.command == berth_cni::Command::Add {
             if let Some(why) = source.fenced() {
@@ -155,6 +159,26 @@ async fn cni_reply(line: &str, alloc: &Allocator, pods: Option<&dyn PodSource>) 
     Response::from(res)
 }
 
+/// A request whose configuration names another ledger kind than the one this agent runs on is
+/// refused (code 7): served here it would allocate from this ledger, while the plugin's direct
+/// path (when the agent is down) would use the other, and the two would hand out the same
+/// addresses. A configuration that names no ledger means this agent's, whichever it is.
+fn ledger_mismatch(cfg: &berth_cni::IpamConfig, alloc: &Allocator) -> Option<CniError> {
+    let wanted = cfg.store.backend()?;
+    let running = alloc.ledger().backend();
+    (wanted != running).then(|| {
+        let named = match &cfg.store {
+            berth_cni::Store::Etcd { .. } => "ipam.ledger \"etcd\" or ipam.etcdConfig",
+            berth_cni::Store::Embedded { .. } => "ipam.ledger \"embedded\"",
+            _ => "ipam.ledger \"kubernetes\"",
+        };
+        CniError::config(format!(
+            "the configuration names the {wanted} ledger ({named}) but this berth agent runs on the {running} ledger ({}): one node must use one ledger; make ipam.ledger and the agent's --ledger name the same one",
+            alloc.ledger().describe()
+        ))
+    })
+}
+
 async fn admin_reply(req: AdminRequest, alloc: &Allocator) -> SnapshotReply {
     let AdminCommand::Snapshot = req.admin;
     let mut reply = SnapshotReply {
@@ -164,26 +188,21 @@ async fn admin_reply(req: AdminRequest, alloc: &Allocator) -> SnapshotReply {
         blocks: vec![],
         claims: vec![],
         bindings: vec![],
+        bad: vec![],
         error: None,
     };
     match snapshot(alloc.ledger().as_ref()).await {
         Ok(s) => {
-            let to = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
-            reply.pools = s
-                .pools
-                .iter()
-                .map(|p| to(serde_json::to_value(p)))
-                .collect();
-            reply.blocks = s
-                .blocks
-                .iter()
-                .map(|b| to(serde_json::to_value(b)))
-                .collect();
-            reply.bindings = s
-                .bindings
-                .iter()
-                .map(|b| to(serde_json::to_value(b)))
-                .collect();
+            fn values<T: serde::Serialize>(v: &[T]) -> Vec<serde_json::Value> {
+                v.iter()
+                    .map(|x| serde_json::to_value(x).unwrap_or_default())
+                    .collect()
+            }
+            reply.pools = values(&s.pools);
+            reply.blocks = values(&s.blocks);
+            reply.claims = values(&s.claims);
+            reply.bindings = values(&s.bindings);
+            reply.bad = s.bad.iter().map(Into::into).collect();
         }
         Err(e) => reply.error = Some(e.to_string()),
     }

@@ -57,6 +57,14 @@ pub enum AllocError {
         /// Where.
         node: String,
     },
+    /// The requested address is named by a binding record Berth cannot read.
+    #[error("address {address} is held by a binding record Berth cannot read ({reason}): it counts as taken until an operator fixes or deletes that record (see berth audit)")]
+    HeldByBadRecord {
+        /// The address.
+        address: IpAddr,
+        /// Why the record cannot be read.
+        reason: String,
+    },
     /// The attachment already holds a different address of the requested family.
     #[error(
         "{owner} already holds {held}, but {requested} was requested: DEL the attachment first"
@@ -101,6 +109,7 @@ impl AllocError {
         match self {
             AllocError::Ledger(e) => e.is_transient(),
             AllocError::AddressHeld { .. }
+            | AllocError::HeldByBadRecord { .. }
             | AllocError::ClaimBusy { .. }
             | AllocError::Contended { .. } => true,
             _ => false,

@@ -15,20 +15,23 @@ pub use snapshot::{snapshot, Snapshot};
 
 use berth_core::block::candidate_blocks;
 use berth_core::{
-    Binding, BindingKind, Block, Claim, Family, Identity, Owner, PoolSpec, SubnetSpec,
+    Binding, BindingKind, Block, Claim, Family, Identity, Owner, PoolSpec, SubnetSpec, Timestamp,
 };
-use berth_ledger::{Kind, Ledger, LedgerError, Records, Stored};
+use berth_ledger::{BadRecord, Kind, Ledger, LedgerError, Records, Stored};
 use ipnet::IpNet;
 use state::State;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// How many candidate blocks beyond the known ones a claim looks at before calling a pool full.
 const CLAIM_SCAN: usize = 4096;
 /// How many lost races one allocation tolerates before giving up with "try again".
 const MAX_RACES: usize = 256;
+/// CNI GC never releases a binding made less than this long before the GC began: the runtime's
+/// list of valid attachments may predate it.
+pub const GC_GUARD: Duration = Duration::from_secs(1);
 
 /// What an ADD asks for.
 #[derive(Debug, Clone)]
@@ -53,31 +56,49 @@ pub struct ClaimRequest {
     pub size: u32,
 }
 
+/// Where an allocator reads the time: the system clock, or a test's clock.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
 /// Allocates for one node against one ledger.
 pub struct Allocator {
     ledger: Arc<dyn Ledger>,
     node: String,
     state: Mutex<State>,
     claiming: tokio::sync::Mutex<()>,
+    clock: Clock,
 }
 
-/// Seconds since the epoch, for binding timestamps.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+/// The system clock as a record timestamp (microseconds).
+pub fn now() -> Timestamp {
+    Timestamp::from_system(SystemTime::now())
 }
 
 impl Allocator {
     /// An allocator for `node`; nothing is read until the first request or [`Allocator::reload`].
     pub fn new(ledger: Arc<dyn Ledger>, node: impl Into<String>) -> Self {
+        Self::with_clock(ledger, node, Arc::new(now))
+    }
+
+    /// An allocator reading the time from `clock` (records' timestamps, the GC guard), so tests
+    /// can put the GC exactly where they want it relative to an ADD.
+    pub fn with_clock(ledger: Arc<dyn Ledger>, node: impl Into<String>, clock: Clock) -> Self {
         Allocator {
             ledger,
             node: node.into(),
             state: Mutex::new(State::default()),
             claiming: tokio::sync::Mutex::new(()),
+            clock,
         }
+    }
+
+    fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    /// The ledger records the last reload found unreadable; their addresses and blocks count as
+    /// taken until an operator fixes or deletes them.
+    pub fn bad_records(&self) -> Vec<BadRecord> {
+        self.state().bad.clone()
     }
 
     /// The node this allocator serves.
@@ -95,13 +116,16 @@ impl Allocator {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Re-read blocks and bindings from the ledger, e.g. after an agent restart.
+    /// Re-read blocks and bindings from the ledger, e.g. after an agent restart. A bad record
+    /// does not fail the reload: a bad binding's address and a bad block's CIDR count as taken.
     pub async fn reload(&self) -> Result<(), AllocError> {
         let r = Records(self.ledger.as_ref());
-        let blocks: Vec<Stored<Block>> = r.list(Kind::Block).await?;
-        let claims: Vec<Stored<Claim>> = r.list(Kind::Claim).await?;
-        let bindings: Vec<Stored<Binding>> = r.list(Kind::Binding).await?;
-        self.state().load(blocks, claims, bindings);
+        let blocks = r.list::<Block>(Kind::Block).await?;
+        let claims = r.list::<Claim>(Kind::Claim).await?;
+        let bindings = r.list::<Binding>(Kind::Binding).await?;
+        let bad: Vec<BadRecord> = [blocks.bad, claims.bad, bindings.bad].concat();
+        self.state()
+            .load(blocks.records, claims.records, bindings.records, bad);
         Ok(())
     }
 
@@ -119,9 +143,17 @@ impl Allocator {
         }
         let r = Records(self.ledger.as_ref());
         for _ in 0..MAX_RACES {
-            let res = match r.get::<PoolSpec>(Kind::Pool, &pool.name).await? {
-                Some(s) if &s.value == pool => Ok(s.version),
-                Some(s) => r.update(Kind::Pool, &pool.name, pool, &s.version).await,
+            // Raw, so an unreadable pool record is replaced by the configuration (which is
+            // authoritative) rather than failing every ADD.
+            let res = match self.ledger.get(Kind::Pool, &pool.name).await? {
+                Some(e) => match serde_json::from_slice::<PoolSpec>(&e.value) {
+                    Ok(cur) if &cur == pool => Ok(e.version),
+                    Ok(_) => r.update(Kind::Pool, &pool.name, pool, &e.version).await,
+                    Err(err) => {
+                        tracing::warn!(pool = %pool.name, error = %err, "replacing an unreadable pool record with the configuration's pool");
+                        r.update(Kind::Pool, &pool.name, pool, &e.version).await
+                    }
+                },
                 None => r.create(Kind::Pool, &pool.name, pool).await,
             };
             match res {
@@ -163,10 +195,8 @@ impl Allocator {
         let mut existing = vec![];
         let remembered = self.state().held_by(&req.owner);
         for b in remembered {
-            if let Some(cur) = self.refresh_binding(b.value.address).await? {
-                if cur.owner.same_attachment(&req.owner) {
-                    existing.push(cur);
-                }
+            if let Some(cur) = self.current_for(b.value.address, &req.owner).await? {
+                existing.push(cur);
             }
         }
         let mut out = vec![];
@@ -227,7 +257,7 @@ impl Allocator {
             node: self.node.clone(),
             owner: owner.clone(),
             kind,
-            since: now_secs(),
+            since: self.now(),
         }
     }
 
@@ -254,25 +284,26 @@ impl Allocator {
         self.state().pending.remove(&ip);
         match res? {
             Ok(b) => Ok(b),
-            Err(Some(h)) if h.owner.same_attachment(owner) => Ok(h),
-            Err(Some(h)) => Err(AllocError::AddressHeld {
+            Err(Held::By(h)) if h.owner.same_attachment(owner) => Ok(*h),
+            Err(Held::By(h)) => Err(AllocError::AddressHeld {
                 address: ip,
                 holder: describe(&h.owner),
                 node: h.node,
             }),
-            Err(None) => Err(AllocError::Contended {
+            Err(Held::Bad(reason)) => Err(AllocError::HeldByBadRecord {
+                address: ip,
+                reason,
+            }),
+            Err(Held::Vanished) => Err(AllocError::Contended {
                 what: format!("address {ip}"),
             }),
         }
     }
 
-    /// Create a binding record. `Ok(Ok(b))`: the address is ours now. `Ok(Err(holder))`: someone
-    /// holds it (the cache has learned who; `None` if the record vanished meanwhile). A failure
-    /// with an unclear outcome is remembered for a later DEL (see [`Self::maybe_written`]).
-    async fn create_binding(
-        &self,
-        b: Binding,
-    ) -> Result<Result<Binding, Option<Binding>>, AllocError> {
+    /// Create a binding record. `Ok(Ok(b))`: the address is ours now. `Ok(Err(held))`: someone
+    /// holds it (the cache has learned who). A failure with an unclear outcome is remembered for
+    /// a later DEL (see [`Self::maybe_written`]).
+    async fn create_binding(&self, b: Binding) -> Result<Result<Binding, Held>, AllocError> {
         match Records(self.ledger.as_ref())
             .create(Kind::Binding, &b.name(), &b)
             .await
@@ -303,22 +334,44 @@ impl Allocator {
     }
 
     /// Re-read one binding into the cache after losing a race for it.
-    async fn refresh_binding(&self, ip: IpAddr) -> Result<Option<Binding>, AllocError> {
+    async fn refresh_binding(&self, ip: IpAddr) -> Result<Held, AllocError> {
         let got = Records(self.ledger.as_ref())
             .get::<Binding>(Kind::Binding, &ip.to_string())
-            .await?;
+            .await;
         let mut st = self.state();
         match got {
-            Some(s) => {
+            Ok(Some(s)) if s.value.address == ip => {
                 let b = s.value.clone();
                 st.insert_binding(s);
-                Ok(Some(b))
+                Ok(Held::By(Box::new(b)))
             }
-            None => {
+            Ok(Some(s)) => {
+                let reason = format!(
+                    "it is stored under this name but its content names {}",
+                    s.value.address
+                );
+                st.mark_bad_binding(ip, reason.clone());
+                Ok(Held::Bad(reason))
+            }
+            Ok(None) => {
                 st.remove_binding(ip);
-                Ok(None)
+                Ok(Held::Vanished)
             }
+            Err(LedgerError::Corrupt { reason, .. }) => {
+                // Unreadable: taken by someone we cannot name, never free.
+                st.mark_bad_binding(ip, reason.clone());
+                Ok(Held::Bad(reason))
+            }
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// The binding the ledger holds for `ip` for `owner`, if it is still that attachment's.
+    async fn current_for(&self, ip: IpAddr, owner: &Owner) -> Result<Option<Binding>, AllocError> {
+        Ok(match self.refresh_binding(ip).await? {
+            Held::By(cur) if cur.owner.same_attachment(owner) => Some(*cur),
+            _ => None,
+        })
     }
 
     async fn bind_dynamic(
@@ -367,7 +420,7 @@ impl Allocator {
             identity: req.identity.clone(),
             pool: pool.name.clone(),
             addresses: vec![],
-            since: 0,
+            since: Timestamp::EPOCH,
         }
         .name();
         for _ in 0..MAX_RACES {
@@ -396,9 +449,12 @@ impl Allocator {
                 );
                 match self.create_binding(b).await? {
                     Ok(b) => return Ok(b),
-                    Err(Some(h)) if h.owner.same_attachment(owner) => return Ok(h),
-                    Err(Some(h)) => busy.push(format!("{} by {}", ip, describe(&h.owner))),
-                    Err(None) => {}
+                    Err(Held::By(h)) if h.owner.same_attachment(owner) => return Ok(*h),
+                    Err(Held::By(h)) => busy.push(format!("{} by {}", ip, describe(&h.owner))),
+                    Err(Held::Bad(reason)) => {
+                        busy.push(format!("{ip} by an unreadable record ({reason})"))
+                    }
+                    Err(Held::Vanished) => {}
                 }
             }
             if members.len() as u32 >= req.size {
@@ -423,7 +479,7 @@ impl Allocator {
                 identity: req.identity.clone(),
                 pool: pool.name.clone(),
                 addresses: vec![],
-                since: now_secs(),
+                since: self.now(),
             });
             claim.addresses.push(ip);
             let written = match &current {
@@ -539,9 +595,19 @@ impl Allocator {
         }
         let r = Records(self.ledger.as_ref());
         for _ in 0..MAX_RACES {
-            let Some(cur) = r.get::<Binding>(Kind::Binding, &ip.to_string()).await? else {
-                self.state().remove_binding(ip);
-                return Ok(None);
+            let cur = match r.get::<Binding>(Kind::Binding, &ip.to_string()).await {
+                Ok(Some(cur)) => cur,
+                Ok(None) => {
+                    self.state().remove_binding(ip);
+                    return Ok(None);
+                }
+                Err(LedgerError::Corrupt { reason, .. }) => {
+                    // Nobody can prove it is theirs: it stays, taken, until an operator acts.
+                    tracing::warn!(address = %ip, %reason, "not releasing an unreadable binding record");
+                    self.state().mark_bad_binding(ip, reason);
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
             };
             if !cur.value.owner.same_attachment(owner) {
                 // Someone else holds it now: nothing of ours to free.
@@ -585,10 +651,8 @@ impl Allocator {
         let cached = self.state().held_by(owner);
         let mut out = vec![];
         for b in cached {
-            if let Some(cur) = self.refresh_binding(b.value.address).await? {
-                if cur.owner.same_attachment(owner) {
-                    out.push(cur);
-                }
+            if let Some(cur) = self.current_for(b.value.address, owner).await? {
+                out.push(cur);
             }
         }
         Ok(out)
@@ -596,13 +660,13 @@ impl Allocator {
 
     /// GC: release this node's bindings in `network` whose attachment is not in `valid`
     /// (container ID, interface). Fails closed: the ledger is re-read first, and bindings made
-    /// after this call started, or being made right now, are kept.
+    /// less than [`GC_GUARD`] before this call started, or being made right now, are kept.
     pub async fn gc(
         &self,
         network: &str,
         valid: &[(String, String)],
     ) -> Result<Vec<Binding>, AllocError> {
-        let started = now_secs();
+        let started = self.now();
         self.reload().await?;
         let valid: HashSet<(&str, &str)> = valid
             .iter()
@@ -617,7 +681,7 @@ impl Allocator {
                 .filter(|b| {
                     !valid.contains(&(b.owner.container_id.as_str(), b.owner.ifname.as_str()))
                 })
-                .filter(|b| b.since + 1 < started && !st.pending.contains(&b.address))
+                .filter(|b| started.since(b.since) >= GC_GUARD && !st.pending.contains(&b.address))
                 .cloned()
                 .collect()
         };
@@ -664,6 +728,16 @@ impl Allocator {
         }
         Ok(())
     }
+}
+
+/// Who holds an address that a create found taken.
+enum Held {
+    /// This binding.
+    By(Box<Binding>),
+    /// A record that cannot be read (why): the address is taken, by whom is unknown.
+    Bad(String),
+    /// Nobody any more: the record vanished between the create and the read.
+    Vanished,
 }
 
 /// A human description of an owner for error messages: pod if known, else container and interface.

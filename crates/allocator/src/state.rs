@@ -4,7 +4,7 @@
 use berth_core::addr::{from_u128, net_bounds};
 use berth_core::block::block_name;
 use berth_core::{Binding, Block, Claim, Family, Owner, PoolSpec, SubnetSpec};
-use berth_ledger::Stored;
+use berth_ledger::{BadRecord, Kind, Stored};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -26,6 +26,12 @@ pub(crate) struct State {
     /// Addresses kept by claims (never handed out dynamically), and by which claim.
     claimed: HashMap<IpAddr, String>,
     cursors: HashMap<IpNet, IpAddr>,
+    /// Records the ledger holds but Berth cannot read, as of the last reload (and since).
+    pub bad: Vec<BadRecord>,
+    /// Addresses named by bad binding records: taken, by whom is unknown.
+    bad_addresses: HashSet<IpAddr>,
+    /// Names (`pool/cidr`) of bad block records: someone else's, never claimed.
+    bad_blocks: HashSet<String>,
 }
 
 impl State {
@@ -34,11 +40,18 @@ impl State {
         blocks: Vec<Stored<Block>>,
         claims: Vec<Stored<Claim>>,
         bindings: Vec<Stored<Binding>>,
+        bad: Vec<BadRecord>,
     ) {
         self.blocks.clear();
         self.bindings.clear();
         self.by_owner.clear();
         self.claimed.clear();
+        self.bad.clear();
+        self.bad_addresses.clear();
+        self.bad_blocks.clear();
+        for b in bad {
+            self.note_bad(b);
+        }
         for b in blocks {
             self.insert_block(b);
         }
@@ -51,6 +64,37 @@ impl State {
         self.loaded = true;
     }
 
+    /// Remember a bad record: a binding's name is its address (taken), a block's name is
+    /// `pool/cidr` (another node's). A bad claim's addresses cannot be known.
+    fn note_bad(&mut self, b: BadRecord) {
+        match b.kind {
+            Kind::Binding => {
+                if let Ok(ip) = b.name.parse::<IpAddr>() {
+                    self.bad_addresses.insert(ip);
+                }
+            }
+            Kind::Block => {
+                self.bad_blocks.insert(b.name.clone());
+            }
+            Kind::Claim | Kind::Pool => {}
+        }
+        if !self.bad.contains(&b) {
+            self.bad.push(b);
+        }
+    }
+
+    /// A binding record for `ip` turned out unreadable (or misnamed) when read alone.
+    pub fn mark_bad_binding(&mut self, ip: IpAddr, reason: String) {
+        self.remove_binding(ip);
+        self.bad
+            .retain(|b| !(b.kind == Kind::Binding && b.name == ip.to_string()));
+        self.note_bad(BadRecord {
+            kind: Kind::Binding,
+            name: ip.to_string(),
+            reason,
+        });
+    }
+
     /// Remember the addresses a claim keeps, so they are never handed out dynamically.
     pub fn note_claim(&mut self, name: &str, claim: &Claim) {
         for a in &claim.addresses {
@@ -59,11 +103,19 @@ impl State {
     }
 
     pub fn insert_block(&mut self, b: Stored<Block>) {
-        self.blocks.insert(b.value.name(), b);
+        let name = b.value.name();
+        if self.bad_blocks.remove(&name) {
+            self.bad
+                .retain(|r| !(r.kind == Kind::Block && r.name == name));
+        }
+        self.blocks.insert(name, b);
     }
 
+    /// Whether the block is in the ledger: ours, another node's, or an unreadable record
+    /// (which counts as another node's, so it is never claimed).
     pub fn block_known(&self, pool: &str, cidr: &IpNet) -> bool {
-        self.blocks.contains_key(&block_name(pool, cidr))
+        let name = block_name(pool, cidr);
+        self.blocks.contains_key(&name) || self.bad_blocks.contains(&name)
     }
 
     pub fn block_count(&self) -> usize {
@@ -73,6 +125,11 @@ impl State {
     pub fn insert_binding(&mut self, b: Stored<Binding>) {
         let ip = b.value.address;
         self.remove_binding(ip);
+        if self.bad_addresses.remove(&ip) {
+            // Readable again (fixed, or replaced after an operator deleted it).
+            self.bad
+                .retain(|r| !(r.kind == Kind::Binding && r.name == ip.to_string()));
+        }
         self.by_owner
             .entry(key(&b.value.owner))
             .or_default()
@@ -127,6 +184,7 @@ impl State {
             self.bindings.contains_key(&ip)
                 || self.pending.contains(&ip)
                 || self.claimed.contains_key(&ip)
+                || self.bad_addresses.contains(&ip)
         };
         for subnet in pool.subnets.iter().filter(|s| s.family() == fam) {
             for block in self.my_blocks(node, pool, subnet) {

@@ -210,7 +210,7 @@ async fn gc_releases_only_unlisted_attachments_of_this_node_and_network() {
     other_net.owner.network = "net2".into();
     a.add(&other_net).await.unwrap();
     // Bindings made within the last second are kept (newer than the runtime's list): age them.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let released = a
         .gc("net", &[("keep".into(), "eth0".into())])
         .await
@@ -424,4 +424,116 @@ async fn a_sticky_set_hands_its_members_to_whichever_pods_run() {
     a.release(&owner("p1")).await.unwrap();
     assert_eq!(a.add(&ask("p3")).await.unwrap()[0].address, one);
     assert_clean_with_claims(l.as_ref()).await;
+}
+
+/// The GC guard is exactly "never a binding made in the last second", wherever in a second the
+/// ADD happened: with a clock the test moves, an ADD at 1000.1 s is kept by a GC at 1000.6 s and
+/// at 1001.099999 s, and released by one at 1001.1 s or 1001.6 s. (With whole-second timestamps
+/// the GC 1.5 s after such an ADD kept it.)
+#[tokio::test]
+async fn gc_guard_is_exactly_one_second() {
+    use berth_core::Timestamp;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let (_d, l) = ledger();
+    let t = Arc::new(AtomicI64::new(1_000_100_000));
+    let clock = {
+        let t = Arc::clone(&t);
+        Arc::new(move || Timestamp::from_micros(t.load(Ordering::SeqCst)))
+    };
+    let a = Allocator::with_clock(l.clone(), "node-a", clock);
+    let p = pool(false);
+    let made = a.add(&req(&p, "young", &[])).await.unwrap();
+    assert_eq!(made[0].since, Timestamp::from_micros(1_000_100_000));
+    for (at, released) in [
+        (1_000_600_000, false),
+        (1_001_099_999, false),
+        (1_001_100_000, true),
+    ] {
+        t.store(at, Ordering::SeqCst);
+        let got = a.gc("net", &[]).await.unwrap();
+        assert_eq!(
+            !got.is_empty(),
+            released,
+            "GC {} µs after the ADD released {got:?}",
+            at - 1_000_100_000
+        );
+    }
+    // Again at 1.5 s, from a fresh allocator (a plugin process), as the README states it.
+    t.store(2_000_100_000, Ordering::SeqCst);
+    a.add(&req(&p, "again", &[])).await.unwrap();
+    t.store(2_000_600_000, Ordering::SeqCst);
+    let fresh = Allocator::with_clock(l.clone(), "node-a", {
+        let t = Arc::clone(&t);
+        Arc::new(move || Timestamp::from_micros(t.load(Ordering::SeqCst)))
+    });
+    assert!(
+        fresh.gc("net", &[]).await.unwrap().is_empty(),
+        "0.5 s after"
+    );
+    t.store(2_001_600_000, Ordering::SeqCst);
+    assert_eq!(fresh.gc("net", &[]).await.unwrap().len(), 1, "1.5 s after");
+    assert_eq!(assert_clean(l.as_ref()).await, 0);
+}
+
+/// One unreadable binding and one unreadable block in the ledger: a reload still works, the
+/// bad binding's address and every address of the bad block are never handed out (not even when
+/// the pool runs dry), a fixed request for the bad address is refused naming the record, and the
+/// snapshot lists both as bad.
+#[tokio::test]
+async fn bad_records_are_skipped_and_never_read_as_free() {
+    use berth_ledger::Kind;
+    let (_d, l) = ledger();
+    let p = pool(false);
+    // A fixed address in the reserved range and a dynamic one, both named by garbage records;
+    // a block record whose value is not a block.
+    l.create(Kind::Binding, "198.18.0.12", b"{\"address\": 12}".to_vec())
+        .await
+        .unwrap();
+    l.create(Kind::Binding, "198.18.0.40", b"not json".to_vec())
+        .await
+        .unwrap();
+    l.create(Kind::Block, "pods/198.18.0.48/28", b"{}".to_vec())
+        .await
+        .unwrap();
+    let a = Allocator::new(l.clone(), "node-a");
+    a.reload()
+        .await
+        .expect("a bad record must not fail the reload");
+    assert_eq!(a.bad_records().len(), 3, "{:?}", a.bad_records());
+    assert_eq!(berth_ledger::METRICS.bad_records(Kind::Block), 1);
+
+    let err = a
+        .add(&req(&p, "wants-12", &["198.18.0.12"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AllocError::HeldByBadRecord { .. }), "{err}");
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("cannot read"), "{err}");
+
+    let mut got = vec![];
+    for i in 0.. {
+        match a.add(&req(&p, &format!("c{i}"), &[])).await {
+            Ok(b) => got.push(b[0].address),
+            Err(AllocError::Exhausted { .. }) => break,
+            Err(e) => panic!("ADD {i}: {e}"),
+        }
+    }
+    let bad_block: ipnet::IpNet = "198.18.0.48/28".parse().unwrap();
+    assert!(
+        !got.contains(&ip("198.18.0.40")),
+        "the bad binding's address was handed out"
+    );
+    assert!(
+        got.iter().all(|a| !bad_block.contains(a)),
+        "an address of the bad block was handed out"
+    );
+    // Everything else of the dynamic range was: 223 addresses less .40 and the 16 of the block.
+    assert_eq!(got.len(), 223 - 1 - 16);
+    let s = snapshot(l.as_ref()).await.unwrap();
+    let mut bad: Vec<String> = s.bad.iter().map(|b| b.name.clone()).collect();
+    bad.sort();
+    assert_eq!(bad, ["198.18.0.12", "198.18.0.40", "pods/198.18.0.48/28"]);
+    // A DEL of someone else never touches the bad record.
+    a.release(&owner("wants-12")).await.unwrap();
+    assert!(l.get(Kind::Binding, "198.18.0.12").await.unwrap().is_some());
 }

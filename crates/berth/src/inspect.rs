@@ -5,8 +5,8 @@ use crate::ledger_args::LedgerArgs;
 use anyhow::{bail, Context};
 use berth_agent::admin::{AdminCommand, AdminRequest, SnapshotReply};
 use berth_allocator::Snapshot;
-use berth_core::{audit_with_claims, Binding, BindingKind, Block, PoolSpec};
-use berth_ledger::{LedgerError, LedgerSpec};
+use berth_core::{audit_with_claims, Binding, BindingKind, Block, PoolSpec, Violation};
+use berth_ledger::{BadRecord, LedgerError, LedgerSpec};
 use clap::Args;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -53,12 +53,23 @@ fn from_agent(socket: &Path) -> anyhow::Result<Snapshot> {
             reply.ledger
         );
     }
-    Ok(Snapshot {
+    let mut bad = vec![];
+    for b in reply.bad {
+        bad.push(BadRecord {
+            kind: b.kind.parse()?,
+            name: b.name,
+            reason: b.reason,
+        });
+    }
+    let s = Snapshot {
         pools: decode(reply.pools)?,
         blocks: decode(reply.blocks)?,
         claims: decode(reply.claims)?,
         bindings: decode(reply.bindings)?,
-    })
+        bad,
+    };
+    warn_bad(&s);
+    Ok(s)
 }
 
 pub(crate) async fn load(args: &InspectArgs) -> anyhow::Result<Snapshot> {
@@ -79,7 +90,20 @@ pub(crate) async fn load(args: &InspectArgs) -> anyhow::Result<Snapshot> {
         },
         None => args.ledger.open().await.context("opening the ledger")?,
     };
-    Ok(berth_allocator::snapshot(ledger.as_ref()).await?)
+    let s = berth_allocator::snapshot(ledger.as_ref()).await?;
+    warn_bad(&s);
+    Ok(s)
+}
+
+/// Say on stderr that some records were left out, so a listing never looks complete when it is
+/// not.
+fn warn_bad(s: &Snapshot) {
+    if !s.bad.is_empty() {
+        eprintln!(
+            "warning: {} ledger record(s) cannot be read and are not listed; `berth audit` names them",
+            s.bad.len()
+        );
+    }
 }
 
 pub(crate) fn table(rows: Vec<Vec<String>>) {
@@ -233,10 +257,24 @@ pub async fn bindings(args: InspectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `berth audit`: exits 1 when an invariant is broken.
+/// `berth audit`: exits 1 when an invariant is broken or a record cannot be read.
 pub async fn audit(args: InspectArgs) -> anyhow::Result<()> {
     let s = load(&args).await?;
-    let violations = audit_with_claims(&s.pools, &s.blocks, &s.claims, &s.bindings);
+    let mut violations: Vec<Violation> = s
+        .bad
+        .iter()
+        .map(|b| Violation::BadRecord {
+            kind: b.kind.to_string(),
+            name: b.name.clone(),
+            reason: b.reason.clone(),
+        })
+        .collect();
+    violations.extend(audit_with_claims(
+        &s.pools,
+        &s.blocks,
+        &s.claims,
+        &s.bindings,
+    ));
     if args.json {
         json(&violations.iter().map(|v| v.to_string()).collect::<Vec<_>>())?;
     } else {

@@ -523,6 +523,9 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
             ],
             "blockSize": 28,
             "agentSocket": socket,
+            // The agent's ledger; without an agent the plugin would allocate on it directly.
+            "ledger": "embedded",
+            "dataDir": a.data_dir,
         }
     });
     let cni_path = format!("{}:{}", dir.display(), a.cni_dir.display());

@@ -152,9 +152,9 @@ fn four_agents_on_etcd_serve_concurrent_adds() {
     timing("4 agents serving", t);
     let sockets: Vec<PathBuf> = agents.iter().map(|a| a.socket.clone()).collect();
     let cni = runtime();
-    // Without an agent the plugin would fall back to an embedded ledger: point it into the test's
-    // temp dir (never /var/lib/berth), and check at the end it was never created, which proves
-    // every call was served by an agent.
+    // The configuration names no ledger, so only an agent may serve it; its dataDir points into
+    // the test's temp dir, and the check at the end that nothing was written there proves every
+    // call was served by an agent.
     let fallback = Ledger::Embedded(
         tempfile::Builder::new()
             .prefix("berth-e2e-fallback-")
@@ -165,7 +165,7 @@ fn four_agents_on_etcd_serve_concurrent_adds() {
     // ---- 400 concurrent ADDs, 100 per node, through each node's agent ------------------------
     let n = 400;
     let conf = |i: usize| {
-        with_store(
+        agent_only(
             v4_pool("e2e", &sockets[i % NODES], &node_name(i % NODES)),
             &fallback,
         )
@@ -280,7 +280,7 @@ fn four_agents_on_etcd_serve_concurrent_adds() {
     // ---- dual-stack: 40 ADDs, one address per family each -----------------------------------
     let m = 40;
     let dconf = |i: usize| {
-        with_store(
+        agent_only(
             dual_pool("e2e-ds", &sockets[i % NODES], &node_name(i % NODES)),
             &fallback,
         )

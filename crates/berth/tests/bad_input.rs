@@ -54,7 +54,7 @@ fn good(data: &Path) -> Value {
             "type": "berth-ipam", "subnet": "198.18.0.0/24",
             "fixedStart": "198.18.0.10", "fixedEnd": "198.18.0.19",
             "rangeStart": "198.18.0.32", "rangeEnd": "198.18.0.250", "gateway": "198.18.0.1",
-            "dataDir": data, "agentSocket": "", "nodeName": "n1"
+            "ledger": "embedded", "dataDir": data, "agentSocket": "", "nodeName": "n1"
         }
     })
 }
@@ -65,6 +65,16 @@ fn with(mut v: Value, path: &[&str], new: Value) -> Value {
         cur = &mut cur[*p];
     }
     cur[path[path.len() - 1]] = new;
+    v
+}
+
+/// `v` with the `ipam` fields `keys` removed.
+fn without(mut v: Value, keys: &[&str]) -> Value {
+    if let Some(ipam) = v["ipam"].as_object_mut() {
+        for k in keys {
+            ipam.remove(*k);
+        }
+    }
     v
 }
 
@@ -254,7 +264,7 @@ fn bad_input_table_gives_spec_errors_and_allocates_nothing() {
             "etcd that does not answer",
             add_env("c1", ""),
             s(&with(
-                base.clone(),
+                without(base.clone(), &["ledger", "dataDir"]),
                 &["ipam", "etcdConfig"],
                 json!({"etcdURL": "http://127.0.0.1:1"}),
             )),
@@ -265,7 +275,7 @@ fn bad_input_table_gives_spec_errors_and_allocates_nothing() {
             "https etcd without certificates",
             add_env("c1", ""),
             s(&with(
-                base.clone(),
+                without(base.clone(), &["ledger", "dataDir"]),
                 &["ipam", "etcdConfig"],
                 json!({"etcdURL": "https://127.0.0.1:1"}),
             )),

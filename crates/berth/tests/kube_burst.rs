@@ -45,8 +45,9 @@ fn pod_name(i: usize) -> String {
     format!("pod-{i:03}")
 }
 
-/// The network configuration of node `i`: its own agent's socket, and a direct-path store that
-/// cannot exist, so an ADD that missed its agent fails instead of allocating from a local file.
+/// The network configuration of node `i`: its own agent's socket, and the Kubernetes ledger as
+/// `deploy/base/10-berth.conflist` names it, so an ADD that missed its agent is "try again" (code 11),
+/// never a local allocation.
 fn conf(socket: &Path, node: &str) -> Value {
     json!({
         "cniVersion": "1.1.0",
@@ -58,7 +59,7 @@ fn conf(socket: &Path, node: &str) -> Value {
             "blockSize": 27,
             "agentSocket": socket,
             "nodeName": node,
-            "dataDir": "/dev/null/berth-no-direct-path",
+            "ledger": "kubernetes",
         }
     })
 }

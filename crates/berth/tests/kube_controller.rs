@@ -255,12 +255,12 @@ async fn add(a: &Allocator, network: &str, cid: &str, pod: Option<(&str, &str)>)
 }
 
 async fn ledger_bindings(l: &dyn Ledger) -> BTreeMap<IpAddr, Binding> {
-    let v: Vec<Stored<Binding>> = Records(l).list(Kind::Binding).await.unwrap();
+    let v: Vec<Stored<Binding>> = Records(l).list(Kind::Binding).await.unwrap().records;
     v.into_iter().map(|s| (s.value.address, s.value)).collect()
 }
 
 async fn ledger_claims(l: &dyn Ledger) -> BTreeSet<String> {
-    let v: Vec<Stored<Claim>> = Records(l).list(Kind::Claim).await.unwrap();
+    let v: Vec<Stored<Claim>> = Records(l).list(Kind::Claim).await.unwrap().records;
     v.into_iter().map(|s| s.value.name()).collect()
 }
 
@@ -364,12 +364,17 @@ async fn gc_race_and_claims_in_process() {
     let deleted = Instant::now();
     {
         let view = berth_controller::run::read_cluster(&ctl).await.unwrap();
-        let bl: Vec<Stored<Binding>> = Records(ledger.as_ref()).list(Kind::Binding).await.unwrap();
+        let bl: Vec<Stored<Binding>> = Records(ledger.as_ref())
+            .list(Kind::Binding)
+            .await
+            .unwrap()
+            .records;
         let d = berth_controller::decide(
             &view,
             &[],
             &[],
             &bl.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
+            &[],
             grace.as_secs(),
         );
         assert!(
@@ -410,13 +415,14 @@ async fn gc_race_and_claims_in_process() {
     let jip = add(&aj, "race", "c-joined-0", Some(("joined-0", &juid))).await;
     {
         let r = Records(ledger.as_ref());
-        let bl: Vec<Stored<Binding>> = r.list(Kind::Binding).await.unwrap();
-        let bk: Vec<Stored<berth_core::Block>> = r.list(Kind::Block).await.unwrap();
+        let bl: Vec<Stored<Binding>> = r.list(Kind::Binding).await.unwrap().records;
+        let bk: Vec<Stored<berth_core::Block>> = r.list(Kind::Block).await.unwrap().records;
         let d = berth_controller::decide(
             &view,
             &bk.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
             &[],
             &bl.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
+            &[],
             0,
         );
         assert!(
@@ -437,8 +443,11 @@ async fn gc_race_and_claims_in_process() {
         ledger_bindings(ledger.as_ref()).await.contains_key(&jip),
         "a binding on a node that joined after the node list was released: {rep:?}"
     );
-    let jblocks: Vec<Stored<berth_core::Block>> =
-        Records(ledger.as_ref()).list(Kind::Block).await.unwrap();
+    let jblocks: Vec<Stored<berth_core::Block>> = Records(ledger.as_ref())
+        .list(Kind::Block)
+        .await
+        .unwrap()
+        .records;
     assert!(
         jblocks.iter().any(|b| b.value.node == "joined"),
         "the block of a node that joined after the node list was reclaimed: {rep:?}"
@@ -719,13 +728,20 @@ async fn gc_race_and_claims_in_process() {
     // StatefulSet is deleted the claim goes (after the grace), and then the block.
     let t = Instant::now();
     let claim_addr: IpAddr = {
-        let c: Vec<Stored<Claim>> = Records(ledger.as_ref()).list(Kind::Claim).await.unwrap();
+        let c: Vec<Stored<Claim>> = Records(ledger.as_ref())
+            .list(Kind::Claim)
+            .await
+            .unwrap()
+            .records;
         assert_eq!(c.len(), 1, "{c:?}");
         c[0].value.addresses[0]
     };
     let sts_block_on_n1 = || async {
-        let b: Vec<Stored<berth_core::Block>> =
-            Records(ledger.as_ref()).list(Kind::Block).await.unwrap();
+        let b: Vec<Stored<berth_core::Block>> = Records(ledger.as_ref())
+            .list(Kind::Block)
+            .await
+            .unwrap()
+            .records;
         b.into_iter()
             .map(|s| s.value)
             .find(|b| b.pool == "sts" && b.node == "n1" && b.cidr.contains(&claim_addr))
@@ -956,7 +972,7 @@ struct Node {
 }
 
 fn conf(n: &Node, fallback: &common::Ledger) -> Value {
-    let mut c = with_store(v4_pool("fence", &n.socket, &n.name), fallback);
+    let mut c = agent_only(v4_pool("fence", &n.socket, &n.name), fallback);
     // f1 and f2 ask for fixed addresses in NS.
     c["ipam"]["policy"] = json!({"fixedNamespaces": [NS]});
     c

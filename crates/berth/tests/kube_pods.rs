@@ -56,7 +56,7 @@ impl World {
                       "rangeStart": "2001:db8:7::100", "rangeEnd": "2001:db8:7::ffff"}]
                 ],
                 "agentSocket": self.socket(node),
-                "dataDir": self.dir.path().join("must-stay-empty"),
+                "ledger": "kubernetes",
                 "policy": {"fixedNamespaces": [NS], "stickyNamespaces": [NS]},
             }
         })

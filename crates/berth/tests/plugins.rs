@@ -51,6 +51,7 @@ fn ipam(data: &Path) -> Value {
         "rangeStart": "198.18.0.32", "rangeEnd": "198.18.0.250",
         "gateway": "198.18.0.1",
         "routes": [{"dst": "198.19.0.0/16", "gw": "198.18.0.1"}],
+        "ledger": "embedded",
         "dataDir": data,
         "agentSocket": data.join("no-agent.sock"),
         "nodeName": "node-1",
@@ -167,7 +168,7 @@ fn bridge_dual_stack_gives_one_address_per_family() {
                 [{"subnet": "2001:db8:4::/64", "gateway": "2001:db8:4::1",
                   "rangeStart": "2001:db8:4::100", "rangeEnd": "2001:db8:4::1ff"}]
             ],
-            "dataDir": data.path(), "agentSocket": "", "nodeName": "node-1"
+            "ledger": "embedded", "dataDir": data.path(), "agentSocket": "", "nodeName": "node-1"
         }
     });
     let cni = Cni::debian().with_dir_first(bin_dir()).in_node(&node);
@@ -205,7 +206,7 @@ fn macvlan_pods_on_a_node_uplink_reach_each_other() {
             "type": "berth-ipam", "subnet": "198.18.8.0/24",
             "rangeStart": "198.18.8.100", "rangeEnd": "198.18.8.200",
             "gateway": "198.18.8.1", "routes": [{"dst": "0.0.0.0/0"}],
-            "dataDir": data.path(), "agentSocket": "", "nodeName": "mvnode"
+            "ledger": "embedded", "dataDir": data.path(), "agentSocket": "", "nodeName": "mvnode"
         }
     });
     let cni = Cni::debian().with_dir_first(bin_dir()).in_node(&node);
@@ -272,7 +273,7 @@ fn gc_releases_exactly_the_attachments_not_listed() {
         .unwrap();
     let mut left: Vec<String> = bindings(data.path())
         .iter()
-        .map(|b| b["owner"]["container_id"].as_str().unwrap().to_string())
+        .map(|b| b["owner"]["containerID"].as_str().unwrap().to_string())
         .collect();
     left.sort();
     assert_eq!(left, ["keep-1", "keep-2"]);

@@ -11,6 +11,7 @@ use crate::version::CniVersion;
 use berth_core::addr::{from_u128, net_bounds};
 use berth_core::pool::{DEFAULT_BLOCK_V4, DEFAULT_BLOCK_V6};
 use berth_core::{AddrRange, Family, PoolSpec, PoolUse, Route, SubnetSpec};
+use berth_ledger::Backend;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -24,11 +25,20 @@ pub const DEFAULT_AGENT_SOCKET: &str = "/run/berth/agent.sock";
 /// The `ipam.type` values Berth answers to: its own and kube-ipam's, so it is a drop-in.
 pub const IPAM_TYPES: [&str; 2] = ["berth-ipam", "kube-ipam"];
 
-/// Where the ledger is kept.
+/// The values `ipam.ledger` takes.
+pub const LEDGER_KINDS: [&str; 3] = ["kubernetes", "etcd", "embedded"];
+
+/// Which ledger the configuration means (`ipam.ledger`, or kube-ipam's `etcdConfig`), and so
+/// whether the plugin may allocate by itself when no agent answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Store {
-    /// Berth's embedded ledger in a local directory (`ipam.dataDir`).
+    /// No `ledger` and no `etcdConfig`: whatever ledger this node's agent serves. Only the agent
+    /// can serve it; without one the answer is "try again" (code 11), never a local allocation.
+    Agent,
+    /// `"ledger": "kubernetes"`: Berth's CRDs, which only the node agent serves.
+    Kubernetes,
+    /// `"ledger": "embedded"`: Berth's embedded ledger in a local directory (`ipam.dataDir`).
     Embedded {
         /// The directory.
         data_dir: PathBuf,
@@ -44,6 +54,24 @@ pub enum Store {
         /// CA bundle (`etcdTrustedCAFileFile`, kube-ipam's spelling, or `etcdTrustedCAFile`).
         ca: Option<PathBuf>,
     },
+}
+
+impl Store {
+    /// The ledger backend this names; `None` for [`Store::Agent`] (the agent's, whichever).
+    pub fn backend(&self) -> Option<Backend> {
+        match self {
+            Store::Agent => None,
+            Store::Kubernetes => Some(Backend::Kubernetes),
+            Store::Embedded { .. } => Some(Backend::Embedded),
+            Store::Etcd { .. } => Some(Backend::Etcd),
+        }
+    }
+
+    /// Whether the plugin may allocate by itself (the same ledger, opened directly) when no
+    /// agent answers: the etcd and embedded ledgers.
+    pub fn allows_direct(&self) -> bool {
+        matches!(self, Store::Embedded { .. } | Store::Etcd { .. })
+    }
 }
 
 /// One still-valid attachment listed by the runtime for GC (`cni.dev/valid-attachments`).
@@ -65,9 +93,9 @@ pub struct IpamConfig {
     pub cni_version: CniVersion,
     /// The pool: name is `ipam.name` or else the network name; validated.
     pub pool: PoolSpec,
-    /// Where the ledger lives.
+    /// Which ledger the configuration means.
     pub store: Store,
-    /// The node agent's socket.
+    /// The node agent's socket; empty (`"agentSocket": ""`) means never ask an agent.
     pub agent_socket: PathBuf,
     /// `ipam.nodeName`; `None` means the caller uses the host name.
     pub node_name: Option<String>,
@@ -239,9 +267,20 @@ pub fn parse_config(bytes: &[u8]) -> Result<IpamConfig, CniError> {
     pool.validate()?;
 
     let store = parse_store(&ipam)?;
-    let agent_socket = ipam
-        .nonempty("agentSocket")?
-        .map_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET), PathBuf::from);
+    let agent_socket = match ipam.str("agentSocket")? {
+        None => PathBuf::from(DEFAULT_AGENT_SOCKET),
+        Some(s) if s.trim().is_empty() => PathBuf::new(),
+        Some(s) => PathBuf::from(s),
+    };
+    if agent_socket.as_os_str().is_empty() && !store.allows_direct() {
+        let what = match &store {
+            Store::Kubernetes => "ipam.ledger \"kubernetes\", which only the berth agent serves",
+            _ => "no ledger of its own (no ipam.ledger, no ipam.etcdConfig), so only this node's berth agent can serve it",
+        };
+        return Err(CniError::config(format!(
+            "ipam.agentSocket \"\" means never ask the agent, but the configuration names {what}: remove agentSocket, or set \"ledger\": \"embedded\" (or etcdConfig) to allocate without an agent"
+        )));
+    }
     let node_name = ipam.nonempty("nodeName")?.map(str::to_string);
     let resolv_conf = ipam.nonempty("resolvConf")?.map(PathBuf::from);
 
@@ -607,13 +646,71 @@ fn attach_excludes(path: &str, list: &[Value], subnets: &mut [SubnetSpec]) -> Re
     Ok(())
 }
 
-/// Parse `ipam.etcdConfig` into an etcd store, or the embedded store at `ipam.dataDir`.
+/// Parse `ipam.ledger`, `ipam.etcdConfig` and `ipam.dataDir` into the ledger the configuration
+/// means. `ledger` absent: `etcdConfig` means etcd (kube-ipam's meaning), nothing means the
+/// agent's ledger. A field that does not fit the ledger named is code 7, never ignored.
 fn parse_store(ipam: &Obj<'_>) -> Result<Store, CniError> {
-    let Some(etcd) = ipam.obj("etcdConfig")? else {
-        let data_dir = ipam
-            .nonempty("dataDir")?
-            .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from);
-        return Ok(Store::Embedded { data_dir });
+    let ledger_field = ipam.name("ledger");
+    let ledger = match ipam.str("ledger")? {
+        None => None,
+        Some(l) if LEDGER_KINDS.contains(&l) => Some(l),
+        Some(l) => {
+            return Err(CniError::config(format!(
+                "{ledger_field} {l:?} is not a ledger Berth knows: use \"kubernetes\" (Berth's CRDs, through the node agent), \"etcd\" (with etcdConfig) or \"embedded\" (this node's file at dataDir)"
+            )))
+        }
+    };
+    let etcd = ipam.obj("etcdConfig")?;
+    let data_dir = ipam.nonempty("dataDir")?;
+    let refuse = |field: &str, l: &str, fix: &str| {
+        CniError::config(format!(
+            "{} is given but the ledger is {l:?}: {fix}",
+            ipam.name(field)
+        ))
+    };
+    let no_data_dir = |l: &str| match data_dir {
+        Some(_) => Err(refuse(
+            "dataDir",
+            l,
+            "dataDir is the embedded ledger's; remove it, or set \"ledger\": \"embedded\"",
+        )),
+        None => Ok(()),
+    };
+    let no_etcd = |l: &str| match etcd {
+        Some(_) => Err(refuse(
+            "etcdConfig",
+            l,
+            "etcdConfig names the etcd ledger; remove it, or set \"ledger\": \"etcd\"",
+        )),
+        None => Ok(()),
+    };
+    let etcd = match ledger {
+        Some("kubernetes") => {
+            no_data_dir("kubernetes")?;
+            no_etcd("kubernetes")?;
+            return Ok(Store::Kubernetes);
+        }
+        Some("embedded") => {
+            no_etcd("embedded")?;
+            let data_dir = data_dir.map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from);
+            return Ok(Store::Embedded { data_dir });
+        }
+        Some(_) => {
+            no_data_dir("etcd")?;
+            etcd.ok_or_else(|| {
+                CniError::config(format!(
+                    "{ledger_field} is \"etcd\" but {} is missing: give etcdConfig with etcdURL (and the certificate files for https)",
+                    ipam.name("etcdConfig")
+                ))
+            })?
+        }
+        None => match etcd {
+            Some(etcd) => {
+                no_data_dir("etcd")?;
+                etcd
+            }
+            None => return Ok(Store::Agent),
+        },
     };
     let url_field = etcd.name("etcdURL");
     let urls = etcd.nonempty("etcdURL")?.ok_or_else(|| {

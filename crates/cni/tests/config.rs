@@ -41,20 +41,66 @@ fn minimal_kube_ipam_form_gets_defaults() {
     assert!(s.ranges.is_empty(), "whole subnet is dynamic");
     assert_eq!(s.block_prefix, 26);
     assert!(!s.fixed_anywhere);
+    // No ledger named: whatever this node's agent serves; no direct path.
+    assert_eq!(cfg.store, Store::Agent);
+    assert!(!cfg.store.allows_direct());
+    assert_eq!(cfg.agent_socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
+}
+
+/// `ipam.ledger` names the ledger; `etcdConfig` alone keeps kube-ipam's meaning.
+#[test]
+fn ledger_key_names_the_ledger() {
+    let with = |extra: Value| {
+        let mut o = json!({"type": "berth-ipam", "subnet": "10.1.0.0/24"});
+        if let (Some(m), Value::Object(e)) = (o.as_object_mut(), extra) {
+            m.extend(e);
+        }
+        ok(&with_ipam(o)).store
+    };
+    assert_eq!(with(json!({"ledger": "kubernetes"})), Store::Kubernetes);
     assert_eq!(
-        cfg.store,
+        with(json!({"ledger": "embedded"})),
         Store::Embedded {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR)
         }
     );
-    assert_eq!(cfg.agent_socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
+    assert_eq!(
+        with(json!({"ledger": "embedded", "dataDir": "/d"})),
+        Store::Embedded {
+            data_dir: "/d".into()
+        }
+    );
+    let etcd = Store::Etcd {
+        endpoints: vec!["http://e:2379".into()],
+        cert: None,
+        key: None,
+        ca: None,
+    };
+    assert_eq!(
+        with(json!({"ledger": "etcd", "etcdConfig": {"etcdURL": "http://e:2379"}})),
+        etcd
+    );
+    assert_eq!(
+        with(json!({"etcdConfig": {"etcdURL": "http://e:2379"}})),
+        etcd
+    );
+    // A dataDir alone does not make a direct path: the agent's ledger is meant.
+    assert_eq!(with(json!({"dataDir": "/d"})), Store::Agent);
+    for (store, direct) in [
+        (Store::Agent, false),
+        (Store::Kubernetes, false),
+        (with(json!({"ledger": "embedded"})), true),
+        (etcd, true),
+    ] {
+        assert_eq!(store.allows_direct(), direct, "{store:?}");
+    }
 }
 
 #[test]
 fn berth_fields_are_read() {
     let cfg = ok(&with_ipam(json!({
         "type": "berth-ipam", "subnet": "10.1.0.0/16",
-        "dataDir": "/data/b", "agentSocket": "/tmp/a.sock", "nodeName": "n1",
+        "ledger": "embedded", "dataDir": "/data/b", "agentSocket": "/tmp/a.sock", "nodeName": "n1",
         "blockSize": 24, "fixedAnywhere": true,
         "exclude": ["10.1.9.0/24", "10.1.0.7"],
         "ranges": [[{"subnet": "fd00::/64"}]], "blockSizeV6": 120
@@ -172,12 +218,8 @@ fn ranges_form_dual_stack_and_same_family_merge() {
         cfg.pool.subnets[3].fixed,
         vec![AddrRange::new(ip("10.20.0.2"), ip("10.20.0.9")).expect("r")]
     );
-    assert_eq!(
-        cfg.store,
-        Store::Embedded {
-            data_dir: "/run/my-orchestrator/container-ipam-state".into()
-        }
-    );
+    // host-local's dataDir names no Berth ledger: the agent's is meant.
+    assert_eq!(cfg.store, Store::Agent);
 }
 
 #[test]
@@ -759,6 +801,64 @@ fn error_table() {
             json!({"cniVersion": "1.1.0", "name": "n", "type": "t", "cni.dev/valid-attachments": {}, "ipam": {"type": "kube-ipam", "subnet": "10.1.2.0/24"}}),
             7,
             vec!["cni.dev/valid-attachments", "a list"],
+        ),
+        (
+            "unknown ledger",
+            k(json!({"ledger": "redis"})),
+            7,
+            vec!["ipam.ledger", "\"redis\"", "kubernetes", "etcd", "embedded"],
+        ),
+        (
+            "ledger not a string",
+            k(json!({"ledger": 1})),
+            7,
+            vec!["ipam.ledger"],
+        ),
+        (
+            "etcd ledger without etcdConfig",
+            k(json!({"ledger": "etcd"})),
+            7,
+            vec!["ipam.ledger", "\"etcd\"", "ipam.etcdConfig", "missing"],
+        ),
+        (
+            "kubernetes ledger with dataDir",
+            k(json!({"ledger": "kubernetes", "dataDir": "/d"})),
+            7,
+            vec!["ipam.dataDir", "\"kubernetes\"", "embedded"],
+        ),
+        (
+            "kubernetes ledger with etcdConfig",
+            k(json!({"ledger": "kubernetes", "etcdConfig": {"etcdURL": "http://e:2379"}})),
+            7,
+            vec!["ipam.etcdConfig", "\"kubernetes\""],
+        ),
+        (
+            "embedded ledger with etcdConfig",
+            k(json!({"ledger": "embedded", "etcdConfig": {"etcdURL": "http://e:2379"}})),
+            7,
+            vec!["ipam.etcdConfig", "\"embedded\""],
+        ),
+        (
+            "etcdConfig with dataDir",
+            k(json!({"etcdConfig": {"etcdURL": "http://e:2379"}, "dataDir": "/d"})),
+            7,
+            vec!["ipam.dataDir", "\"etcd\""],
+        ),
+        (
+            "no agent and no ledger of its own",
+            k(json!({"agentSocket": ""})),
+            7,
+            vec![
+                "ipam.agentSocket",
+                "never ask the agent",
+                "\"ledger\": \"embedded\"",
+            ],
+        ),
+        (
+            "no agent for the kubernetes ledger",
+            k(json!({"agentSocket": "", "ledger": "kubernetes"})),
+            7,
+            vec!["ipam.agentSocket", "kubernetes", "only the berth agent"],
         ),
         (
             "valid attachment no ifname",

@@ -35,7 +35,7 @@ fn binding(addr: &str, prefix: u8) -> Binding {
             pod: None,
         },
         kind: BindingKind::Fixed,
-        since: 0,
+        since: Default::default(),
     }
 }
 

@@ -95,4 +95,7 @@ fn deploy_example_conflist_parses() {
     let cfg = berth_cni::parse_config(conf.to_string().as_bytes()).unwrap();
     assert_eq!(cfg.pool.name, "pods");
     assert_eq!(cfg.pool.subnets.len(), 2);
+    // The shipped configuration means the cluster's ledger: no agent, no allocation.
+    assert_eq!(cfg.store, berth_cni::Store::Kubernetes);
+    assert!(!cfg.store.allows_direct());
 }

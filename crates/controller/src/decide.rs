@@ -1,13 +1,22 @@
 //! What to release, decided from a view of the cluster and a ledger snapshot. Pure.
 
-use berth_core::{Binding, Block, Claim, Identity};
+use berth_core::{Binding, Block, Claim, Identity, Timestamp};
+use berth_ledger::{BadRecord, Kind};
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Records made less than this before the pod list are kept (besides the grace period): the
+/// binding's time comes from its node's clock, the list's from the controller's, and a record
+/// made just before the list may name a pod the list does not show yet.
+pub const NEWER_THAN_LIST: Duration = Duration::from_secs(1);
 
 /// What the controller read from the API server at the start of a round.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
-    /// When the reads started (seconds since the epoch). Records made after this are kept.
-    pub read_at: u64,
+    /// When the reads started. Records made after this (or less than [`NEWER_THAN_LIST`]
+    /// before it) are kept.
+    pub read_at: Timestamp,
     /// Pods by namespace/name, with their UIDs.
     pub pods: HashMap<(String, String), String>,
     /// Nodes that exist.
@@ -61,19 +70,32 @@ pub struct Decision {
 /// - A binding of a pod that is gone (or replaced: another UID) is released once it is older than
 ///   `grace` *and* older than the pod list, after a fresh GET confirms the pod is gone.
 /// - A binding without pod information (a non-Kubernetes runtime) is left to CNI GC.
-/// - An empty block of a deleted or fenced node is reclaimed: no binding left in it, and no
-///   claim keeping an address inside it.
+/// - An empty block of a deleted or fenced node is reclaimed: no binding left in it, no claim
+///   keeping an address inside it, and no binding record that cannot be read (`bad`) naming an
+///   address inside it.
 /// - A StatefulSet claim is released when the StatefulSet is gone or scaled below its ordinal; a
 ///   sticky set when its Deployment is gone; never while a binding uses it; never younger than grace.
+/// - Bad records themselves are never released: nobody can check whose they are.
+///
+/// `grace` is in seconds.
 pub fn decide(
     view: &ClusterView,
     blocks: &[Block],
     claims: &[Claim],
     bindings: &[Binding],
+    bad: &[BadRecord],
     grace: u64,
 ) -> Decision {
     let mut actions = vec![];
     let node_gone = |n: &str| !view.nodes.contains(n) || view.fenced.contains(n);
+    let old = |since: Timestamp| {
+        since.saturating_add(Duration::from_secs(grace) + NEWER_THAN_LIST) < view.read_at
+    };
+    let bad_addresses: Vec<IpAddr> = bad
+        .iter()
+        .filter(|b| b.kind == Kind::Binding)
+        .filter_map(|b| b.name.parse().ok())
+        .collect();
     let mut released: HashSet<String> = HashSet::new();
     for b in bindings {
         let Some(pod) = &b.owner.pod else { continue };
@@ -97,7 +119,7 @@ pub fn decide(
             (Some(uid), Some(want)) => uid == want,
             (Some(_), None) => true,
         };
-        let old_enough = b.since + grace + 1 < view.read_at;
+        let old_enough = old(b.since);
         if !alive && old_enough {
             actions.push(Action::ReleaseBinding {
                 name: b.name(),
@@ -113,7 +135,8 @@ pub fn decide(
         }
         let used = bindings
             .iter()
-            .any(|b| blk.cidr.contains(&b.address) && !released.contains(&b.name()));
+            .any(|b| blk.cidr.contains(&b.address) && !released.contains(&b.name()))
+            || bad_addresses.iter().any(|a| blk.cidr.contains(a));
         // A claim keeps its addresses while no pod uses them: they are not free, and another
         // node claiming the block could not tell. The block waits until the claim is released
         // (a later round), never in the same round, since a release may still be kept.
@@ -131,7 +154,7 @@ pub fn decide(
         }
     }
     for c in claims {
-        if c.since + grace + 1 >= view.read_at {
+        if !old(c.since) {
             continue;
         }
         let name = c.name();
@@ -168,6 +191,11 @@ mod tests {
     use super::*;
     use berth_core::{BindingKind, Owner, PodRef};
 
+    /// `s` seconds after the epoch.
+    fn at(s: u64) -> Timestamp {
+        Timestamp::from_micros(s as i64 * 1_000_000)
+    }
+
     fn binding(
         addr: &str,
         node: &str,
@@ -190,13 +218,13 @@ mod tests {
                 }),
             },
             kind: BindingKind::Fixed,
-            since,
+            since: at(since),
         }
     }
 
     fn view() -> ClusterView {
         ClusterView {
-            read_at: 1000,
+            read_at: at(1000),
             pods: [(("ns".to_string(), "alive".to_string()), "u1".to_string())].into(),
             nodes: ["n1".to_string(), "n2".to_string()].into(),
             fenced: ["n2".to_string()].into(),
@@ -224,7 +252,7 @@ mod tests {
             binding("198.18.0.4", "n1", None, 10),                         // not a Kubernetes pod
             binding("198.18.0.5", "n1", Some(("ns", "alive", None)), 10), // no UID: the name is alive
         ];
-        assert!(decide(&view(), &[], &[], &b, 30).actions.is_empty());
+        assert!(decide(&view(), &[], &[], &b, &[], 30).actions.is_empty());
     }
 
     #[test]
@@ -240,7 +268,7 @@ mod tests {
             binding("198.18.0.3", "n2", Some(("ns", "alive", Some("u1"))), 999), // fenced: at once
             binding("198.18.0.4", "n9", Some(("ns", "x", None)), 999),           // node deleted
         ];
-        let d = decide(&view(), &[], &[], &b, 30);
+        let d = decide(&view(), &[], &[], &b, &[], 30);
         assert_eq!(
             names(&d),
             ["198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4"]
@@ -282,7 +310,7 @@ mod tests {
             },
             pool: "p".into(),
             addresses: vec![],
-            since: 10,
+            since: at(10),
         };
         let mut v = view();
         v.statefulsets.insert(("ns".into(), "web".into()), 2);
@@ -304,7 +332,7 @@ mod tests {
         b.push(inuse);
         let mut all = claims.clone();
         all.push(used);
-        let d = decide(&v, &blocks, &all, &b, 30);
+        let d = decide(&v, &blocks, &all, &b, &[], 30);
         assert_eq!(
             names(&d),
             [
@@ -343,9 +371,9 @@ mod tests {
                 "198.18.0.5".parse().unwrap(),
                 "198.18.0.40".parse().unwrap(),
             ],
-            since: 10,
+            since: at(10),
         };
-        let d = decide(&v, &blocks, std::slice::from_ref(&claim), &[], 30);
+        let d = decide(&v, &blocks, std::slice::from_ref(&claim), &[], &[], 30);
         assert_eq!(
             names(&d),
             ["p/198.18.0.16/28"],
@@ -357,18 +385,70 @@ mod tests {
         b.kind = BindingKind::Claimed {
             claim: claim.name(),
         };
-        let d = decide(&v, &blocks, std::slice::from_ref(&claim), &[b], 30);
+        let d = decide(&v, &blocks, std::slice::from_ref(&claim), &[b], &[], 30);
         assert_eq!(names(&d), ["198.18.0.5", "p/198.18.0.16/28"], "{d:?}");
         // A claim released in this round still keeps the block until a later round.
         v.statefulsets.clear();
-        let d = decide(&v, &blocks, std::slice::from_ref(&claim), &[], 30);
+        let d = decide(&v, &blocks, std::slice::from_ref(&claim), &[], &[], 30);
         assert_eq!(
             names(&d),
             ["p/198.18.0.16/28", "p/statefulset/ns/web/1"],
             "{d:?}"
         );
         // Once the claim is gone, every block of the dead nodes is empty.
-        let d = decide(&v, &blocks, &[], &[], 30);
+        let d = decide(&v, &blocks, &[], &[], &[], 30);
         assert_eq!(d.actions.len(), 3, "{d:?}");
+    }
+
+    /// A fenced node's block that holds only an unreadable binding record is not empty: its
+    /// address may be in use, so the block is kept (and nothing bad is released).
+    #[test]
+    fn a_bad_binding_keeps_its_block() {
+        let blocks = vec![Block {
+            pool: "p".into(),
+            cidr: "198.18.0.0/28".parse().unwrap(),
+            node: "n2".into(),
+        }];
+        let bad = |kind: Kind, name: &str| BadRecord {
+            kind,
+            name: name.into(),
+            reason: "missing field `block`".into(),
+        };
+        let d = decide(
+            &view(),
+            &blocks,
+            &[],
+            &[],
+            &[bad(Kind::Binding, "198.18.0.5")],
+            30,
+        );
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        // A bad record elsewhere does not keep it.
+        let d = decide(
+            &view(),
+            &blocks,
+            &[],
+            &[],
+            &[bad(Kind::Binding, "198.18.1.5")],
+            30,
+        );
+        assert_eq!(names(&d), ["p/198.18.0.0/28"]);
+    }
+
+    /// With microsecond times the margins are exact: a binding 30 s + 1 s − 1 µs older than the
+    /// list is kept, one 1 µs older than that is released.
+    #[test]
+    fn grace_and_list_margin_are_exact() {
+        let gone = Some(("ns", "gone", None));
+        let mut b = binding("198.18.0.1", "n1", gone, 0);
+        b.since = Timestamp::from_micros(at(1000).as_micros() - 31_000_000);
+        assert!(decide(&view(), &[], &[], &[b.clone()], &[], 30)
+            .actions
+            .is_empty());
+        b.since = Timestamp::from_micros(at(1000).as_micros() - 31_000_001);
+        assert_eq!(
+            names(&decide(&view(), &[], &[], &[b], &[], 30)),
+            ["198.18.0.1"]
+        );
     }
 }

@@ -2,9 +2,9 @@
 
 use crate::decide::{decide, Action, ClusterView};
 use crate::lease::{Elector, LeaseConfig};
-use berth_allocator::now_secs;
+use berth_allocator::now;
 use berth_core::{Binding, Block, Claim};
-use berth_ledger::{Kind, Ledger, LedgerError, Records, Stored, Version};
+use berth_ledger::{Backend, BadRecord, Kind, Ledger, LedgerError, Records, Stored, Version};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
@@ -75,7 +75,7 @@ where
 
 /// Read the cluster: pods, nodes, StatefulSets, Deployments. Any failure fails the whole read.
 pub async fn read_cluster(client: &Client) -> Result<ClusterView, RoundError> {
-    let read_at = now_secs();
+    let read_at = now();
     let pods: Vec<Pod> = list(client, "pods").await?;
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
@@ -184,9 +184,23 @@ async fn node_still_gone(client: &Client, node: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Memory {
     first_seen: std::sync::Mutex<HashMap<(Kind, String), (Version, std::time::Instant)>>,
+    /// Bad records already reported with an Event, so each gets one per leader term, not one
+    /// per round.
+    reported: std::sync::Mutex<std::collections::HashSet<BadRecord>>,
 }
 
 impl Memory {
+    /// The bad records not reported yet (and forget those no longer bad, so one that comes back
+    /// is reported again).
+    fn unreported(&self, bad: &[BadRecord]) -> Vec<BadRecord> {
+        let mut r = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        r.retain(|b| bad.contains(b));
+        bad.iter()
+            .filter(|b| r.insert((*b).clone()))
+            .cloned()
+            .collect()
+    }
+
     /// Whether `name` (at `version`) has been an orphan for at least `grace`; starts its clock
     /// when first seen. `seen` collects this round's orphans, to forget the others afterwards.
     fn orphan_long_enough(
@@ -251,9 +265,20 @@ pub async fn round_with_view(
     memory: Option<&Memory>,
 ) -> Result<Report, RoundError> {
     let r = Records(ledger);
-    let claims: Vec<Stored<Claim>> = r.list(Kind::Claim).await?;
-    let bindings: Vec<Stored<Binding>> = r.list(Kind::Binding).await?;
-    let blocks: Vec<Stored<Block>> = r.list(Kind::Block).await?;
+    // A bad record fails nothing: it is skipped (never released, never read as free) and
+    // reported, with a Warning Event on it on the Kubernetes ledger.
+    let claims = r.list::<Claim>(Kind::Claim).await?;
+    let bindings = r.list::<Binding>(Kind::Binding).await?;
+    let blocks = r.list::<Block>(Kind::Block).await?;
+    let bad: Vec<BadRecord> = [claims.bad, bindings.bad, blocks.bad].concat();
+    let (claims, bindings, blocks) = (claims.records, bindings.records, blocks.records);
+    if let Some(m) = memory {
+        if ledger.backend() == Backend::Kubernetes {
+            for b in m.unreported(&bad) {
+                berth_k8s::events::warn_bad_record(client, &b, "berth-controller").await;
+            }
+        }
+    }
     let versions: HashMap<(Kind, String), Version> = bindings
         .iter()
         .map(|s| ((Kind::Binding, s.value.name()), s.version.clone()))
@@ -273,6 +298,7 @@ pub async fn round_with_view(
         &values(&blocks),
         &values(&claims),
         &values(&bindings),
+        &bad,
         // With memory the grace counts from when an orphan is first seen (always after its
         // creation), so `decide` needs only its race guard (records newer than the pod list are
         // kept); counting it from creation as well would make young orphans wait twice.
@@ -403,10 +429,10 @@ pub async fn update_pool_status(client: &Client, ledger: &dyn Ledger) -> Result<
     use berth_core::{BindingKind, PoolSpec};
     use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
     let r = Records(ledger);
-    let pools: Vec<Stored<PoolSpec>> = r.list(Kind::Pool).await?;
-    let blocks: Vec<Stored<Block>> = r.list(Kind::Block).await?;
-    let claims: Vec<Stored<Claim>> = r.list(Kind::Claim).await?;
-    let bindings: Vec<Stored<Binding>> = r.list(Kind::Binding).await?;
+    let pools: Vec<Stored<PoolSpec>> = r.list(Kind::Pool).await?.records;
+    let blocks: Vec<Stored<Block>> = r.list(Kind::Block).await?.records;
+    let claims: Vec<Stored<Claim>> = r.list(Kind::Claim).await?.records;
+    let bindings: Vec<Stored<Binding>> = r.list(Kind::Binding).await?.records;
     let api: Api<DynamicObject> = Api::all_with(
         client.clone(),
         &ApiResource::erase::<berth_k8s::crd::Pool>(&()),

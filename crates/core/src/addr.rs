@@ -67,10 +67,13 @@ pub fn net_bounds(net: &IpNet) -> (u128, u128) {
 /// An inclusive range of addresses of one family, like kube-ipam's `rangeStart`..`rangeEnd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
 pub struct AddrRange {
     /// First address in the range.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::ip"))]
     pub start: IpAddr,
     /// Last address in the range (inclusive).
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::ip"))]
     pub end: IpAddr,
 }
 

@@ -91,6 +91,17 @@ pub enum Violation {
         /// Second block.
         b: IpNet,
     },
+    /// A record Berth cannot decode (or whose name does not match its content). Readers skip
+    /// it without treating it as free: a bad binding's address counts as taken, a bad block as
+    /// another node's. It stays a violation until an operator fixes or deletes it.
+    BadRecord {
+        /// Its kind (`binding`, `block`, `claim`, `pool`).
+        kind: String,
+        /// Its ledger name (a binding's address, a block's `pool/cidr`).
+        name: String,
+        /// Why it cannot be read.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -139,6 +150,10 @@ impl fmt::Display for Violation {
                 "address {address} is kept by claim {claim:?} but bound by container {holder} outside the claim"
             ),
             Violation::BlocksOverlap { a, b } => write!(f, "blocks {a} and {b} overlap"),
+            Violation::BadRecord { kind, name, reason } => write!(
+                f,
+                "{kind} {name:?} cannot be read ({reason}); it is skipped, never treated as free: fix or delete it"
+            ),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Bindings: the live use of one address by one workload instance.
 
+use crate::time::Timestamp;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -20,10 +21,12 @@ pub struct PodRef {
 /// Who holds a binding: one network attachment of one container.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
 pub struct Owner {
     /// The CNI network name.
     pub network: String,
-    /// The runtime's container (sandbox) ID.
+    /// The runtime's container (sandbox) ID (`CNI_CONTAINERID`).
+    #[serde(rename = "containerID")]
     pub container_id: String,
     /// The interface name inside the container.
     pub ifname: String,
@@ -65,10 +68,16 @@ pub enum BindingKind {
 /// and creates them with compare-and-swap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
 pub struct Binding {
     /// The address.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::ip"))]
     pub address: IpAddr,
     /// Prefix length of the subnet it came from (what the workload configures).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "crate::schema::prefix_len")
+    )]
     pub prefix_len: u8,
     /// The pool it came from.
     pub pool: String,
@@ -79,8 +88,8 @@ pub struct Binding {
     /// How it was chosen.
     #[serde(flatten)]
     pub kind: BindingKind,
-    /// Seconds since the Unix epoch when it was made; GC grace periods count from here.
-    pub since: u64,
+    /// When it was made (microseconds); GC guards and grace periods count from here.
+    pub since: Timestamp,
 }
 
 impl Binding {
@@ -90,22 +99,33 @@ impl Binding {
     }
 }
 
-/// Kubernetes wants one flat object schema for a tagged enum: every variant's fields, optional.
+/// Kubernetes wants one flat object schema for a tagged enum: every variant's fields, declared
+/// once, and each variant's own fields required when the tag names it (a `dynamic` binding
+/// without a `block` cannot be decoded, so the API server must refuse it).
 #[cfg(feature = "schema")]
 impl schemars::JsonSchema for BindingKind {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "BindingKind".into()
     }
 
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        use crate::schema::{cidr, when_tag};
         schemars::json_schema!({
             "type": "object",
             "required": ["kind"],
             "properties": {
-                "kind": {"type": "string", "enum": ["dynamic", "fixed", "claimed"]},
-                "block": {"type": "string"},
-                "claim": {"type": "string"}
-            }
+                "kind": {
+                    "type": "string",
+                    "enum": ["dynamic", "fixed", "claimed"],
+                    "description": "How the address was chosen: dynamic (from the node's block), fixed (asked for), claimed (kept for an identity)."
+                },
+                "block": cidr(g),
+                "claim": {"type": "string", "description": "The claim's ledger name (kind claimed)."}
+            },
+            "allOf": [
+                when_tag("kind", "dynamic", &["block"]),
+                when_tag("kind", "claimed", &["claim"])
+            ]
         })
     }
 }

@@ -10,11 +10,12 @@ use std::net::IpAddr;
 /// A block and the node that owns it, as recorded in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
 pub struct Block {
     /// The pool the block was carved from.
     pub pool: String,
     /// The block itself.
-    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::cidr"))]
     pub cidr: IpNet,
     /// The node that allocates inside it.
     pub node: String,

@@ -1,6 +1,7 @@
 //! Claims: durable "these addresses belong to this identity", independent of any running instance,
 //! so an address outlives the pod that used it and follows the identity to another node.
 
+use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
@@ -49,15 +50,17 @@ impl fmt::Display for Identity {
 /// A claim as the ledger records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
 pub struct Claim {
     /// Who the addresses are kept for.
     pub identity: Identity,
     /// The pool they come from.
     pub pool: String,
     /// The addresses kept (one per family, or a sticky set's members).
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::ip_list"))]
     pub addresses: Vec<IpAddr>,
-    /// Seconds since the Unix epoch when the claim was made.
-    pub since: u64,
+    /// When the claim was made (microseconds); grace periods count from here.
+    pub since: Timestamp,
 }
 
 impl Claim {
@@ -67,7 +70,8 @@ impl Claim {
     }
 }
 
-/// Kubernetes wants one flat object schema for a tagged enum: every variant's fields, optional.
+/// Kubernetes wants one flat object schema for a tagged enum: every variant's fields declared once,
+/// and each variant's fields required when `kind` names it.
 #[cfg(feature = "schema")]
 impl schemars::JsonSchema for Identity {
     fn schema_name() -> std::borrow::Cow<'static, str> {
@@ -82,9 +86,14 @@ impl schemars::JsonSchema for Identity {
                 "kind": {"type": "string", "enum": ["statefulSet", "stickySet", "key"]},
                 "namespace": {"type": "string"},
                 "name": {"type": "string"},
-                "ordinal": {"type": "integer", "format": "uint32", "minimum": 0},
+                "ordinal": {"type": "integer", "format": "uint32", "minimum": 0, "maximum": u32::MAX},
                 "key": {"type": "string"}
-            }
+            },
+            "allOf": [
+                crate::schema::when_tag("kind", "statefulSet", &["namespace", "name", "ordinal"]),
+                crate::schema::when_tag("kind", "stickySet", &["namespace", "name"]),
+                crate::schema::when_tag("kind", "key", &["key"])
+            ]
         })
     }
 }

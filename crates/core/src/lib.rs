@@ -12,7 +12,10 @@ pub mod block;
 pub mod claim;
 pub mod policy;
 pub mod pool;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod selector;
+pub mod time;
 
 pub use addr::{AddrRange, Family};
 pub use audit::{audit, audit_with_claims, Violation};
@@ -21,3 +24,4 @@ pub use block::Block;
 pub use claim::{Claim, Identity};
 pub use policy::{PolicyError, PoolPolicy};
 pub use pool::{PoolError, PoolSpec, PoolUse, Route, SubnetSpec};
+pub use time::Timestamp;

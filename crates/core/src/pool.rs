@@ -22,21 +22,24 @@ pub enum PoolUse {
 /// A route handed to the workload with its address (CNI `routes`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
 pub struct Route {
     /// Destination network.
-    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::cidr"))]
     pub dst: IpNet,
     /// Next hop; `None` means the subnet's gateway (or on-link when there is none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::ip_opt"))]
     pub gw: Option<IpAddr>,
 }
 
 /// One subnet of a pool: where its dynamic and reserved (fixed) addresses lie.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
 pub struct SubnetSpec {
     /// The subnet; handed-out addresses carry its prefix length.
-    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::cidr"))]
     pub cidr: IpNet,
     /// Where dynamic addresses come from (kube-ipam `rangeStart`..`rangeEnd`). Empty: the whole subnet
     /// except the reserved ranges.
@@ -47,15 +50,22 @@ pub struct SubnetSpec {
     pub fixed: Vec<AddrRange>,
     /// Never handed out at all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "schema", schemars(with = "Vec<String>"))]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::cidr_list"))]
     pub excludes: Vec<IpNet>,
     /// The workload's default gateway; never handed out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::ip_opt"))]
     pub gateway: Option<IpAddr>,
     /// Routes handed to the workload.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    /// Prefix length of the node blocks this subnet is carved into.
+    /// Prefix length of the node blocks this subnet is carved into (`blockSize`, as in the CNI
+    /// configuration).
+    #[serde(rename = "blockSize")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "crate::schema::prefix_len")
+    )]
     pub block_prefix: u8,
     /// Allow fixed requests anywhere in the subnet, not only in `fixed`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -65,6 +75,7 @@ pub struct SubnetSpec {
 /// A named pool: the unit an operator configures and the ledger records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
 pub struct PoolSpec {
     /// Pool name; unique in the ledger.
     pub name: String,

@@ -103,7 +103,7 @@ pub struct ClaimRecord {
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
     printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".spec.owner.pod.namespace"}"#,
     printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.owner.pod.name"}"#,
-    printcolumn = r#"{"name":"Container","type":"string","priority":1,"jsonPath":".spec.owner.container_id"}"#,
+    printcolumn = r#"{"name":"Container","type":"string","priority":1,"jsonPath":".spec.owner.containerID"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 pub struct BindingRecord {

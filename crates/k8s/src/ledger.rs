@@ -14,6 +14,9 @@ use kube::api::{
 use kube::Client;
 use serde_json::{Map, Value};
 
+/// How long a ledger request waits for the API server's answer.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The Kubernetes ledger.
 pub struct KubeLedger {
     client: Client,
@@ -54,9 +57,16 @@ impl KubeLedger {
     /// the agent, so that a write lands after the runtime was told the ADD failed. The ledger's
     /// callers already treat "unavailable" as transient: the CNI call fails at once with "try
     /// again" (code 11) and the kubelet retries.
+    ///
+    /// Every request has a deadline ([`REQUEST_TIMEOUT`] to wait for the answer, counted from
+    /// when it was sent): an API server that accepts connections but does not answer is
+    /// "unavailable" after it, never a hung CNI call. The client serves ledger requests only, no
+    /// watches.
     pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Self> {
         let mut config = crate::config(kubeconfig).await?;
         config.default_retry = false;
+        config.read_timeout = Some(REQUEST_TIMEOUT);
+        config.reset_reader_on_write = true;
         let (client, server) = crate::client_from(config)?;
         Ok(KubeLedger {
             client,
@@ -64,7 +74,8 @@ impl KubeLedger {
         })
     }
 
-    /// The client, for watches and events that share the connection.
+    /// The client, for events that share the connection (not for watches: it has a read
+    /// deadline).
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -152,45 +163,41 @@ fn plausible(v: &Version) -> bool {
 }
 
 /// Back from an object to the ledger's record: the spec without `key`.
-fn entry(kind: Kind, obj: DynamicObject) -> Result<Entry> {
+///
+/// An object without a spec or without `spec.key` (which the CRD schema requires, so only an
+/// object stored before it did, or under a relaxed schema) is returned under its object name,
+/// with what it has as the value: the typed layer then reports it as a bad record (it does not
+/// decode, or it names another record than its own), and the rest of a list is unaffected.
+fn entry(obj: DynamicObject) -> Entry {
     let version = Version(obj.metadata.resource_version.clone().unwrap_or_default());
+    let object = obj.metadata.name.unwrap_or_default();
     let mut spec = match obj.data.get("spec") {
         Some(Value::Object(m)) => m.clone(),
         _ => {
-            return Err(LedgerError::Corrupt {
-                kind,
-                name: obj.metadata.name.unwrap_or_default(),
-                reason: "object has no spec".into(),
-            })
+            return Entry {
+                name: object,
+                value: b"{}".to_vec(),
+                version,
+            }
         }
     };
     let name = match spec.remove("key") {
         Some(Value::String(k)) => k,
-        _ => {
-            return Err(LedgerError::Corrupt {
-                kind,
-                name: obj.metadata.name.unwrap_or_default(),
-                reason: "spec has no key".into(),
-            })
-        }
+        _ => object,
     };
-    let value = serde_json::to_vec(&spec).map_err(|e| LedgerError::Corrupt {
-        kind,
-        name: name.clone(),
-        reason: e.to_string(),
-    })?;
-    Ok(Entry {
+    Entry {
         name,
-        value,
+        // Serializing a JSON map cannot fail.
+        value: serde_json::to_vec(&spec).unwrap_or_default(),
         version,
-    })
+    }
 }
 
 #[async_trait]
 impl Ledger for KubeLedger {
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<Entry>> {
         match self.api(kind).get_opt(&object_name(name)).await {
-            Ok(Some(o)) => entry(kind, o).map(Some),
+            Ok(Some(o)) => Ok(Some(entry(o))),
             Ok(None) => Ok(None),
             Err(e) => Err(LedgerError::Unavailable {
                 backend: self.server.clone(),
@@ -209,9 +216,7 @@ impl Ledger for KubeLedger {
                 reason: e.to_string(),
             })?;
             let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-            for o in page.items {
-                out.push(entry(kind, o)?);
-            }
+            out.extend(page.items.into_iter().map(entry));
             match next {
                 Some(token) => lp = lp.continue_token(&token),
                 None => break,
@@ -279,5 +284,9 @@ impl Ledger for KubeLedger {
 
     fn describe(&self) -> String {
         self.server.clone()
+    }
+
+    fn backend(&self) -> berth_ledger::Backend {
+        berth_ledger::Backend::Kubernetes
     }
 }

@@ -7,10 +7,12 @@
 //!   `resourceVersion`, so no single object is contended by every allocation.
 //! - [`cluster`]: cluster-wide watches of every node's blocks and InternalIPs (the routed pod
 //!   network's inputs).
+//! - [`events`]: Warning Events on Berth's own objects (a record Berth cannot read).
 
 pub mod annotations;
 pub mod cluster;
 pub mod crd;
+pub mod events;
 pub mod ledger;
 pub mod names;
 pub mod pods;

@@ -45,10 +45,10 @@ async fn records_are_readable_berth_objects() {
     crd::install(&c, Duration::from_secs(30)).await.unwrap();
     let l = KubeLedger::new(c.clone());
     let binding = serde_json::json!({
-        "address": "2001:db8::5", "prefix_len": 64, "pool": "pods", "node": "node-1",
-        "owner": {"network": "net", "container_id": "c1", "ifname": "eth0",
+        "address": "2001:db8::5", "prefixLen": 64, "pool": "pods", "node": "node-1",
+        "owner": {"network": "net", "containerID": "c1", "ifname": "eth0",
                   "pod": {"namespace": "default", "name": "web-0"}},
-        "kind": "dynamic", "block": "2001:db8::/122", "since": 1
+        "kind": "dynamic", "block": "2001:db8::/122", "since": "2024-06-15T07:00:00.123456Z"
     });
     l.create(
         Kind::Binding,
@@ -72,7 +72,7 @@ async fn records_are_readable_berth_objects() {
         .unwrap()
         .starts_with("2001-db8-5-"));
     // A record that breaks the schema is refused, not stored.
-    let bad = serde_json::json!({"address": 5, "prefix_len": "x"});
+    let bad = serde_json::json!({"address": 5, "prefixLen": "x"});
     assert!(l
         .create(Kind::Binding, "bad", serde_json::to_vec(&bad).unwrap())
         .await
@@ -163,4 +163,193 @@ fn deploy_manifests_are_accepted_by_the_api_server() {
             );
         }
     }
+}
+
+/// The CRD schemas make the API server refuse (422) what Berth cannot decode, and accept what it
+/// writes. Each refused spec is also checked not to decode as the core record, so the schema and
+/// the decoder agree case by case.
+#[test]
+fn the_api_server_refuses_what_berth_cannot_decode() {
+    use serde_json::{json, Value};
+    berth_testbed::require_root();
+    let cp = KubeControlPlane::start().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = client(&cp).await;
+        crd::install(&c, Duration::from_secs(30)).await.unwrap();
+    });
+    let binding = json!({
+        "key": "198.18.0.5", "address": "198.18.0.5", "prefixLen": 24, "pool": "pods",
+        "node": "n1", "owner": {"network": "net", "containerID": "c1", "ifname": "eth0"},
+        "kind": "dynamic", "block": "198.18.0.0/26", "since": "2024-06-15T07:00:00.123456Z"
+    });
+    let block =
+        json!({"key": "pods/198.18.0.0/26", "pool": "pods", "cidr": "198.18.0.0/26", "node": "n1"});
+    let claim = json!({
+        "key": "pods/statefulset/ns/web/0", "pool": "pods", "addresses": ["198.18.0.9"],
+        "identity": {"kind": "statefulSet", "namespace": "ns", "name": "web", "ordinal": 0},
+        "since": "2024-06-15T07:00:00Z"
+    });
+    let pool = json!({
+        "key": "pods", "name": "pods", "use": "pod",
+        "subnets": [{"cidr": "198.18.0.0/24", "blockSize": 26, "gateway": "198.18.0.1",
+                     "ranges": [{"start": "198.18.0.10", "end": "198.18.0.250"}],
+                     "excludes": ["198.18.0.64/30"], "routes": [{"dst": "0.0.0.0/0"}]}]
+    });
+    // (plural, kind, a good spec, [(what, a change that makes it bad)]): `null` removes a field.
+    type Cases = Vec<(&'static str, Value)>;
+    let table: Vec<(&str, &str, Value, Cases)> = vec![
+        (
+            "bindings",
+            "Binding",
+            binding.clone(),
+            vec![
+                ("dynamic without block", json!({"block": null})),
+                (
+                    "claimed without claim",
+                    json!({"kind": "claimed", "block": null}),
+                ),
+                ("unknown kind", json!({"kind": "borrowed"})),
+                ("kind missing", json!({"kind": null})),
+                ("address not an address", json!({"address": "198.18.0.500"})),
+                ("address a word", json!({"address": "web"})),
+                ("prefixLen beyond a byte", json!({"prefixLen": 300})),
+                ("block not a CIDR", json!({"block": "198.18.0.0/99"})),
+                ("since not a time", json!({"since": "yesterday"})),
+                ("since in seconds", json!({"since": 1718434800})),
+                (
+                    "owner without containerID",
+                    json!({"owner": {"network": "n", "ifname": "eth0"}}),
+                ),
+                (
+                    "pod without name",
+                    json!({"owner": {"network": "n", "containerID": "c", "ifname": "eth0", "pod": {"namespace": "ns"}}}),
+                ),
+                ("node missing", json!({"node": null})),
+            ],
+        ),
+        (
+            "blocks",
+            "Block",
+            block.clone(),
+            vec![
+                ("cidr not a CIDR", json!({"cidr": "198.18.0.0"})),
+                ("node missing", json!({"node": null})),
+            ],
+        ),
+        (
+            "claims",
+            "Claim",
+            claim.clone(),
+            vec![
+                (
+                    "statefulSet without ordinal",
+                    json!({"identity": {"kind": "statefulSet", "namespace": "ns", "name": "web"}}),
+                ),
+                (
+                    "stickySet without name",
+                    json!({"identity": {"kind": "stickySet", "namespace": "ns"}}),
+                ),
+                (
+                    "key identity without key",
+                    json!({"identity": {"kind": "key"}}),
+                ),
+                (
+                    "unknown identity",
+                    json!({"identity": {"kind": "deployment", "name": "x"}}),
+                ),
+                (
+                    "negative ordinal",
+                    json!({"identity": {"kind": "statefulSet", "namespace": "ns", "name": "web", "ordinal": -1}}),
+                ),
+                ("address not an address", json!({"addresses": ["x"]})),
+                ("since missing", json!({"since": null})),
+            ],
+        ),
+        (
+            "pools",
+            "Pool",
+            pool.clone(),
+            vec![
+                ("unknown use", json!({"use": "everything"})),
+                (
+                    "subnet without blockSize",
+                    json!({"subnets": [{"cidr": "198.18.0.0/24"}]}),
+                ),
+                (
+                    "subnet cidr not a CIDR",
+                    json!({"subnets": [{"cidr": "x", "blockSize": 26}]}),
+                ),
+                (
+                    "gateway not an address",
+                    json!({"subnets": [{"cidr": "198.18.0.0/24", "blockSize": 26, "gateway": "x"}]}),
+                ),
+                (
+                    "range end missing",
+                    json!({"subnets": [{"cidr": "198.18.0.0/24", "blockSize": 26, "ranges": [{"start": "198.18.0.10"}]}]}),
+                ),
+                (
+                    "exclude not a CIDR",
+                    json!({"subnets": [{"cidr": "198.18.0.0/24", "blockSize": 26, "excludes": ["x/y"]}]}),
+                ),
+            ],
+        ),
+    ];
+    let decodes = |kind: &str, spec: &Value| -> bool {
+        let mut s = spec.clone();
+        s.as_object_mut().unwrap().remove("key");
+        match kind {
+            "Binding" => serde_json::from_value::<berth_core::Binding>(s).is_ok(),
+            "Block" => serde_json::from_value::<berth_core::Block>(s).is_ok(),
+            "Claim" => serde_json::from_value::<berth_core::Claim>(s).is_ok(),
+            _ => serde_json::from_value::<berth_core::PoolSpec>(s).is_ok(),
+        }
+    };
+    for (plural, kind, good, cases) in &table {
+        let path = format!("/apis/berth.dev/v1alpha1/{plural}");
+        let obj = |name: &str, spec: &Value| {
+            json!({"apiVersion": "berth.dev/v1alpha1", "kind": kind,
+                   "metadata": {"name": name}, "spec": spec})
+        };
+        assert!(decodes(kind, good), "{kind}: the good spec decodes");
+        let r = cp.request("POST", &path, Some(&obj("good", good))).unwrap();
+        assert_eq!(r.status, 201, "{kind}: the good spec is stored: {}", r.body);
+        for (i, (what, change)) in cases.iter().enumerate() {
+            let mut spec = good.clone();
+            for (k, v) in change.as_object().unwrap() {
+                if v.is_null() {
+                    spec.as_object_mut().unwrap().remove(k);
+                } else {
+                    spec[k] = v.clone();
+                }
+            }
+            assert!(
+                !decodes(kind, &spec),
+                "{kind} {what}: Berth decodes {spec}, so the schema need not refuse it"
+            );
+            let r = cp
+                .request("POST", &path, Some(&obj(&format!("bad-{i}"), &spec)))
+                .unwrap();
+            assert_eq!(
+                r.status, 422,
+                "{kind} {what}: the API server must refuse {spec}: HTTP {} {}",
+                r.status, r.body
+            );
+        }
+    }
+    // Stricter than the decoder where the decoder's type is wider than sense: no prefix is
+    // longer than 128 bits.
+    let mut spec = binding.clone();
+    spec["prefixLen"] = json!(129);
+    let r = cp
+        .request(
+            "POST",
+            "/apis/berth.dev/v1alpha1/bindings",
+            Some(
+                &json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Binding",
+                         "metadata": {"name": "long-prefix"}, "spec": spec}),
+            ),
+        )
+        .unwrap();
+    assert_eq!(r.status, 422, "prefixLen 129: {}", r.body);
 }

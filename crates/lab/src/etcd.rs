@@ -23,6 +23,7 @@ use crate::util::{
 pub struct EtcdBuilder {
     members: usize,
     tls: bool,
+    tls_files: Option<TlsFiles>,
     heartbeat_ms: u32,
     election_ms: u32,
     start_timeout: Duration,
@@ -37,6 +38,7 @@ impl Default for EtcdBuilder {
         EtcdBuilder {
             members: 1,
             tls: false,
+            tls_files: None,
             heartbeat_ms: 100,
             election_ms: 1000,
             start_timeout: Duration::from_secs(60),
@@ -60,6 +62,17 @@ impl EtcdBuilder {
     /// Why: the ledger's etcd backend must be tested with the TLS settings of real clusters.
     pub fn tls(mut self, on: bool) -> Self {
         self.tls = on;
+        self
+    }
+
+    /// Serve clients over `https://` with client-certificate auth using these files (for
+    /// example from [`TlsFiles::generate_openssl`]) instead of a fresh rcgen PKI.
+    ///
+    /// Why: certificates made by another tool (openssl, as operators make them) show what a
+    /// client accepts and what it says when it does not.
+    pub fn tls_files(mut self, files: TlsFiles) -> Self {
+        self.tls = true;
+        self.tls_files = Some(files);
         self
     }
 
@@ -183,10 +196,10 @@ impl EtcdCluster {
         crate::util::sweep_stale_once();
         let token = unique_name("etcd");
         let dir = Workdir::new(&token, opts.dir.as_deref()).context("creating etcd's dir")?;
-        let tls = if opts.tls {
-            Some(TlsFiles::generate(&dir.path().join("pki"))?)
-        } else {
-            None
+        let tls = match (&opts.tls_files, opts.tls) {
+            (Some(files), _) => Some(files.clone()),
+            (None, true) => Some(TlsFiles::generate(&dir.path().join("pki"))?),
+            (None, false) => None,
         };
         let mut cluster = EtcdCluster {
             members: Mutex::new(Vec::new()),

@@ -695,7 +695,6 @@ impl KubeControlPlane {
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--service-account-key-file={}", p(&self.sa_pub)),
             format!("--service-account-signing-key-file={}", p(&self.sa_key)),
-            "--authorization-mode=RBAC".into(),
             // Every request of a ServiceAccount is recorded, so a test can assert that none was
             // refused (see `forbidden_requests`).
             format!("--audit-policy-file={}", p(&d.join("audit-policy.yaml"))),

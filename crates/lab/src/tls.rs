@@ -112,6 +112,101 @@ impl TlsFiles {
         Ok(files)
     }
 
+    /// Generates a CA, a server and a client certificate (RSA 2048) into `dir` with the `openssl`
+    /// command line, as operators make them: the CA with `openssl req -x509`, the others with
+    /// `openssl x509 -req`. The server certificate gets an extension file (subjectAltName
+    /// 127.0.0.1, ::1, localhost; server and client auth). The client certificate gets one only
+    /// when `client_v3`; without it `openssl x509 -req` makes an X.509 **v1** certificate, which
+    /// etcd (Go) accepts. The CA key stays in `dir/ca-key.pem` for [`Self::openssl_client`].
+    ///
+    /// Why: TLS tests need certificates that were not made by the library the client uses.
+    pub fn generate_openssl(dir: &Path, client_v3: bool) -> Result<TlsFiles> {
+        std::fs::create_dir_all(dir)?;
+        let files = TlsFiles {
+            dir: dir.to_path_buf(),
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server-key.pem"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client-key.pem"),
+        };
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=berth-testbed openssl CA",
+                "-keyout",
+                "ca-key.pem",
+                "-out",
+                "ca.pem",
+            ],
+        )?;
+        files.openssl_leaf(
+            "server",
+            Some("subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n"),
+        )?;
+        files.openssl_client("client", client_v3)?;
+        Ok(files)
+    }
+
+    /// Another client certificate `dir/NAME.pem` (key `dir/NAME-key.pem`) signed by this
+    /// openssl-made CA: v3 with `extendedKeyUsage=clientAuth`, or v1 (no extension file).
+    ///
+    /// Why: one CA with both kinds of client certificate shows which one the client refuses.
+    pub fn openssl_client(&self, name: &str, v3: bool) -> Result<(PathBuf, PathBuf)> {
+        self.openssl_leaf(
+            name,
+            v3.then_some(
+                "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+            ),
+        )
+    }
+
+    fn openssl_leaf(&self, name: &str, ext: Option<&str>) -> Result<(PathBuf, PathBuf)> {
+        let (key, csr, cert) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subj = format!("/CN=berth-test-{name}");
+        openssl(
+            &self.dir,
+            &[
+                "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subj, "-keyout", &key, "-out",
+                &csr,
+            ],
+        )?;
+        let ext_file = format!("{name}.ext");
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &cert,
+        ];
+        if let Some(ext) = ext {
+            std::fs::write(self.dir.join(&ext_file), ext)?;
+            args.extend(["-extfile", &ext_file]);
+        }
+        openssl(&self.dir, &args)?;
+        Ok((self.dir.join(cert), self.dir.join(key)))
+    }
+
     /// Path of `ca.pem`. Why: the name the ledger's TLS config asks for.
     pub fn ca_pem(&self) -> &Path {
         &self.ca
@@ -126,4 +221,14 @@ impl TlsFiles {
     pub fn client_key_pem(&self) -> &Path {
         &self.client_key
     }
+}
+
+/// Run `openssl ARGS` in `dir`, failing with its output.
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    crate::util::run_checked(
+        std::process::Command::new(crate::util::tool("openssl"))
+            .args(args)
+            .current_dir(dir),
+    )?;
+    Ok(())
 }

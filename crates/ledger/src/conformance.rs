@@ -5,7 +5,7 @@
 //! records of their kind (a backend may validate them, as Kubernetes does against the CRD schema)
 //! carrying a marker string, and are compared as JSON (a backend may re-serialize them).
 
-use crate::{Kind, Ledger, LedgerError, Version};
+use crate::{Kind, Ledger, LedgerError, Records, Version};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -15,16 +15,17 @@ pub fn record(kind: Kind, marker: &str) -> Vec<u8> {
     let v = match kind {
         Kind::Pool => serde_json::json!({
             "name": marker, "use": "pod",
-            "subnets": [{"cidr": "198.18.0.0/24", "block_prefix": 26}]
+            "subnets": [{"cidr": "198.18.0.0/24", "blockSize": 26}]
         }),
         Kind::Block => serde_json::json!({"pool": "p", "cidr": "198.18.0.0/26", "node": marker}),
         Kind::Claim => serde_json::json!({
-            "identity": {"kind": "key", "key": "k"}, "pool": marker, "addresses": [], "since": 1
+            "identity": {"kind": "key", "key": "k"}, "pool": marker, "addresses": [],
+            "since": "2024-06-15T07:00:00.123456Z"
         }),
         Kind::Binding => serde_json::json!({
-            "address": "198.18.0.1", "prefix_len": 24, "pool": "p", "node": marker,
-            "owner": {"network": "n", "container_id": "c", "ifname": "eth0"},
-            "kind": "fixed", "since": 1
+            "address": "198.18.0.1", "prefixLen": 24, "pool": "p", "node": marker,
+            "owner": {"network": "n", "containerID": "c", "ifname": "eth0"},
+            "kind": "fixed", "since": "2024-06-15T07:00:00.123456Z"
         }),
     };
     serde_json::to_vec(&v).unwrap_or_default()
@@ -64,6 +65,7 @@ pub async fn run_all<F: Fresh>(fresh: F) {
     concurrent_creates_have_one_winner(fresh().await).await;
     concurrent_compare_and_swap_loses_no_update(fresh().await).await;
     large_lists_are_complete(fresh().await).await;
+    bad_records_are_listed_apart(fresh().await).await;
 }
 
 fn is_conflict(e: &LedgerError) -> bool {
@@ -278,4 +280,31 @@ pub async fn large_lists_are_complete(l: Arc<dyn Ledger>) {
     for e in &listed {
         assert_eq!(marker(Kind::Binding, &e.value), e.name, "values intact");
     }
+}
+
+/// A record stored under a name its content does not carry (every backend, the Kubernetes one
+/// included, stores it: it is well-formed) is listed apart as bad, and the other records still
+/// come back: one bad record never fails a list.
+pub async fn bad_records_are_listed_apart(l: Arc<dyn Ledger>) {
+    let b = Kind::Binding;
+    // `record` makes a binding of 198.18.0.1: stored under its own name once, and once under
+    // another address's name.
+    l.create(b, "198.18.0.1", record(b, "good")).await.unwrap();
+    l.create(b, "198.18.0.2", record(b, "misnamed"))
+        .await
+        .unwrap();
+    let got = Records(l.as_ref())
+        .list::<berth_core::Binding>(b)
+        .await
+        .expect("a bad record must not fail the list");
+    let good: Vec<String> = got.records.iter().map(|s| s.value.name()).collect();
+    assert_eq!(good, ["198.18.0.1"]);
+    assert_eq!(got.bad.len(), 1, "{:?}", got.bad);
+    assert_eq!(got.bad[0].kind, b);
+    assert_eq!(got.bad[0].name, "198.18.0.2");
+    assert!(
+        got.bad[0].reason.contains("198.18.0.1"),
+        "the reason names what the content says: {}",
+        got.bad[0].reason
+    );
 }

@@ -355,4 +355,8 @@ impl Ledger for Embedded {
     fn describe(&self) -> String {
         format!("embedded:{}", self.path.display())
     }
+
+    fn backend(&self) -> crate::Backend {
+        crate::Backend::Embedded
+    }
 }

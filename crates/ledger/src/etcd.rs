@@ -3,13 +3,11 @@
 //! Keys are `<prefix><kind>/<name>` (prefix `/berth/` by default) and values are JSON, so an operator
 //! can read them with `etcdctl get --prefix /berth/`. A record's version is its `mod_revision`.
 
+use crate::etcd_tls::{self, TlsSetup};
 use crate::spec::TlsFiles;
 use crate::{Entry, Kind, Ledger, LedgerError, Result, Version};
 use async_trait::async_trait;
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use std::time::Duration;
 
 /// Default key prefix.
@@ -19,6 +17,12 @@ const PAGE: i64 = 500;
 /// How many times a request that never reached a server is re-sent (the client then picks
 /// another endpoint), so one dead member of a cluster does not fail a share of all requests.
 const UNSENT_RETRIES: usize = 6;
+/// The longest one etcd request may take, waiting for a connection included: an etcd that
+/// accepts TCP but never answers (stopped, overloaded, half-partitioned) makes the request
+/// fail as "unavailable" (CNI code 11) after this, instead of hanging its caller.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a TCP connect to one endpoint may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Whether an error proves the request never reached etcd (refused or failed connection), so
 /// re-sending it cannot apply a write twice.
@@ -32,21 +36,36 @@ fn never_sent(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// Run `op`, re-sending it while it fails without having reached a server.
-async fn resend<T, F, Fut>(mut op: F) -> std::result::Result<T, etcd_client::Error>
+/// Why one etcd request failed.
+enum CallError {
+    /// The client's error.
+    Etcd(etcd_client::Error),
+    /// No answer within [`REQUEST_TIMEOUT`].
+    Timeout,
+}
+
+/// Run `op`, re-sending it while it fails without having reached a server; the whole, re-sends
+/// included, is bounded by [`REQUEST_TIMEOUT`].
+async fn resend<T, F, Fut>(mut op: F) -> std::result::Result<T, CallError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
-    let mut tries = 0;
-    loop {
-        match op().await {
-            Err(e) if never_sent(&e) && tries < UNSENT_RETRIES => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(20 * tries as u64)).await;
+    let attempts = async {
+        let mut tries = 0;
+        loop {
+            match op().await {
+                Err(e) if never_sent(&e) && tries < UNSENT_RETRIES => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * tries as u64)).await;
+                }
+                other => return other,
             }
-            other => return other,
         }
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, attempts).await {
+        Ok(r) => r.map_err(CallError::Etcd),
+        Err(_) => Err(CallError::Timeout),
     }
 }
 
@@ -55,6 +74,7 @@ pub struct Etcd {
     client: Client,
     prefix: String,
     endpoints: Vec<String>,
+    tls: Option<TlsSetup>,
 }
 
 impl Etcd {
@@ -76,23 +96,29 @@ impl Etcd {
             ));
         }
         let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(Duration::from_secs(5))
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        if let Some(tls) = tls {
-            opts = opts.with_tls(tls_options(tls)?);
+        let tls = tls.map(etcd_tls::prepare).transpose()?;
+        if let Some(t) = &tls {
+            opts = opts.with_tls(t.options.clone());
         } else if let Some(e) = endpoints.iter().find(|e| e.starts_with("https://")) {
             return Err(LedgerError::Config(format!(
                 "etcd endpoint {e} uses https but no certificates are configured: set etcdCertFile, etcdKeyFile and etcdTrustedCAFileFile"
             )));
         }
-        let client = Client::connect(&endpoints, Some(opts))
-            .await
-            .map_err(|e| unavailable(&endpoints, e))?;
+        let connected =
+            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&endpoints, Some(opts))).await;
+        let client = match connected {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(fail(&endpoints, tls.as_ref(), CallError::Etcd(e)).await),
+            Err(_) => return Err(unavailable(&endpoints, CallError::Timeout)),
+        };
         Ok(Etcd {
             client,
             prefix: prefix.to_string(),
             endpoints,
+            tls,
         })
     }
 
@@ -111,8 +137,8 @@ impl Etcd {
         format!("{}{}/{}", self.prefix, kind.as_str(), name)
     }
 
-    fn err(&self, e: etcd_client::Error) -> LedgerError {
-        unavailable(&self.endpoints, e)
+    async fn err(&self, e: CallError) -> LedgerError {
+        fail(&self.endpoints, self.tls.as_ref(), e).await
     }
 
     async fn cas(&self, kind: Kind, name: &str, cmp: Compare, op: TxnOp) -> Result<Version> {
@@ -122,8 +148,11 @@ impl Etcd {
             let mut kv = self.client.kv_client();
             async move { kv.txn(txn).await }
         })
-        .await
-        .map_err(|e| self.err(e))?;
+        .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => return Err(self.err(e).await),
+        };
         if !resp.succeeded() {
             return Err(LedgerError::Conflict {
                 kind,
@@ -135,44 +164,48 @@ impl Etcd {
     }
 }
 
-fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| {
-        LedgerError::Config(format!(
-            "{what} {}: {e}; check the path and its permissions",
-            path.display()
-        ))
-    })
-}
-
-fn tls_options(tls: &TlsFiles) -> Result<TlsOptions> {
-    let mut o = TlsOptions::new();
-    if let Some(ca) = &tls.ca {
-        o = o.ca_certificate(Certificate::from_pem(read_file(
-            ca,
-            "etcdTrustedCAFileFile",
-        )?));
-    }
-    match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => {
-            o = o.identity(Identity::from_pem(
-                read_file(cert, "etcdCertFile")?,
-                read_file(key, "etcdKeyFile")?,
-            ));
-        }
-        (None, None) => {}
-        _ => {
-            return Err(LedgerError::Config(
-                "etcdCertFile and etcdKeyFile must be given together".into(),
-            ))
+/// The error of a failed request. On a TLS connection a failure the client cannot explain is
+/// followed by one diagnostic handshake, so a refused certificate is named (a configuration
+/// error, code 7) instead of passing for an unreachable etcd.
+async fn fail(endpoints: &[String], tls: Option<&TlsSetup>, e: CallError) -> LedgerError {
+    let (Some(tls), CallError::Etcd(err)) = (tls, &e) else {
+        return unavailable(endpoints, e);
+    };
+    let chain: Option<&(dyn std::error::Error + 'static)> = match err {
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::GRpcStatus(s) => Some(s),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    };
+    let mut found = etcd_tls::rustls_error(chain).map(|r| (r, endpoints.first().cloned()));
+    if found.is_none() {
+        for ep in endpoints {
+            if let Some(r) = etcd_tls::probe(ep, tls.config.clone()).await {
+                found = Some((r, Some(ep.clone())));
+                break;
+            }
         }
     }
-    Ok(o)
+    match found {
+        Some((r, ep)) => LedgerError::Config(etcd_tls::explain(
+            &r,
+            ep.as_deref().unwrap_or_default(),
+            &tls.files,
+        )),
+        None => unavailable(endpoints, e),
+    }
 }
 
-fn unavailable(endpoints: &[String], e: etcd_client::Error) -> LedgerError {
+fn unavailable(endpoints: &[String], e: CallError) -> LedgerError {
     LedgerError::Unavailable {
         backend: format!("etcd:{}", endpoints.join(",")),
-        reason: e.to_string(),
+        reason: match e {
+            CallError::Etcd(e) => e.to_string(),
+            CallError::Timeout => format!(
+                "no answer within {} s (a stopped, overloaded or partitioned etcd accepts connections but does not answer)",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        },
     }
 }
 
@@ -185,8 +218,11 @@ impl Ledger for Etcd {
             let key = key.clone();
             async move { kv.get(key, None).await }
         })
-        .await
-        .map_err(|e| self.err(e))?;
+        .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => return Err(self.err(e).await),
+        };
         Ok(resp.kvs().first().map(|kv| Entry {
             name: name.to_string(),
             value: kv.value().to_vec(),
@@ -213,8 +249,11 @@ impl Ledger for Etcd {
                 let from = from.clone();
                 async move { kv.get(from, Some(opts)).await }
             })
-            .await
-            .map_err(|e| self.err(e))?;
+            .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => return Err(self.err(e).await),
+            };
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or_default();
             }
@@ -286,5 +325,9 @@ impl Ledger for Etcd {
 
     fn describe(&self) -> String {
         format!("etcd:{}", self.endpoints.join(","))
+    }
+
+    fn backend(&self) -> crate::Backend {
+        crate::Backend::Etcd
     }
 }

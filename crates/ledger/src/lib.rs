@@ -7,11 +7,14 @@
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+mod etcd_tls;
 pub mod spec;
 mod typed;
 
 pub use spec::{open, LedgerSpec, TlsFiles};
-pub use typed::{Records, Stored};
+pub use typed::{
+    BadRecord, LedgerMetrics, Listing, Record, Records, Stored, BAD_RECORDS_METRIC, METRICS,
+};
 
 use async_trait::async_trait;
 use std::fmt;
@@ -44,6 +47,18 @@ impl Kind {
     }
 }
 
+impl std::str::FromStr for Kind {
+    type Err = LedgerError;
+
+    /// The singular name [`Kind`]'s `Display` writes (`pool`, `block`, `claim`, `binding`).
+    fn from_str(s: &str) -> Result<Self> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.to_string() == s)
+            .ok_or_else(|| LedgerError::Config(format!("{s:?} is not a ledger record kind")))
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -52,6 +67,36 @@ impl fmt::Display for Kind {
             Kind::Claim => "claim",
             Kind::Binding => "binding",
         })
+    }
+}
+
+/// Which kind of store a ledger is. A CNI configuration names the one it means (`ipam.ledger`),
+/// and the agent refuses requests meant for another: allocating from the wrong ledger would
+/// hand out addresses another ledger already gave away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Berth's embedded redb file, one node.
+    Embedded,
+    /// An etcd v3 cluster.
+    Etcd,
+    /// Berth's CRDs on a Kubernetes API server.
+    Kubernetes,
+}
+
+impl Backend {
+    /// The name used in configurations and flags: `embedded`, `etcd`, `kubernetes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Etcd => "etcd",
+            Backend::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -172,4 +217,6 @@ pub trait Ledger: Send + Sync {
     async fn delete(&self, kind: Kind, name: &str, expected: &Version) -> Result<()>;
     /// A one-line description for logs and errors (backend and location).
     fn describe(&self) -> String;
+    /// Which kind of store this is.
+    fn backend(&self) -> Backend;
 }

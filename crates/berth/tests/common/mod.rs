@@ -66,17 +66,32 @@ pub fn v4_pool(network: &str, socket: &Path, node: &str) -> Value {
     })
 }
 
-/// Add the ledger the plugin's direct path must use (when no agent answers) to a configuration.
+/// Name the ledger in a configuration (`ipam.ledger` and where it is), so the plugin's direct
+/// path uses it when no agent answers, and the agent checks it runs on that kind of ledger.
 pub fn with_store(mut conf: Value, ledger: &Ledger) -> Value {
     let ipam = conf["ipam"].as_object_mut().expect("ipam object");
     match ledger {
         Ledger::Embedded(dir) => {
+            ipam.insert("ledger".into(), json!("embedded"));
             ipam.insert("dataDir".into(), json!(dir.path()));
         }
         Ledger::Etcd(url) => {
+            ipam.insert("ledger".into(), json!("etcd"));
             ipam.insert("etcdConfig".into(), json!({ "etcdURL": url }));
         }
     }
+    conf
+}
+
+/// A configuration that names no ledger (so only the node's agent may serve it) but carries a
+/// `dataDir` in the test's temp dir: if the plugin ever allocated by itself it would write there,
+/// so the test can assert the directory stays empty.
+pub fn agent_only(mut conf: Value, fallback: &Ledger) -> Value {
+    let Ledger::Embedded(dir) = fallback else {
+        panic!("agent_only takes an embedded fallback directory")
+    };
+    let ipam = conf["ipam"].as_object_mut().expect("ipam object");
+    ipam.insert("dataDir".into(), json!(dir.path()));
     conf
 }
 
@@ -276,9 +291,9 @@ pub fn bindings_by_container(
             .as_str()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("binding without a parsable address: {b}"));
-        let cid = b["owner"]["container_id"]
+        let cid = b["owner"]["containerID"]
             .as_str()
-            .unwrap_or_else(|| panic!("binding without owner.container_id: {b}"))
+            .unwrap_or_else(|| panic!("binding without owner.containerID: {b}"))
             .to_string();
         let node = b["node"].as_str().unwrap_or_default().to_string();
         out.entry(cid).or_default().push((addr, node, b.clone()));
