@@ -24,7 +24,8 @@
 #
 # Environment:
 #   BERTH_FRESH_KEEP=1       keep the root's directory afterwards (for debugging)
-#   BERTH_FRESH_STEPS        steps to run (default "demo test-install"; "shell" opens a shell)
+#   BERTH_FRESH_STEPS        steps to run (default "demo test-install"; "ci" runs the whole
+#                            .ci/run in the root, to measure a cold CI run; "shell" opens a shell)
 #   BERTH_KUBE_CACHE         the host's Kubernetes cache (default ~/.cache/berth/kubernetes-1.20.2)
 set -euo pipefail
 
@@ -51,6 +52,8 @@ if [[ ${1:-} == --inside ]]; then
   shift 2
   toolchain_home=${RUSTUP_HOME:-$HOME/.rustup}
   cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
+  # The root must be a mount point of its own: `ip netns` and `ip -n` make `/` a slave mount.
+  mount --bind "$R" "$R"
   mount -t proc proc "$R/proc"
   mount -t sysfs sysfs "$R/sys"
   mount --rbind /dev "$R/dev"
@@ -79,7 +82,7 @@ if [[ ${1:-} == --inside ]]; then
     chroot "$R" /usr/bin/env -i "${envs[@]}" bash -c 'cd /src/berth && exec "$@"' bash "$@" >"$out" 2>&1 </dev/null || rc=$?
     if ((rc != 0)); then
       log "FAILED: step $name: '$*' exited $rc after $(($(date +%s) - t0))s in the fresh root; the end of its output:"
-      tail -n 120 "$out" >&2
+      grep -v -E '^ +(Compiling|Downloaded|Downloading|Checking) ' "$out" | tail -n 80 >&2
       exit "$rc"
     fi
     log "step $name passed in $(($(date +%s) - t0))s"
@@ -95,6 +98,9 @@ if [[ ${1:-} == --inside ]]; then
           run_step test-install cargo xtask test --install-only
         fi
         ;;
+      # The whole CI run on a machine that has never run it (cold apt, cargo and Kubernetes
+      # caches), to measure it; the nested fresh-machine check is skipped (it is this one).
+      ci) envs+=(BERTH_FRESH_CHECK=0) && run_step ci bash .ci/run ;;
       shell) chroot "$R" /usr/bin/env -i "${envs[@]}" bash -c 'cd /src/berth && exec bash -i' ;;
       *) log "unknown step $s"; exit 2 ;;
     esac

@@ -13,6 +13,8 @@ set -euo pipefail
 PKGS=(
   etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins keepalived
   iputils-arping iputils-ping tcpdump iproute2 iptables conntrack rsync protobuf-compiler libprotobuf-dev
+  # berth-netlink's tests send Neighbor Solicitations with ndisc6 to Berth's NDP responder.
+  ndisc6
   socat openssl jq
   # Kubernetes control plane for the tests, built from Debian's source by hack/kube-build.sh.
   golang-go make curl golang-github-modern-go-reflect2-dev
@@ -154,7 +156,7 @@ fi
 # Facts the build and the tests rely on, checked by file so a package that stops shipping one
 # (or is only recommended by another) fails here, named, instead of in a later build step.
 for f in /usr/bin/etcd /usr/bin/etcdctl /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/bin/protoc \
-  /usr/bin/ip /usr/bin/ping /usr/sbin/iptables /usr/bin/socat /usr/bin/mmdebstrap; do
+  /usr/bin/ip /usr/bin/ping /usr/sbin/iptables /usr/bin/socat /usr/bin/mmdebstrap /usr/bin/arping /usr/bin/ndisc6; do
   [[ -x $f ]] || { log "FAILED: $f is missing after the install"; exit 1; }
 done
 # etcd-client's build compiles etcd's .proto files, which import protobuf's well-known types.
