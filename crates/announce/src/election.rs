@@ -811,7 +811,12 @@ impl Election {
             }
             msgs.push((n.clone(), body));
         }
-        if now >= self.next_heartbeat || changed {
+        // A new incarnation first listens: until it has heard every peer (or for two
+        // heartbeat intervals) it sends nothing, so its first word already grants what the
+        // peers announce instead of telling them it grants nothing.
+        let listening = now < self.started + self.cfg.timing.heartbeat * 2
+            && self.peers.values().any(|p| p.last_rx.is_none());
+        if !listening && (now >= self.next_heartbeat || changed) {
             self.seq += 1;
             let seq = self.seq;
             self.sent.push_back((seq, now));
@@ -925,6 +930,7 @@ impl Election {
         let t = &self.cfg.timing;
         let mut times = vec![
             self.next_heartbeat,
+            self.started + t.heartbeat * 2,
             self.started + t.takeover,
             self.started + t.rejoin,
             self.listening_since + t.takeover,

@@ -10,10 +10,14 @@
 
 pub mod election;
 pub mod error;
+pub mod lease;
 pub mod message;
+pub mod metrics;
 pub mod rendezvous;
+pub mod runtime;
 pub mod time;
 pub mod timing;
+pub mod transport;
 
 pub use election::{Config, Election, Eligible, Event, Output, Reason, Status};
 pub use error::ConfigError;
