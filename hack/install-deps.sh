@@ -15,6 +15,9 @@ PKGS=(
   iputils-arping iputils-ping tcpdump iproute2 iptables conntrack rsync protobuf-compiler libprotobuf-dev
   # berth-netlink's tests send Neighbor Solicitations with ndisc6 to Berth's NDP responder.
   ndisc6
+  # The L2 tests and `cargo xtask bench l2` cut one node off the others on the test bridge
+  # with an nftables bridge-family filter (while the client still reaches it).
+  nftables
   socat openssl jq
   # Kubernetes control plane for the tests, built from Debian's source by hack/kube-build.sh.
   golang-go make curl golang-github-modern-go-reflect2-dev

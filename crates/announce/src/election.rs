@@ -474,24 +474,13 @@ impl Election {
         (now >= since + self.cfg.timing.takeover).then(|| w.min(h) + self.cfg.timing.fence)
     }
 
-    /// The result of a conflict probe for `addr`: the MAC that answered, or `None`.
+    /// The result of a conflict probe for `addr`: the MAC that answered, or `None`. Whether
+    /// it is a conflict (a MAC that is not a member's) is decided at each poll, with the
+    /// members' MACs known then, and reported only after the start-up quiet period (before
+    /// it, a member's answer may come before its first heartbeat names its MAC).
     pub fn on_probe(&mut self, addr: IpAddr, answer: Option<[u8; 6]>) {
-        let macs = self.peer_macs();
-        let Some(st) = self.addrs.get_mut(&addr) else {
-            return;
-        };
-        st.probe = Some(answer);
-        let foreign = answer.filter(|m| !macs.contains(m));
-        match (foreign, st.conflict_reported) {
-            (Some(m), r) if r != Some(m) => {
-                st.conflict_reported = Some(m);
-                self.events.push(Event::Conflict { addr, mac: m });
-            }
-            (None, Some(_)) => {
-                st.conflict_reported = None;
-                self.events.push(Event::ConflictCleared { addr });
-            }
-            _ => {}
+        if let Some(st) = self.addrs.get_mut(&addr) {
+            st.probe = Some(answer);
         }
     }
 
@@ -741,8 +730,24 @@ impl Election {
             }
         }
 
-        // Grants.
+        // Conflicts: a probe answered by a MAC that is no member's.
         let addrs: Vec<IpAddr> = self.addrs.keys().copied().collect();
+        if !self.quiet(now) {
+            let macs = self.peer_macs();
+            for a in &addrs {
+                let st = self.addrs.get_mut(a).expect("listed");
+                let foreign = st.probe.flatten().filter(|m| !macs.contains(m));
+                if foreign != st.conflict_reported {
+                    st.conflict_reported = foreign;
+                    self.events.push(match foreign {
+                        Some(mac) => Event::Conflict { addr: *a, mac },
+                        None => Event::ConflictCleared { addr: *a },
+                    });
+                }
+            }
+        }
+
+        // Grants.
         for a in &addrs {
             let st = &self.addrs[a];
             let target = self.target(*a, st, now);

@@ -10,11 +10,13 @@
 
 pub mod election;
 pub mod error;
+pub mod http;
 pub mod lease;
 pub mod message;
 pub mod metrics;
 pub mod rendezvous;
 pub mod runtime;
+pub mod standalone;
 pub mod time;
 pub mod timing;
 pub mod transport;

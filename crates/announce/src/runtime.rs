@@ -269,7 +269,7 @@ impl Announcer {
 
     /// Graceful shutdown: withdraws everything at once, tells the peers (so a successor takes
     /// over without waiting out T_takeover), removes what it put in the kernel, and stops.
-    pub async fn leave(self) {
+    pub async fn leave(&self) {
         let (tx, rx) = oneshot::channel();
         if self.ctl.send(Ctl::Leave(tx)).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(3), rx).await;

@@ -6,6 +6,7 @@ mod controller;
 mod inspect;
 mod lab;
 mod ledger_args;
+mod vip;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +44,9 @@ enum Command {
     Lab(lab::LabCommand),
     /// Run a BGP speaker from a TOML file (see crates/bgp/README.md).
     Bgp(bgp::BgpArgs),
+    /// Announce VIPs on the LAN with fenced failover, without Kubernetes (`berth vip --config
+    /// FILE`), or show a running one's status (`berth vip status`).
+    Vip(vip::VipArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Bgp(args) => return bgp::run(args),
+        Command::Vip(args) => return vip::run(args),
         other => other,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -75,7 +80,7 @@ fn main() -> anyhow::Result<()> {
             Command::Blocks(a) => inspect::blocks(a).await,
             Command::Bindings(a) => inspect::bindings(a).await,
             Command::Audit(a) => inspect::audit(a).await,
-            Command::Lab(_) | Command::Crds | Command::Bgp(_) => {
+            Command::Lab(_) | Command::Crds | Command::Bgp(_) | Command::Vip(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

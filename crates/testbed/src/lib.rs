@@ -63,6 +63,7 @@ mod check;
 mod cni;
 mod etcd;
 mod kube;
+mod l2;
 mod net;
 mod process;
 mod tls;
@@ -76,6 +77,10 @@ pub use etcd::{Etcd, EtcdBuilder, EtcdCluster};
 pub use kube::{
     kube_bin_dir, require_kube_binaries, ApiResponse, KubeBuilder, KubeControlPlane, KubeTimings,
     KUBE_CONTROLLERS, KUBE_SERVICE_CIDR, KUBE_VERSION,
+};
+pub use l2::{
+    epoch, in_netns, loadavg, Announcer, ArpAnswer, ArpWatch, CpuHog, Outage, Reply, UdpEcho,
+    UdpProber, VipLab, ECHO_PORT, LAB_METRICS_PORT, LAB_VIP, LAB_VIP6,
 };
 pub use net::{pod_netns, Fabric, Netns, FABRIC_BRIDGE};
 pub use process::Daemon;
