@@ -7,11 +7,14 @@
 //! - `cargo xtask bench ipam`: the IPAM benchmark, side by side with Debian's host-local.
 //! - `cargo xtask bench kube`: 1000 pods over 10 simulated nodes through a real kube-apiserver
 //!   and agents, Kubernetes ledger vs etcd ledger (`docs/bench-kube.md`).
+//! - `cargo xtask bench l2`: L2 failover of `berth vip` side by side with keepalived (outage per
+//!   failure kind, partition, CPU hog).
 //! - `cargo xtask kube build`: build and cache kube-apiserver and kube-controller-manager v1.20.2
 //!   from Debian's source package (`hack/kube-build.sh`; ~8 minutes once, then cached).
 
 mod bench;
 mod bench_kube;
+mod bench_l2;
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -254,8 +257,11 @@ fn main() -> anyhow::Result<()> {
         Some("bench") if args.get(1).map(String::as_str) == Some("kube") => {
             bench_kube::run(&args[2..])
         }
+        Some("bench") if args.get(1).map(String::as_str) == Some("l2") => {
+            bench_l2::run(&args[2..])
+        }
         Some("bench") => bench::run(&args[1..]),
         Some("kube") if args.get(1).map(String::as_str) == Some("build") => kube_build(),
-        _ => bail!("usage: cargo xtask test [--install-only [--kube-build]] | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | kube build"),
+        _ => bail!("usage: cargo xtask test [--install-only [--kube-build]] | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | bench l2 [--trials N] [--partition] [--hog MIN] | kube build"),
     }
 }

@@ -290,6 +290,9 @@ pub struct Election {
     last_sent: BTreeMap<String, Body>,
     events: Vec<Event>,
     ignored_reported: BTreeSet<String>,
+    /// Peers whose heartbeat came in while this node grants them something: they get an
+    /// answer at once, so their lease is renewed from a fresh echo.
+    reply_to: BTreeSet<String>,
 }
 
 /// The hash of a member set that every heartbeat carries.
@@ -379,6 +382,7 @@ impl Election {
             last_sent: BTreeMap::new(),
             events: Vec::new(),
             ignored_reported: BTreeSet::new(),
+            reply_to: BTreeSet::new(),
             cfg,
         })
     }
@@ -456,11 +460,19 @@ impl Election {
 
     /// A witness probe sent at `sent` was answered by a host that is not a member.
     ///
-    /// A witness that answers again after a gap (a healed partition) counts only after it has
-    /// answered for T_takeover: until then this node may simply not have heard its peer yet.
+    /// A witness that answers again after a gap longer than `T_takeover − T_fence` (a healed
+    /// or reshaped partition) counts only after it has answered for T_takeover again: until
+    /// then this node may simply not have heard its peer yet, and a witness that was on the
+    /// other side for that long may have given the peer a vote that is still running. (A visit
+    /// no longer than the gap cannot give a node a usable vote: it would end before the node's
+    /// own wait does.)
     pub fn on_witness(&mut self, sent: Stamp) {
-        let fence = self.cfg.timing.fence;
-        if self.witness_ok.is_none_or(|w| sent > w + fence) {
+        let gap = self
+            .cfg
+            .timing
+            .takeover
+            .saturating_sub(self.cfg.timing.fence);
+        if self.witness_ok.is_none_or(|w| sent > w + gap) {
             self.witness_since = Some(sent);
         }
         if self.witness_ok.is_none_or(|w| sent > w) {
@@ -476,8 +488,8 @@ impl Election {
 
     /// The result of a conflict probe for `addr`: the MAC that answered, or `None`. Whether
     /// it is a conflict (a MAC that is not a member's) is decided at each poll, with the
-    /// members' MACs known then, and reported only after the start-up quiet period (before
-    /// it, a member's answer may come before its first heartbeat names its MAC).
+    /// members' MACs known then, and reported only once every peer has named its MAC (or
+    /// after `rejoin`): a member's answer may come before its first heartbeat.
     pub fn on_probe(&mut self, addr: IpAddr, answer: Option<[u8; 6]>) {
         if let Some(st) = self.addrs.get_mut(&addr) {
             st.probe = Some(answer);
@@ -554,6 +566,15 @@ impl Election {
         p.link_up = hb.link_up;
         p.mac = hb.mac;
         p.sees_me_stable = hb.you_stable;
+        let from = hb.from;
+        if !hb.is_reply
+            && self
+                .addrs
+                .values()
+                .any(|s| s.grant == Grant::To(from.clone()))
+        {
+            self.reply_to.insert(from);
+        }
     }
 
     fn alive(&self, p: &PeerState, now: Stamp) -> bool {
@@ -732,7 +753,10 @@ impl Election {
 
         // Conflicts: a probe answered by a MAC that is no member's.
         let addrs: Vec<IpAddr> = self.addrs.keys().copied().collect();
-        if !self.quiet(now) {
+        // Judged once every peer has told its MAC (or after `rejoin`): a peer's answer may
+        // come before its first heartbeat.
+        let macs_known = self.peers.values().all(|p| p.mac.is_some());
+        if macs_known || now >= self.started + self.cfg.timing.rejoin {
             let macs = self.peer_macs();
             for a in &addrs {
                 let st = self.addrs.get_mut(a).expect("listed");
@@ -821,7 +845,9 @@ impl Election {
         // peers announce instead of telling them it grants nothing.
         let listening = now < self.started + self.cfg.timing.heartbeat * 2
             && self.peers.values().any(|p| p.last_rx.is_none());
-        if !listening && (now >= self.next_heartbeat || changed) {
+        let periodic = now >= self.next_heartbeat || changed;
+        let replies = std::mem::take(&mut self.reply_to);
+        if !listening && (periodic || !replies.is_empty()) {
             self.seq += 1;
             let seq = self.seq;
             self.sent.push_back((seq, now));
@@ -830,14 +856,20 @@ impl Election {
                 self.sent.pop_front();
             }
             self.last_heartbeat = Some(now);
-            self.next_heartbeat = now + self.cfg.timing.heartbeat;
+            if periodic {
+                self.next_heartbeat = now + self.cfg.timing.heartbeat;
+            }
             for (n, body) in msgs {
+                if !periodic && !replies.contains(&n) {
+                    continue;
+                }
                 for y in &body.1 {
                     if let Some(st) = self.addrs.get_mut(y) {
                         st.floor = st.floor.max(seq);
                     }
                 }
-                let hb = self.heartbeat(&n, seq, &body, now);
+                let mut hb = self.heartbeat(&n, seq, &body, now);
+                hb.is_reply = !periodic;
                 self.last_sent.insert(n.clone(), body);
                 out.messages.push((n, hb));
             }
@@ -927,6 +959,7 @@ impl Election {
             held,
             yields: body.1.clone(),
             you_stable: self.stable(p, now),
+            is_reply: false,
         }
     }
 

@@ -17,6 +17,7 @@ const F_LEAVING: u8 = 2;
 const F_MAC: u8 = 4;
 const F_ECHO: u8 = 8;
 const F_STABLE: u8 = 16;
+const F_REPLY: u8 = 32;
 
 /// The largest heartbeat received, bytes (one UDP datagram). Why: the receive buffer size.
 pub const MAX_LEN: usize = 65_507;
@@ -57,6 +58,9 @@ pub struct Heartbeat {
     /// The sender has heard the recipient without a break for `rejoin` (so a node that came
     /// back counts itself new exactly when its peers do).
     pub you_stable: bool,
+    /// This heartbeat answers one of the recipient's (to renew its lease from a fresh echo);
+    /// it is never answered itself.
+    pub is_reply: bool,
     /// Addresses granted to the recipient.
     pub grants: Vec<IpAddr>,
     /// Addresses the sender announces, with milliseconds since it started.
@@ -103,6 +107,9 @@ impl Heartbeat {
         if self.you_stable {
             flags |= F_STABLE;
         }
+        if self.is_reply {
+            flags |= F_REPLY;
+        }
         b.push(flags);
         let name = truncate_name(&self.from);
         b.push(name.len() as u8);
@@ -142,7 +149,7 @@ impl Heartbeat {
         let incarnation = r.u64()?;
         let seq = r.u64()?;
         let flags = r.u8()?;
-        if flags & !(F_LINK_UP | F_LEAVING | F_MAC | F_ECHO | F_STABLE) != 0 {
+        if flags & !(F_LINK_UP | F_LEAVING | F_MAC | F_ECHO | F_STABLE | F_REPLY) != 0 {
             return Err(DecodeError::Malformed("unknown flags"));
         }
         let len = r.u8()? as usize;
@@ -189,6 +196,7 @@ impl Heartbeat {
             mac,
             echo,
             you_stable: flags & F_STABLE != 0,
+            is_reply: flags & F_REPLY != 0,
             grants,
             held,
             yields,
@@ -290,6 +298,7 @@ mod tests {
                 any::<bool>(),
                 proptest::option::of(any::<[u8; 6]>()),
                 any::<bool>(),
+                any::<bool>(),
             ),
             proptest::option::of((any::<u64>(), any::<u64>())),
             proptest::collection::vec(arb_addr(), 0..20),
@@ -299,7 +308,7 @@ mod tests {
             .prop_map(
                 |(
                     (cluster, from, incarnation, seq),
-                    (link_up, leaving, mac, you_stable),
+                    (link_up, leaving, mac, you_stable, is_reply),
                     echo,
                     grants,
                     held,
@@ -314,6 +323,7 @@ mod tests {
                     mac,
                     echo,
                     you_stable,
+                    is_reply,
                     grants,
                     held,
                     yields,
@@ -355,6 +365,11 @@ mod tests {
         );
         let mut b = Heartbeat::default().encode();
         b[28] = 0x80;
+        assert_eq!(
+            Heartbeat::decode(&b),
+            Err(DecodeError::Malformed("unknown flags"))
+        );
+        b[28] = 0x40;
         assert_eq!(
             Heartbeat::decode(&b),
             Err(DecodeError::Malformed("unknown flags"))

@@ -207,7 +207,7 @@ impl Announcer {
                 kernel.clone(),
                 dev.clone(),
                 w,
-                election.timing().heartbeat,
+                election.timing().witness_interval(),
                 clock.clone(),
                 macs_rx,
                 witness_tx,
@@ -596,7 +596,9 @@ async fn realize<K: Kernel>(
                                 Ok(()) => {
                                     m.garps_sent.inc();
                                 }
-                                Err(e) if matches!(e.kind, ErrorKind::Gated) => break,
+                                // Withheld by the gate: the lease lapsed for a moment (it is
+                                // withdrawn, and this task aborted, if it does not come back).
+                                Err(e) if matches!(e.kind, ErrorKind::Gated) => {}
                                 Err(e) => {
                                     m.kernel_errors.inc();
                                     tracing::warn!(error = %e, "announcing {a}");

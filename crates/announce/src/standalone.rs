@@ -43,6 +43,7 @@ struct File {
     probe: Option<bool>,
     probe_wait: Option<String>,
     hold: Option<String>,
+    realtime: Option<bool>,
     #[serde(default)]
     peer: Vec<PeerFile>,
     #[serde(default)]
@@ -87,6 +88,8 @@ pub struct VipConfig {
     pub probe_wait: Duration,
     /// Where VIPs are held.
     pub hold: Hold,
+    /// Run with real-time scheduling (SCHED_RR), as corosync does.
+    pub realtime: bool,
     /// Peers: name → heartbeat address.
     pub peers: BTreeMap<String, SocketAddr>,
     /// The VIPs (with the prefix length written, which is informational).
@@ -319,6 +322,7 @@ impl VipConfig {
             probe: f.probe.unwrap_or(true),
             probe_wait,
             hold,
+            realtime: f.realtime.unwrap_or(true),
             peers,
             vips,
         })
@@ -350,6 +354,43 @@ pub fn incarnation() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Real-time priority `berth vip` asks for (SCHED_RR, 1–99).
+pub const RT_PRIORITY: i32 = 10;
+
+/// Makes the calling thread (and every thread it starts later) SCHED_RR at [`RT_PRIORITY`],
+/// with `RLIMIT_RTTIME` set so that a thread that ran 0.5 s without blocking gets SIGXCPU
+/// (and is killed at 1 s): a bug can never starve the machine.
+///
+/// Why: heartbeats and the takeover timer must run on time on a saturated machine; a CPU hog
+/// at normal priority then delays them by microseconds, not by its time slices (corosync runs
+/// real-time for the same reason). Call it before the runtime's threads are created. Returns
+/// a warning to log when the kernel refuses (no CAP_SYS_NICE): `berth vip` then runs at
+/// normal priority.
+pub fn raise_priority() -> Result<(), String> {
+    let lim = libc::rlimit {
+        rlim_cur: 500_000,
+        rlim_max: 1_000_000,
+    };
+    // SAFETY: setrlimit with a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_RTTIME, &lim) } != 0 {
+        return Err(format!(
+            "not running real-time: RLIMIT_RTTIME: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let param = libc::sched_param {
+        sched_priority: RT_PRIORITY,
+    };
+    // SAFETY: sched_setscheduler on the calling thread with a valid sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) } != 0 {
+        return Err(format!(
+            "not running real-time (SCHED_RR {RT_PRIORITY}): {}; heartbeats may be late on a              saturated machine (grant CAP_SYS_NICE, or set realtime = false to silence this)",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// Sets `arp_ignore=1` and `arp_announce=2` on `dev`.
@@ -660,7 +701,7 @@ address = "198.18.0.200/24"
         assert_eq!(c.peers["n2"], "198.18.0.12:7475".parse().unwrap());
         assert_eq!(c.vips[0].to_string(), "198.18.0.200/24");
         assert_eq!(c.hold, Hold::On("lo".into()));
-        assert!(c.probe);
+        assert!(c.probe && c.realtime);
         assert_eq!(c.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
     }
 

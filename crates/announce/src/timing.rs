@@ -133,6 +133,14 @@ impl Timing {
             .max(base + Duration::from_nanos(1))
     }
 
+    /// How often the witness is probed: a third of `takeover − fence` (the longest gap in its
+    /// answers that keeps its vote), at most once per heartbeat, at least every millisecond.
+    pub fn witness_interval(&self) -> Duration {
+        (self.takeover.saturating_sub(self.fence) / 3)
+            .min(self.heartbeat)
+            .max(Duration::from_millis(1))
+    }
+
     /// Real time, at most, between the sending of the last heartbeat a majority echoed and the
     /// moment a cut-off announcer stops answering: `fence / (1 − ρ)`.
     pub fn fence_real_max(&self) -> Duration {

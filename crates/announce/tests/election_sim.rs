@@ -30,7 +30,7 @@ fn tuned() -> Timing {
     Timing {
         heartbeat: Duration::from_millis(10),
         fence: Duration::from_millis(20),
-        takeover: Duration::from_millis(35),
+        takeover: Duration::from_millis(31),
         rejoin: Duration::from_millis(500),
     }
 }

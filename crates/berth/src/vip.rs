@@ -74,6 +74,12 @@ pub fn run(args: VipArgs) -> anyhow::Result<()> {
             if let Some(a) = args.metrics_addr {
                 cfg.metrics = Some(a);
             }
+            // Before the runtime: its threads inherit the scheduling policy.
+            if cfg.realtime {
+                if let Err(w) = standalone::raise_priority() {
+                    tracing::warn!("{w}");
+                }
+            }
             runtime()?.block_on(standalone::run(cfg))?;
             Ok(())
         }

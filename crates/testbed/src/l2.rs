@@ -58,6 +58,7 @@ pub fn in_netns<T: Send + 'static>(
 /// Why: the client learns not only that the VIP answered but *which node* did.
 pub struct UdpEcho {
     stop: Arc<AtomicBool>,
+    mute: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -73,12 +74,17 @@ impl UdpEcho {
         let sock = in_netns(ns, move || UdpSocket::bind(bind))??;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let mute = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
+        let m2 = mute.clone();
         let tag = tag.as_bytes().to_vec();
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while !s2.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    if m2.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     let mut out = buf[..n.min(16)].to_vec();
                     out.extend_from_slice(&tag);
                     let _ = sock.send_to(&out, from);
@@ -87,8 +93,15 @@ impl UdpEcho {
         });
         Ok(UdpEcho {
             stop,
+            mute,
             thread: Some(thread),
         })
+    }
+
+    /// Stops (or resumes) answering at once. Why: a node's service dies with the node, at the
+    /// same instant as its announcer, while `ip addr del` takes milliseconds.
+    pub fn mute(&self, on: bool) {
+        self.mute.store(on, Ordering::Relaxed);
     }
 }
 
@@ -336,6 +349,19 @@ impl ArpWatch {
             .collect()
     }
 
+    /// Waits until `mac` has answered (up to `limit`). Why: the capture must be running
+    /// before a failure is injected.
+    pub fn wait_answer(&self, mac: &str, limit: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if self.answers().iter().any(|a| a.mac == mac) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("no ARP answer from {mac} for {} within {limit:?}", self.ip)
+    }
+
     /// The distinct MACs that answered within [`from`, `to`] (epoch seconds).
     pub fn macs_between(&self, from: f64, to: f64) -> BTreeSet<String> {
         self.answers()
@@ -471,6 +497,42 @@ impl CpuHog {
     pub fn pids(&self) -> Vec<u32> {
         self.procs.iter().map(|p| p.pid()).collect()
     }
+}
+
+/// Every process below `pid` (children, their children…), from `/proc/*/stat`.
+///
+/// Why: daemons such as keepalived fork workers into process groups of their own; a failure
+/// test must reach them, and only them.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // The command may contain spaces and parentheses: the fields follow the last ')'.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|x| x.parse().ok()) {
+                parent_of.push((p, ppid));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(x) = frontier.pop() {
+        for (c, pp) in &parent_of {
+            if *pp == x && !out.contains(c) {
+                out.push(*c);
+                frontier.push(*c);
+            }
+        }
+    }
+    out
 }
 
 /// The 1-minute load average (`/proc/loadavg`).
@@ -656,6 +718,11 @@ impl VipLab {
                 vrrp_version,
                 advert_int,
             } => {
+                // A killed keepalived leaves its pid files, and its killed VRRP child may not be
+                // reaped yet: keepalived would then refuse to start ("already running").
+                for f in ["ka.pid", "ka-vrrp.pid"] {
+                    let _ = std::fs::remove_file(self.path(&format!("n{}.{f}", i + 1)));
+                }
                 let conf = self.path(&format!("n{}.keepalived.conf", i + 1));
                 std::fs::write(&conf, self.keepalived_config(i, *vrrp_version, *advert_int))?;
                 let mut cmd = self.nodes[i].command(crate::util::tool("keepalived"));
@@ -685,9 +752,16 @@ impl VipLab {
         std::fs::read_to_string(self.path(&format!("n{}.log", i + 1))).unwrap_or_default()
     }
 
-    /// SIGKILLs the announcer on node `i` (nothing is cleaned up).
+    /// SIGKILLs the announcer on node `i` and every process it started (keepalived's VRRP
+    /// child first, so it cannot say goodbye: it would send a priority-0 advertisement when its
+    /// parent dies), nothing cleaned up.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut d) = self.daemons[i].take() {
+            let kids = descendants(d.pid());
+            for pid in kids {
+                // SAFETY: kill(2) on a descendant of our own recorded, unreaped child.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
             d.kill();
         }
     }
@@ -699,16 +773,43 @@ impl VipLab {
         }
     }
 
-    /// SIGSTOPs (`true`) or SIGCONTs the announcer on node `i`.
+    /// SIGSTOPs (`true`) or SIGCONTs the announcer on node `i` and every process it started
+    /// (keepalived's VRRP child is the one that advertises).
     pub fn freeze(&mut self, i: usize, stop: bool) -> Result<()> {
         let d = self.daemons[i]
             .as_mut()
             .ok_or_else(|| anyhow!("no announcer on n{}", i + 1))?;
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        let kids = descendants(d.pid());
         if stop {
-            d.pause()
+            for pid in &kids {
+                // SAFETY: kill(2) on a descendant of our own recorded, unreaped child.
+                unsafe { libc::kill(*pid as libc::pid_t, sig) };
+            }
+            d.signal(sig)
         } else {
-            d.resume()
+            d.signal(sig)?;
+            for pid in &kids {
+                // SAFETY: as above.
+                unsafe { libc::kill(*pid as libc::pid_t, sig) };
+            }
+            Ok(())
         }
+    }
+
+    /// Node `i`'s service (its UDP echo) stops answering at once (`true`) or answers again.
+    pub fn mute(&self, i: usize, on: bool) {
+        self.echoes[i].mute(on);
+    }
+
+    /// Node `i` crashes: its service stops answering and its announcer (with every process it
+    /// started) is SIGKILLed at the same instant, then its address is removed (failure (a)).
+    /// The service is muted first: the kill is sent at once, but waiting for a killed process
+    /// to be gone takes milliseconds, during which the node must not go on serving.
+    pub fn crash(&mut self, i: usize) {
+        self.mute(i, true);
+        self.kill(i);
+        self.remove_vip(i);
     }
 
     /// Removes the VIP wherever node `i` holds it (lo for Berth, eth0 for keepalived).
@@ -769,6 +870,47 @@ impl VipLab {
             .ok_or_else(|| anyhow!("no node answered the VIP within {limit:?}"))?;
         self.index(&r.tag)
             .ok_or_else(|| anyhow!("reply from unknown tag {}", r.tag))
+    }
+
+    /// Waits until the client's probes have been answered by one node without a gap over
+    /// 50 ms for `quiet` (at most 30 s), and returns that node's index.
+    ///
+    /// Why: right after start the address may still move once (nodes become stable for each
+    /// other at slightly different times); failures are injected on a settled cluster.
+    pub fn wait_settled(&self, p: &UdpProber, quiet: Duration) -> Result<usize> {
+        let t0 = Instant::now();
+        loop {
+            let now = epoch();
+            let q = quiet.as_secs_f64();
+            let r = p.replies();
+            let recent: Vec<&Reply> = r
+                .iter()
+                .rev()
+                .take_while(|x| x.received > now - q - 0.1)
+                .collect();
+            let steady = !recent.is_empty()
+                && recent[0].received > now - 0.05
+                && recent.last().is_some_and(|l| l.received < now - q)
+                && recent
+                    .windows(2)
+                    .all(|w| w[0].received - w[1].received < 0.05)
+                && recent.iter().all(|x| x.tag == recent[0].tag);
+            if steady {
+                return self
+                    .index(&recent[0].tag)
+                    .ok_or_else(|| anyhow!("reply from unknown tag {}", recent[0].tag));
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "the VIP did not settle within 30 s\n{}",
+                    (0..self.nodes.len())
+                        .map(|i| format!("--- n{} ---\n{}", i + 1, self.log(i)))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `berth vip status --json` of node `i`, parsed.

@@ -315,7 +315,7 @@ impl Sim {
                 if gen != self.nodes[node].gen {
                     return;
                 }
-                let h = self.timing.heartbeat.as_nanos() as u64;
+                let h = self.timing.witness_interval().as_nanos() as u64;
                 let next = self.t + h;
                 self.push(next, Ev::WitnessProbe { node, gen });
                 if self.reaches_witness(node) {
