@@ -15,6 +15,9 @@ PKGS=(
   iputils-arping iputils-ping tcpdump iproute2 iptables conntrack rsync protobuf-compiler libprotobuf-dev
   # berth-netlink's tests send Neighbor Solicitations with ndisc6 to Berth's NDP responder.
   ndisc6
+  # The L2 tests and `cargo xtask bench l2` cut one node off the others on the test bridge
+  # with an nftables bridge-family filter (while the client still reaches it).
+  nftables
   socat openssl jq
   # Real nodes (crates/lab, `berth lab up`): containerd 1.6 + runc run the pods the kubelet asks for.
   containerd runc

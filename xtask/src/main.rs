@@ -9,12 +9,15 @@
 //!   and agents, Kubernetes ledger vs etcd ledger (`docs/bench-kube.md`).
 //! - `cargo xtask bench nodes`: the lab of real nodes: bring-up time, RSS per node and component,
 //!   30 pods create → Running with berth-ipam vs host-local.
+//! - `cargo xtask bench l2`: L2 failover of `berth vip` side by side with keepalived (outage per
+//!   failure kind, partition, CPU hog).
 //! - `cargo xtask release`: build the static release binaries and print their directory.
 //! - `cargo xtask kube build`: build and cache kube-apiserver and kube-controller-manager v1.20.2
 //!   from Debian's source package (`hack/kube-build.sh`; ~8 minutes once, then cached).
 
 mod bench;
 mod bench_kube;
+mod bench_l2;
 mod bench_nodes;
 
 use anyhow::{bail, Context};
@@ -109,12 +112,15 @@ fn main() -> anyhow::Result<()> {
             kube_build()?;
             bench_nodes::run(&args[2..])
         }
+        Some("bench") if args.get(1).map(String::as_str) == Some("l2") => {
+            bench_l2::run(&args[2..])
+        }
         Some("bench") => bench::run(&args[1..]),
         Some("kube") if args.get(1).map(String::as_str) == Some("build") => kube_build(),
         Some("release") => {
             println!("{}", release_bins()?.display());
             Ok(())
         }
-        _ => bail!("usage: cargo xtask test [--install-only [--kube-build]] | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | bench nodes | kube build | release"),
+        _ => bail!("usage: cargo xtask test [--install-only [--kube-build]] | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | bench nodes | bench l2 [--trials N] [--partition] [--hog MIN] | kube build | release"),
     }
 }

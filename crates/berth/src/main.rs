@@ -9,6 +9,7 @@ mod lab;
 mod ledger_args;
 mod routes;
 mod shutdown;
+mod vip;
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +52,9 @@ enum Command {
     /// Install berth-ipam and a network configuration on this node (the DaemonSet's init
     /// container): check the conflist, copy the plugin, write both atomically.
     InstallCni(install_cni::InstallCniArgs),
+    /// Announce VIPs on the LAN with fenced failover, without Kubernetes (`berth vip --config
+    /// FILE`), or show a running one's status (`berth vip status`).
+    Vip(vip::VipArgs),
 }
 
 /// Arguments of `berth bgp`.
@@ -85,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bgp(args) => return Ok(bgp::run(args.config)?),
         Command::InstallCni(args) => return install_cni::run(args),
+        Command::Vip(args) => return vip::run(args),
         other => other,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -99,7 +104,11 @@ fn main() -> anyhow::Result<()> {
             Command::Bindings(a) => inspect::bindings(a).await,
             Command::Audit(a) => inspect::audit(a).await,
             Command::Routes(a) => routes::routes(a).await,
-            Command::Lab(_) | Command::Crds | Command::Bgp(_) | Command::InstallCni(_) => {
+            Command::Lab(_)
+            | Command::Crds
+            | Command::Bgp(_)
+            | Command::InstallCni(_)
+            | Command::Vip(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

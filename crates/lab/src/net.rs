@@ -416,3 +416,57 @@ impl Fabric {
         self.ns.set_link(port, up)
     }
 }
+
+impl Fabric {
+    /// Drops every frame between the ports in `a` and the ports in `b` on the bridge (both
+    /// ways), with an nftables bridge-family table; others pass. Replaces an earlier cut.
+    ///
+    /// Why: a partition in which the cut-off node still reaches the client (on another port),
+    /// which a link down cannot produce.
+    pub fn cut(&self, a: &[&str], b: &[&str]) -> Result<()> {
+        let set = |ps: &[&str]| {
+            ps.iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let rules = format!(
+            "table bridge berth_cut {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  iifname {{ {a} }} oifname {{ {b} }} drop\n  iifname {{ {b} }} oifname {{ {a} }} drop\n }}\n}}\n",
+            a = set(a),
+            b = set(b)
+        );
+        let _ = self.uncut();
+        let mut cmd = self.netns().command(crate::util::tool("nft"));
+        cmd.args(["-f", "-"]);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().context("running nft (install nftables)")?;
+        if let Some(mut i) = child.stdin.take() {
+            use std::io::Write;
+            i.write_all(rules.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("nft -f: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Removes the cut.
+    pub fn uncut(&self) -> Result<()> {
+        self.netns()
+            .exec("nft", ["delete", "table", "bridge", "berth_cut"])
+            .map(|_| ())
+    }
+
+    /// Creates a node namespace attached as `eth0` and returns it with its bridge port.
+    ///
+    /// Why: failover tests pull a node's port (link down) or cut it off by port.
+    pub fn node_with_port(&self, label: &str, addrs: &[&str]) -> Result<(Netns, String)> {
+        let ns = Netns::new(label)?;
+        ns.lo_up()?;
+        let port = self.attach(&ns, "eth0", addrs)?;
+        Ok((ns, port))
+    }
+}

@@ -87,6 +87,10 @@ pub enum ErrorKind {
     /// A caller's argument that cannot be right (e.g. an IPv6 gateway for an IPv4 route).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The installed [`crate::Gate`] refused the frame: this node's right to announce the
+    /// address has ended.
+    #[error("not sent: the announcer's lease on the address has ended (gate closed)")]
+    Gated,
     /// A packet probe or answer that did not come in time.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),

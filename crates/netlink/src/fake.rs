@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::netns::Netns;
-use crate::traits::{Addresses, ArpNdp, LinkWatch, Links, Neighbours, Routes, Rules};
+use crate::traits::{Addresses, ArpNdp, Gate, LinkWatch, Links, Neighbours, Routes, Rules};
 use crate::types::{
     AddrOptions, Address, Family, GarpForm, Link, LinkEvent, Mac, MacvlanMode, NeighState,
     Neighbour, OperState, ProxyEntry, Route, Rule, BERTH_PROTOCOL,
@@ -156,6 +156,9 @@ pub enum Call {
     Answered {
         dev: String,
     },
+    SetGate {
+        installed: bool,
+    },
 }
 
 impl Call {
@@ -196,6 +199,7 @@ impl Call {
             Call::Probe { .. } => "probe",
             Call::Answer { .. } => "answer",
             Call::Answered { .. } => "answered",
+            Call::SetGate { .. } => "set_gate",
         }
     }
 }
@@ -227,6 +231,7 @@ struct Inner {
     failures: VecDeque<(&'static str, ErrorKind)>,
     watchers: Vec<mpsc::Sender<LinkEvent>>,
     calls: Vec<(Instant, Call)>,
+    gate: Option<Arc<dyn Gate>>,
 }
 
 impl Inner {
@@ -296,6 +301,13 @@ impl Inner {
                 name: l.name,
             });
         }
+    }
+}
+
+fn gate_check(g: &Inner, op: &'static str, subject: &str, ip: IpAddr) -> Result<()> {
+    match &g.gate {
+        Some(gate) if !gate.allows(ip) => Err(fake_err(op, subject, ErrorKind::Gated)),
+        _ => Ok(()),
     }
 }
 
@@ -441,6 +453,16 @@ impl FakeKernel {
                 protocol: 0,
             });
         }
+    }
+
+    /// Whether the responder would answer an ARP request or NS for `ip` arriving on `dev`
+    /// now: `ip` is in the answered set and the installed gate (if any) allows it.
+    ///
+    /// Why: lets announcer tests check answer-time fencing without a wire. Not recorded.
+    pub fn would_answer(&self, dev: &str, ip: IpAddr) -> bool {
+        let g = self.lock();
+        g.state.answered.get(dev).is_some_and(|s| s.contains(&ip))
+            && g.gate.as_ref().is_none_or(|gate| gate.allows(ip))
     }
 
     /// Makes a host with `mac` answer probes for `ip` (`None`: no one answers).
@@ -925,6 +947,17 @@ fn mac_of(g: &Inner, op: &'static str, subject: &str, dev: &str) -> Result<Mac> 
 
 #[async_trait]
 impl ArpNdp for FakeKernel {
+    fn set_gate(&self, gate: Option<Arc<dyn Gate>>) {
+        let mut g = self.lock();
+        g.calls.push((
+            Instant::now(),
+            Call::SetGate {
+                installed: gate.is_some(),
+            },
+        ));
+        g.gate = gate;
+    }
+
     async fn send_garp(&self, dev: &str, ip: IpAddr, form: GarpForm) -> Result<()> {
         let g = self.begin(Call::SendGarp {
             dev: dev.into(),
@@ -939,7 +972,8 @@ impl ArpNdp for FakeKernel {
                 ErrorKind::Invalid("sending gratuitous ARP needs an IPv4 address".into()),
             ));
         }
-        mac_of(&g, "sending gratuitous ARP", &subject, dev).map(|_| ())
+        mac_of(&g, "sending gratuitous ARP", &subject, dev)?;
+        gate_check(&g, "sending gratuitous ARP", &subject, ip)
     }
 
     async fn send_unsolicited_na(&self, dev: &str, ip: IpAddr) -> Result<()> {
@@ -955,7 +989,8 @@ impl ArpNdp for FakeKernel {
                 ErrorKind::Invalid("sending unsolicited NA needs an IPv6 address".into()),
             ));
         }
-        mac_of(&g, "sending unsolicited NA", &subject, dev).map(|_| ())
+        mac_of(&g, "sending unsolicited NA", &subject, dev)?;
+        gate_check(&g, "sending unsolicited NA", &subject, ip)
     }
 
     async fn probe(&self, dev: &str, ip: IpAddr, wait: Duration) -> Result<Option<Mac>> {

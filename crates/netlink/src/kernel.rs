@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     /// AF_PACKET socket costs an RCU grace period in the kernel (milliseconds), which a
     /// takeover's GARPs must not pay.
     pub(crate) senders: Mutex<HashMap<(u32, u16), Arc<crate::raw::PacketSocket>>>,
+    /// The gate every answer and announcement passes ([`crate::ArpNdp::set_gate`]).
+    pub(crate) gate: Arc<crate::l2::GateSlot>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -107,6 +109,7 @@ impl Kernel {
                 _conn: AbortOnDrop(task),
                 responders: Mutex::new(HashMap::new()),
                 senders: Mutex::new(HashMap::new()),
+                gate: Arc::default(),
             }),
         })
     }

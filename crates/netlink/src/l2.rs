@@ -13,8 +13,22 @@ use crate::error::{ErrorKind, Result};
 use crate::kernel::Kernel;
 use crate::packet::{self, ArpPacket, NdpPacket};
 use crate::raw::{Listen, PacketSocket, PACKET_OUTGOING};
-use crate::traits::{AbortOnDrop, ArpNdp, Links};
+use crate::traits::{AbortOnDrop, ArpNdp, Gate, Links};
 use crate::types::{GarpForm, Mac};
+
+/// Where a kernel handle keeps its [`Gate`]; shared with its responders.
+#[derive(Default)]
+pub(crate) struct GateSlot(std::sync::RwLock<Option<Arc<dyn Gate>>>);
+
+impl GateSlot {
+    /// Whether a frame for `ip` may go out: no gate, or the gate allows it.
+    pub(crate) fn allows(&self, ip: IpAddr) -> bool {
+        match &*self.0.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(g) => g.allows(ip),
+            None => true,
+        }
+    }
+}
 
 /// Probes sent per [`ArpNdp::probe`] (RFC 5227's PROBE_NUM).
 const PROBES: u32 = 3;
@@ -62,6 +76,7 @@ impl Kernel {
 
     /// Sends `frame` on `index` through a cached send-only socket; a socket that fails
     /// (its interface was removed or re-created) is replaced once.
+    #[allow(clippy::too_many_arguments)]
     async fn send_frame(
         &self,
         op: &'static str,
@@ -70,7 +85,11 @@ impl Kernel {
         index: u32,
         ethertype: u16,
         frame: &[u8],
+        ip: IpAddr,
     ) -> Result<()> {
+        let gate = self.inner.gate.clone();
+        let allowed = move || gate.allows(ip);
+        let gated = || self.error(op, subject, ErrorKind::Gated);
         let key = (index, ethertype);
         let cached = self
             .inner
@@ -80,8 +99,10 @@ impl Kernel {
             .get(&key)
             .cloned();
         if let Some(sock) = cached {
-            if sock.send(frame).await.is_ok() {
-                return Ok(());
+            match sock.send_checked(frame, &allowed).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => return Err(gated()),
+                Err(_) => {}
             }
             self.inner
                 .senders
@@ -93,7 +114,8 @@ impl Kernel {
             self.packet_socket(op, subject, dev, index, Listen::SendOnly(ethertype))
                 .await?,
         );
-        sock.send(frame)
+        let sent = sock
+            .send_checked(frame, &allowed)
             .await
             .map_err(|e| self.error(op, subject, ErrorKind::from_io(e, Some(dev))))?;
         let mut senders = self.inner.senders.lock().unwrap_or_else(|e| e.into_inner());
@@ -101,7 +123,11 @@ impl Kernel {
             senders.clear();
         }
         senders.insert(key, sock);
-        Ok(())
+        if sent {
+            Ok(())
+        } else {
+            Err(gated())
+        }
     }
 }
 
@@ -123,6 +149,10 @@ fn family_error(k: &Kernel, op: &'static str, subject: &str, want: &str) -> crat
 
 #[async_trait]
 impl ArpNdp for Kernel {
+    fn set_gate(&self, gate: Option<Arc<dyn Gate>>) {
+        *self.inner.gate.0.write().unwrap_or_else(|e| e.into_inner()) = gate;
+    }
+
     async fn send_garp(&self, dev: &str, ip: IpAddr, form: GarpForm) -> Result<()> {
         const OP: &str = "sending gratuitous ARP";
         let subject = format!("{ip} on {dev}");
@@ -131,7 +161,7 @@ impl ArpNdp for Kernel {
         };
         let (index, mac) = self.dev_mac(OP, &subject, dev).await?;
         let frame = packet::garp(mac, v4, form).encode();
-        self.send_frame(OP, &subject, dev, index, packet::ETH_P_ARP, &frame)
+        self.send_frame(OP, &subject, dev, index, packet::ETH_P_ARP, &frame, ip)
             .await
     }
 
@@ -143,7 +173,7 @@ impl ArpNdp for Kernel {
         };
         let (index, mac) = self.dev_mac(OP, &subject, dev).await?;
         let frame = packet::unsolicited_na(mac, v6).encode();
-        self.send_frame(OP, &subject, dev, index, packet::ETH_P_IPV6, &frame)
+        self.send_frame(OP, &subject, dev, index, packet::ETH_P_IPV6, &frame, ip)
             .await
     }
 
@@ -196,7 +226,7 @@ impl ArpNdp for Kernel {
             .packet_socket(OP, &subject, dev, index, Listen::Ndp)
             .await?;
         let (tx, rx) = watch::channel(ips);
-        let task = tokio::spawn(respond(arp, ndp, mac, rx));
+        let task = tokio::spawn(respond(arp, ndp, mac, rx, self.inner.gate.clone()));
         self.inner
             .responders
             .lock()
@@ -288,12 +318,14 @@ impl Kernel {
     }
 }
 
-/// The responder loop: answers ARP requests and NS for the current set of addresses.
+/// The responder loop: answers ARP requests and NS for the current set of addresses, each
+/// answer only if the gate allows it at the moment it is sent.
 async fn respond(
     arp: PacketSocket,
     ndp: PacketSocket,
     mac: Mac,
     ips: watch::Receiver<BTreeSet<IpAddr>>,
+    gate: Arc<GateSlot>,
 ) {
     let mut abuf = vec![0u8; 2048];
     let mut nbuf = vec![0u8; 2048];
@@ -305,8 +337,11 @@ async fn respond(
                         let reply = ArpPacket::decode(&abuf[..n])
                             .and_then(|p| packet::arp_answer(&p, &ips.borrow(), mac));
                         if let Some(reply) = reply {
-                            if let Err(e) = arp.send(&reply.encode()).await {
-                                tracing::debug!(error = %e, "ARP answer not sent");
+                            let ip = IpAddr::V4(reply.spa);
+                            match arp.send_checked(&reply.encode(), &|| gate.allows(ip)).await {
+                                Ok(true) => {}
+                                Ok(false) => tracing::debug!(%ip, "ARP answer withheld: gate closed"),
+                                Err(e) => tracing::debug!(error = %e, "ARP answer not sent"),
                             }
                         }
                     }
@@ -320,8 +355,14 @@ async fn respond(
                         let reply = NdpPacket::decode(&nbuf[..n])
                             .and_then(|p| packet::ndp_answer(&p, &ips.borrow(), mac));
                         if let Some(reply) = reply {
-                            if let Err(e) = ndp.send(&reply.encode()).await {
-                                tracing::debug!(error = %e, "NA answer not sent");
+                            let ip = match &reply.msg {
+                                packet::NdpMessage::Advert { target, .. } => IpAddr::V6(*target),
+                                _ => IpAddr::V6(reply.src),
+                            };
+                            match ndp.send_checked(&reply.encode(), &|| gate.allows(ip)).await {
+                                Ok(true) => {}
+                                Ok(false) => tracing::debug!(%ip, "NA answer withheld: gate closed"),
+                                Err(e) => tracing::debug!(error = %e, "NA answer not sent"),
                             }
                         }
                     }

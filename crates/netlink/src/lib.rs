@@ -45,7 +45,7 @@ mod types;
 pub use error::{Error, ErrorKind, Result};
 pub use kernel::Kernel;
 pub use netns::Netns;
-pub use traits::{Addresses, ArpNdp, LinkWatch, Links, Neighbours, Routes, Rules};
+pub use traits::{Addresses, ArpNdp, Gate, LinkWatch, Links, Neighbours, Routes, Rules};
 pub use types::{
     AddrOptions, Address, Family, GarpForm, Link, LinkEvent, Mac, MacParseError, MacvlanMode,
     NeighState, Neighbour, OperState, ProxyEntry, Route, Rule, BERTH_PROTOCOL, MAIN_TABLE,

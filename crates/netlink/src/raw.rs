@@ -112,9 +112,22 @@ impl PacketSocket {
 
     /// Sends one frame on the bound interface.
     pub(crate) async fn send(&self, frame: &[u8]) -> io::Result<()> {
+        self.send_checked(frame, &|| true).await.map(|_| ())
+    }
+
+    /// Sends one frame if `allowed()` says so when the socket is ready, right before the
+    /// system call; returns whether it was sent.
+    pub(crate) async fn send_checked(
+        &self,
+        frame: &[u8],
+        allowed: &(dyn Fn() -> bool + Sync),
+    ) -> io::Result<bool> {
         loop {
             let mut guard = self.fd.writable().await?;
             match guard.try_io(|fd| {
+                if !allowed() {
+                    return Ok(false);
+                }
                 // SAFETY: frame is a valid buffer of its length.
                 let n = unsafe {
                     libc::send(
@@ -127,7 +140,7 @@ impl PacketSocket {
                 if n < 0 {
                     Err(io::Error::last_os_error())
                 } else {
-                    Ok(())
+                    Ok(true)
                 }
             }) {
                 Ok(r) => return r,

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -136,9 +137,26 @@ pub trait Links: Send + Sync {
     async fn watch(&self) -> Result<LinkWatch>;
 }
 
+/// A permission consulted just before each frame for an address leaves: an announcer's lease.
+///
+/// Why: a process that resumes from a stall (SIGSTOP, a CPU or VM pause) must not answer a
+/// request that queued up meanwhile, nor send a queued announcement, on a right it lost while
+/// it was not running. The check runs after the frame is built, immediately before the send
+/// system call, on the gate's own clock, so no await lies between the check and the wire.
+pub trait Gate: Send + Sync + 'static {
+    /// Whether an answer or announcement for `ip` may be sent now.
+    fn allows(&self, ip: IpAddr) -> bool;
+}
+
 /// ARP and NDP on the wire: announcements, conflict probes, and answering for addresses.
 #[async_trait]
 pub trait ArpNdp: Send + Sync {
+    /// Installs `gate` for every later answer, gratuitous ARP and unsolicited NA this handle
+    /// sends (`None` removes it). A frame the gate refuses is not sent: the responder drops
+    /// it, and [`ArpNdp::send_garp`] / [`ArpNdp::send_unsolicited_na`] fail with
+    /// [`crate::ErrorKind::Gated`]. Probes are never gated.
+    fn set_gate(&self, gate: Option<Arc<dyn Gate>>);
+
     /// Sends one gratuitous ARP for `ip` (IPv4) from `dev`'s MAC, to broadcast.
     async fn send_garp(&self, dev: &str, ip: IpAddr, form: GarpForm) -> Result<()>;
 

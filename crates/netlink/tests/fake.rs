@@ -296,3 +296,36 @@ async fn usable_as_trait_objects_across_tasks() {
     h.await.unwrap();
     assert_eq!(k.calls().len(), 3);
 }
+
+struct OnlyV4;
+
+impl berth_netlink::Gate for OnlyV4 {
+    fn allows(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4()
+    }
+}
+
+#[tokio::test]
+async fn the_fake_honours_the_gate() {
+    let k = FakeKernel::new();
+    k.add_link("eth0", Mac([2, 0, 0, 0, 0, 1]));
+    let (v4, v6): (IpAddr, IpAddr) = (
+        "198.18.0.7".parse().unwrap(),
+        "2001:db8::7".parse().unwrap(),
+    );
+    k.answer("eth0", [v4, v6].into()).await.unwrap();
+    assert!(k.would_answer("eth0", v4) && k.would_answer("eth0", v6));
+    k.set_gate(Some(Arc::new(OnlyV4)));
+    assert!(k.would_answer("eth0", v4));
+    assert!(!k.would_answer("eth0", v6), "the gate closes answers too");
+    assert!(
+        !k.would_answer("eth0", "198.18.0.8".parse().unwrap()),
+        "not in the set"
+    );
+    k.send_garp("eth0", v4, GarpForm::Reply).await.unwrap();
+    let e = k.send_unsolicited_na("eth0", v6).await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Gated), "{e}");
+    assert!(k.calls().contains(&Call::SetGate { installed: true }));
+    k.set_gate(None);
+    k.send_unsolicited_na("eth0", v6).await.unwrap();
+}

@@ -1209,3 +1209,79 @@ fn without_the_capabilities_errors_say_what_is_needed() {
         .unwrap()
         .contains(&"198.18.0.12/24".to_string()));
 }
+
+/// A gate that opens and closes on command, per address.
+struct Switch(std::sync::Mutex<BTreeSet<IpAddr>>);
+
+impl berth_netlink::Gate for Switch {
+    fn allows(&self, ip: IpAddr) -> bool {
+        self.0.lock().unwrap().contains(&ip)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_withholds_answers_and_announcements() {
+    setup();
+    let fab = Fabric::new("nlg").unwrap();
+    let r = fab
+        .node("resp", &["198.18.0.11/24", "2001:db8::11/64"])
+        .unwrap();
+    let c = fab
+        .node("client", &["198.18.0.100/24", "2001:db8::100/64"])
+        .unwrap();
+    let k = kernel(&r);
+    let mr = mac_of(&r, "eth0").to_string();
+    let (v4, v6) = (ip("198.18.0.77"), ip("2001:db8::77"));
+    let gate = std::sync::Arc::new(Switch(std::sync::Mutex::new(BTreeSet::new())));
+    k.set_gate(Some(gate.clone()));
+    k.answer("eth0", [v4, v6].into()).await.unwrap();
+
+    // Closed: no answer, and announcements fail with Gated.
+    assert!(c
+        .exec(
+            "arping",
+            ["-c", "2", "-w", "2", "-I", "eth0", "198.18.0.77"]
+        )
+        .is_err());
+    assert!(c
+        .exec(
+            "ndisc6",
+            ["-1", "-r", "2", "-w", "500", "2001:db8::77", "eth0"]
+        )
+        .is_err());
+    let e = k
+        .send_garp("eth0", v4, GarpForm::Request)
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Gated), "{e}");
+    let e = k.send_unsolicited_na("eth0", v6).await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Gated), "{e}");
+
+    // Open for the IPv4 address only.
+    gate.0.lock().unwrap().insert(v4);
+    let out = c
+        .exec(
+            "arping",
+            ["-c", "1", "-w", "3", "-I", "eth0", "198.18.0.77"],
+        )
+        .unwrap();
+    assert!(out.to_lowercase().contains(&mr), "{out}");
+    assert!(c
+        .exec(
+            "ndisc6",
+            ["-1", "-r", "2", "-w", "500", "2001:db8::77", "eth0"]
+        )
+        .is_err());
+    k.send_garp("eth0", v4, GarpForm::Request).await.unwrap();
+
+    // Removing the gate opens everything.
+    k.set_gate(None);
+    let out = c
+        .exec(
+            "ndisc6",
+            ["-1", "-r", "3", "-w", "500", "2001:db8::77", "eth0"],
+        )
+        .unwrap();
+    assert!(out.to_lowercase().contains(&mr), "{out}");
+    k.send_unsolicited_na("eth0", v6).await.unwrap();
+}

@@ -82,6 +82,7 @@
 
 mod check;
 mod cni;
+mod l2;
 pub mod release;
 mod routers;
 
@@ -95,6 +96,10 @@ pub use berth_lab::{
 pub use check::{require_root, require_root_and_tools, require_tools, DEFAULT_TOOLS};
 pub use cni::{
     result_ips, with_prev_result, Cni, CniCommand, CniOutput, CniTarget, DEBIAN_CNI_DIR,
+};
+pub use l2::{
+    epoch, in_netns, loadavg, Announcer, ArpAnswer, ArpWatch, CpuHog, Outage, Reply, UdpEcho,
+    UdpProber, VipLab, ECHO_PORT, LAB_METRICS_PORT, LAB_VIP, LAB_VIP6,
 };
 pub use routers::{Bird, Frr, Gobgpd, BGP_TOOLS};
 
