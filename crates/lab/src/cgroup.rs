@@ -146,8 +146,16 @@ pub fn create(
             dir.push(part);
             if !dir.exists() {
                 record(&dir)?;
-                std::fs::create_dir(&dir)
-                    .with_context(|| format!("creating cgroup {}", dir.display()))?;
+                // Two labs starting at once (parallel tests) both create the parents of their
+                // cgroups where this process is in another hierarchy's cgroup than in the
+                // memory one (`base_path`): the loser of that race finds it made.
+                match std::fs::create_dir(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        return Err(e)
+                            .with_context(|| format!("creating cgroup {}", dir.display()));
+                    }
+                    _ => {}
+                }
             }
             if h.controllers.split(',').any(|c| c == "cpuset") {
                 init_cpuset(&dir)?;
@@ -253,5 +261,36 @@ mod tests {
         );
         assert_eq!(parse_own_path(pc, "cpuacct").as_deref(), Some("/x"));
         assert_eq!(parse_own_path(pc, "pids"), None);
+    }
+
+    #[test]
+    fn labs_creating_the_same_parents_at_once_all_succeed() {
+        // Parallel labs share the parents of their cgroups (`base_path` in another
+        // hierarchy); each create must succeed however the calls interleave.
+        let dir = tempfile::tempdir().unwrap();
+        let hs = vec![Hierarchy {
+            mount: dir.path().to_path_buf(),
+            controllers: "cpu".into(),
+        }];
+        for round in 0..50 {
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                let joins: Vec<_> = (0..8)
+                    .map(|i| {
+                        let (hs, barrier) = (&hs, &barrier);
+                        s.spawn(move || {
+                            barrier.wait();
+                            create(hs, &format!("/r{round}/shared/deeper/lab{i}"), &mut |_| {
+                                Ok(())
+                            })
+                        })
+                    })
+                    .collect();
+                for j in joins {
+                    let procs = j.join().unwrap().unwrap();
+                    assert_eq!(procs.len(), 1);
+                }
+            });
+        }
     }
 }
