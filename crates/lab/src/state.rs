@@ -47,6 +47,11 @@ pub struct LabState {
     pub host_dirs: Vec<PathBuf>,
     /// Cgroup directories created, in order of creation.
     pub cgroups: Vec<PathBuf>,
+    /// Cgroup directories created above the lab's own root, shared with other labs: removed
+    /// when empty, never scanned for processes. Why: one lab's teardown must not kill
+    /// another's processes.
+    #[serde(default)]
+    pub cgroup_parents: Vec<PathBuf>,
     /// Processes started.
     pub processes: Vec<ProcRecord>,
     /// Free-form facts for `status` (nodes, addresses, kubeconfig).
@@ -260,6 +265,10 @@ pub fn teardown(dir: &Path) -> Result<Teardown> {
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+    for d in st.cgroup_parents.iter().rev() {
+        // Busy (another lab's cgroups below it) or already gone: left to whoever is last.
+        let _ = std::fs::remove_dir(d);
     }
     for d in st.host_dirs.iter().rev() {
         match std::fs::remove_dir(d) {

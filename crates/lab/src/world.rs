@@ -380,9 +380,21 @@ impl Lab {
 
     fn spawn_opts(&self, cg: &str) -> Result<SpawnOpts> {
         let rec = &self.rec;
+        let own: Vec<PathBuf> = self
+            .hier
+            .iter()
+            .map(|h| h.mount.join(self.cg_root.trim_start_matches('/')))
+            .collect();
         let procs = cgroup::create(&self.hier, cg, &mut |d| {
             let d = d.to_path_buf();
-            rec.update(|s| s.cgroups.push(d))
+            if own.iter().any(|o| d.starts_with(o)) {
+                rec.update(|s| s.cgroups.push(d))
+            } else {
+                // A parent above the lab's root (this process's memory cgroup path made in
+                // another hierarchy) is shared with every other lab: never scanned for
+                // processes, only removed when empty.
+                rec.update(|s| s.cgroup_parents.push(d))
+            }
         })?;
         Ok(SpawnOpts {
             parent_death: !self.cfg.detached,
