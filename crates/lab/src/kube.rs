@@ -392,7 +392,7 @@ pub struct KubeTimings {
 /// one control plane can be shared by threads (e.g. restart the apiserver during a write burst).
 ///
 /// ```no_run
-/// use berth_testbed::KubeControlPlane;
+/// use berth_lab::KubeControlPlane;
 /// let cp = KubeControlPlane::start().unwrap();
 /// // kube-rs: Kubeconfig::read_from(cp.kubeconfig()) + Config::from_custom_kubeconfig(..)
 /// let nodes = cp.request("GET", "/api/v1/nodes", None).unwrap().ok().unwrap();
