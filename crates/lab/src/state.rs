@@ -198,6 +198,7 @@ pub fn teardown(dir: &Path) -> Result<Teardown> {
     // below which everything else lies; scanning every recorded dir covers them all.
     let t = Instant::now();
     let me = std::process::id();
+    let mut signalled = std::collections::BTreeSet::new();
     loop {
         let mut pids: Vec<(u32, bool)> = st
             .processes
@@ -223,9 +224,25 @@ pub fn teardown(dir: &Path) -> Result<Teardown> {
         }
         for (p, group) in &pids {
             kill(*p, *group);
+            signalled.insert(*p);
             out.killed += 1;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // A killed task leaves its cgroup before its parent (often init, for the lab's detached
+    // daemons) has reaped it: wait, bounded, until each is gone from /proc, reaping our own
+    // children, so `down` returns when the machine is as it was.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        signalled.retain(|p| {
+            // SAFETY: waitpid with WNOHANG on one PID; ECHILD when it is not our child.
+            unsafe { libc::waitpid(*p as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
+            Path::new("/proc").join(p.to_string()).exists()
+        });
+        if signalled.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     for m in st.mount_namespaces.iter().rev() {
         let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes())?;
