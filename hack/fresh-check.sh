@@ -56,6 +56,11 @@ if [[ ${1:-} == --inside ]]; then
   mount --bind "$R" "$R"
   mount -t proc proc "$R/proc"
   mount -t sysfs sysfs "$R/sys"
+  # The whole CI run starts labs of real nodes, which need the machine's cgroup hierarchies
+  # (a booted machine has them mounted; a fresh sysfs has none).
+  if [[ " $STEPS " == *" ci "* && -d /sys/fs/cgroup ]]; then
+    mount --rbind /sys/fs/cgroup "$R/sys/fs/cgroup"
+  fi
   mount --rbind /dev "$R/dev"
   mount -t tmpfs -o mode=0755 tmpfs "$R/run"
   mkdir -p "$R/root/.rustup" "$R/root/.cargo/bin" "$R/etc/ssl/certs"
