@@ -234,6 +234,27 @@ impl Netns {
         Ok(v.as_array().and_then(|a| a.first()).cloned())
     }
 
+    /// Creates bridge `name` here and sets it up: STP off, forward delay 0, multicast
+    /// snooping off, so NDP and VRRP multicast always flood.
+    ///
+    /// Why: every L2 segment of the test world and the lab is such a bridge.
+    pub fn add_bridge(&self, name: &str) -> Result<()> {
+        self.ip([
+            "link",
+            "add",
+            name,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        ])?;
+        self.ip(["link", "set", name, "up"]).map(|_| ())
+    }
+
     /// Sets a link up or down. Why: simulate a cable pull.
     pub fn set_link(&self, dev: &str, up: bool) -> Result<()> {
         self.ip(["link", "set", dev, if up { "up" } else { "down" }])
@@ -311,20 +332,7 @@ impl Fabric {
     pub fn new(label: &str) -> Result<Fabric> {
         let ns = Netns::new(&format!("fab{label}"))?;
         ns.lo_up()?;
-        ns.ip([
-            "link",
-            "add",
-            FABRIC_BRIDGE,
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-            "mcast_snooping",
-            "0",
-        ])?;
-        ns.ip(["link", "set", FABRIC_BRIDGE, "up"])?;
+        ns.add_bridge(FABRIC_BRIDGE)?;
         Ok(Fabric {
             ns,
             next_port: AtomicU32::new(0),
@@ -351,20 +359,7 @@ impl Fabric {
     /// Why: routed topologies need two segments, e.g. a speaker and a router two hops apart
     /// with a forwarding namespace between the bridges (eBGP multihop tests).
     pub fn add_bridge(&self, name: &str) -> Result<()> {
-        self.ns.ip([
-            "link",
-            "add",
-            name,
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-            "mcast_snooping",
-            "0",
-        ])?;
-        self.ns.ip(["link", "set", name, "up"]).map(|_| ())
+        self.ns.add_bridge(name)
     }
 
     /// [`Fabric::attach`] to `bridge` (one made by [`Fabric::add_bridge`]) instead of `br0`.

@@ -483,20 +483,7 @@ impl Lab {
         let t = Instant::now();
         let fabric = self.create_ns("fabric")?;
         for br in ["br0", "br1"] {
-            fabric.ip([
-                "link",
-                "add",
-                br,
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-                "mcast_snooping",
-                "0",
-            ])?;
-            fabric.ip(["link", "set", br, "up"])?;
+            fabric.add_bridge(br)?;
         }
         let cp_ns = self.create_ns("cp")?;
         self.plug(
