@@ -43,6 +43,7 @@ fn pool(dual: bool) -> PoolSpec {
         use_: Default::default(),
         subnets,
         policy: Default::default(),
+        service: Default::default(),
     }
 }
 

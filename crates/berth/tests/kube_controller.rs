@@ -224,6 +224,7 @@ fn pool(name: &str) -> PoolSpec {
         use_: Default::default(),
         subnets: vec![s],
         policy: Default::default(),
+        service: Default::default(),
     }
 }
 

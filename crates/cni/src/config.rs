@@ -263,6 +263,7 @@ pub fn parse_config(bytes: &[u8]) -> Result<IpamConfig, CniError> {
         use_: PoolUse::Pod,
         subnets,
         policy: crate::policy::parse_policy(&ipam)?,
+        service: Default::default(),
     };
     pool.validate()?;
 

@@ -52,6 +52,7 @@ fn corrected_seed_parses_to_the_expected_pool() {
         use_: PoolUse::Pod,
         subnets: vec![subnet],
         policy: Default::default(),
+        service: Default::default(),
     };
     assert_eq!(cfg.pool, want);
     assert_eq!(

@@ -15,6 +15,7 @@ pub mod pool;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod selector;
+pub mod service;
 pub mod time;
 
 pub use addr::{AddrRange, Family};
@@ -24,4 +25,5 @@ pub use block::Block;
 pub use claim::{Claim, Identity};
 pub use policy::{PolicyError, PoolPolicy};
 pub use pool::{PoolError, PoolSpec, PoolUse, Route, SubnetSpec};
+pub use service::{ServiceAllocation, ServiceRef, ServiceSettings};
 pub use time::Timestamp;

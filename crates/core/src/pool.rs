@@ -87,6 +87,10 @@ pub struct PoolSpec {
     /// Who may ask for fixed addresses and sticky sets (`ipam.policy`).
     #[serde(default, skip_serializing_if = "crate::policy::PoolPolicy::is_default")]
     pub policy: crate::policy::PoolPolicy,
+    /// Service pools' settings (`autoAssign`, `externalIPs`, `serviceAllocation`), at the top
+    /// level of the spec as users write them; defaults for other uses.
+    #[serde(flatten)]
+    pub service: crate::service::ServiceSettings,
 }
 
 /// Why a pool specification is unusable. Each variant names the field and value at fault.

@@ -216,6 +216,7 @@ mod tests {
             use_: Default::default(),
             subnets: vec![v4, v6],
             policy: Default::default(),
+            service: Default::default(),
         }
     }
 

@@ -210,6 +210,7 @@ mod tests {
             use_: Default::default(),
             subnets: vec![SubnetSpec::new("198.18.0.0/24".parse().unwrap())],
             policy: Default::default(),
+            service: Default::default(),
         }
     }
 
