@@ -36,11 +36,17 @@ pub const ANN_METALLB_UNIVERSE_IPS: &str = "metallb.universe.tf/loadBalancerIPs"
 /// Berth's annotation naming the pool a Service's address must come from.
 pub const ANN_POOL: &str = "berth.dev/pool";
 /// MetalLB's pool annotations, honoured for migrations.
-pub const ANN_METALLB_POOLS: [&str; 2] = ["metallb.io/address-pool", "metallb.universe.tf/address-pool"];
+pub const ANN_METALLB_POOLS: [&str; 2] = [
+    "metallb.io/address-pool",
+    "metallb.universe.tf/address-pool",
+];
 /// Berth's sharing key: Services with the same key (in one namespace) may hold one address.
 pub const ANN_SHARING_KEY: &str = "berth.dev/sharing-key";
 /// MetalLB's sharing annotations, honoured for migrations.
-pub const ANN_METALLB_SHARING: [&str; 2] = ["metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip"];
+pub const ANN_METALLB_SHARING: [&str; 2] = [
+    "metallb.io/allow-shared-ip",
+    "metallb.universe.tf/allow-shared-ip",
+];
 /// The `loadBalancerClass` Berth serves besides Services with no class.
 pub const LOAD_BALANCER_CLASS: &str = "berth.dev/lb";
 
@@ -131,7 +137,9 @@ impl ServiceAllocation {
         }
         if let Some(sel) = &self.service_selector {
             if !sel.matches(&svc.labels) {
-                return Some("serviceAllocation.serviceSelector does not match the Service's labels".into());
+                return Some(
+                    "serviceAllocation.serviceSelector does not match the Service's labels".into(),
+                );
             }
         }
         None
@@ -492,13 +500,21 @@ impl<'a> ServiceWorld<'a> {
                 });
             };
             let why = if p.use_ != PoolUse::Service {
-                Some(format!("is a {:?} pool, not use: service: name a service pool", p.use_).to_lowercase())
+                Some(
+                    format!(
+                        "is a {:?} pool, not use: service: name a service pool",
+                        p.use_
+                    )
+                    .to_lowercase(),
+                )
             } else if let Some(prob) = self.problems.get(name) {
                 Some(format!("is not ready ({prob}): fix the Pool"))
             } else if let Some(r) = p.service.service_allocation.refuses(svc) {
                 Some(format!("does not admit the Service: {r}"))
             } else if !p.families().contains(&family) {
-                Some(format!("has no {family} subnet: add one, or drop {family} from spec.ipFamilies"))
+                Some(format!(
+                    "has no {family} subnet: add one, or drop {family} from spec.ipFamilies"
+                ))
             } else {
                 None
             };
@@ -518,7 +534,10 @@ impl<'a> ServiceWorld<'a> {
                 continue;
             }
             if !p.service.auto_assign {
-                reasons.push(format!("{} has autoAssign: false (name it with {ANN_POOL})", p.name));
+                reasons.push(format!(
+                    "{} has autoAssign: false (name it with {ANN_POOL})",
+                    p.name
+                ));
                 continue;
             }
             if let Some(r) = p.service.service_allocation.refuses(svc) {
@@ -551,20 +570,38 @@ impl<'a> ServiceWorld<'a> {
     }
 
     /// The ready service pool containing `ip` that a Service may take it from, or why not.
-    fn pool_for_address(&self, svc: &ServiceAsk, ip: IpAddr, from: &'static str) -> Result<&'a PoolSpec, Waiting> {
+    fn pool_for_address(
+        &self,
+        svc: &ServiceAsk,
+        ip: IpAddr,
+        from: &'static str,
+    ) -> Result<&'a PoolSpec, Waiting> {
         let not = |why: String| Waiting::NotInPool {
             annotation: from,
             address: ip,
             why,
         };
-        let Some(p) = self.pools.iter().copied().find(|p| p.subnet_of(ip).is_some()) else {
-            return Err(not("lies in no Pool: ask for an address of a service pool, or add it to one".into()));
+        let Some(p) = self
+            .pools
+            .iter()
+            .copied()
+            .find(|p| p.subnet_of(ip).is_some())
+        else {
+            return Err(not(
+                "lies in no Pool: ask for an address of a service pool, or add it to one".into(),
+            ));
         };
         if p.use_ != PoolUse::Service {
-            return Err(not(format!("lies in pool {:?}, which is not use: service", p.name)));
+            return Err(not(format!(
+                "lies in pool {:?}, which is not use: service",
+                p.name
+            )));
         }
         if let Some(prob) = self.problems.get(&p.name) {
-            return Err(not(format!("lies in pool {:?}, which is not ready ({prob})", p.name)));
+            return Err(not(format!(
+                "lies in pool {:?}, which is not ready ({prob})",
+                p.name
+            )));
         }
         if let Some(name) = &svc.pool {
             if *name != p.name {
@@ -575,7 +612,10 @@ impl<'a> ServiceWorld<'a> {
             }
         }
         if let Some(r) = p.service.service_allocation.refuses(svc) {
-            return Err(not(format!("lies in pool {:?}, which does not admit the Service: {r}", p.name)));
+            return Err(not(format!(
+                "lies in pool {:?}, which does not admit the Service: {r}",
+                p.name
+            )));
         }
         let usable = p.subnet_of(ip).is_some_and(|s| s.is_usable(ip));
         if !usable {
@@ -588,7 +628,12 @@ impl<'a> ServiceWorld<'a> {
     }
 
     /// May `svc` take or join `ip`? `Ok(sharing)` when it may.
-    fn may_hold(&self, svc: &ServiceAsk, ip: IpAddr, from: &'static str) -> Result<Option<(String, String)>, Waiting> {
+    fn may_hold(
+        &self,
+        svc: &ServiceAsk,
+        ip: IpAddr,
+        from: &'static str,
+    ) -> Result<Option<(String, String)>, Waiting> {
         match self.holdings.get(&ip) {
             None => Ok(sharing_of(svc)),
             Some(h) if h.held_by(&svc.service) => Ok(sharing_of(svc)),
@@ -597,18 +642,26 @@ impl<'a> ServiceWorld<'a> {
                 address: ip,
                 by: what.clone(),
             }),
-            Some(Holding::Services { sharing, holders, .. }) => {
-                let names = holders.iter().map(|h| h.service.to_string()).collect::<Vec<_>>().join(", ");
+            Some(Holding::Services {
+                sharing, holders, ..
+            }) => {
+                let names = holders
+                    .iter()
+                    .map(|h| h.service.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 match (sharing, sharing_of(svc)) {
-                    (Some(theirs), Some(mine)) if *theirs == mine => match share_conflict(svc, holders) {
-                        None => Ok(Some(mine)),
-                        Some(why) => Err(Waiting::CannotShare {
-                            address: ip,
-                            key: mine.1,
-                            with: names,
-                            why,
-                        }),
-                    },
+                    (Some(theirs), Some(mine)) if *theirs == mine => {
+                        match share_conflict(svc, holders) {
+                            None => Ok(Some(mine)),
+                            Some(why) => Err(Waiting::CannotShare {
+                                address: ip,
+                                key: mine.1,
+                                with: names,
+                                why,
+                            }),
+                        }
+                    }
                     _ => Err(Waiting::Taken {
                         annotation: from,
                         address: ip,
@@ -621,7 +674,12 @@ impl<'a> ServiceWorld<'a> {
 
     /// Decide a Service's LoadBalancer addresses. `from` names where its requested addresses
     /// came from (for messages); `held` is what the ledger says it holds (address, pool).
-    pub fn plan(&self, svc: &ServiceAsk, from: &'static str, held: &[(IpAddr, String)]) -> ServicePlan {
+    pub fn plan(
+        &self,
+        svc: &ServiceAsk,
+        from: &'static str,
+        held: &[(IpAddr, String)],
+    ) -> ServicePlan {
         let mut families = vec![];
         let mut release = vec![];
         let mut kept: BTreeSet<IpAddr> = BTreeSet::new();
@@ -642,8 +700,18 @@ impl<'a> ServiceWorld<'a> {
         ServicePlan { families, release }
     }
 
-    fn plan_family(&self, svc: &ServiceAsk, from: &'static str, held: &[(IpAddr, String)], fam: Family) -> Outcome {
-        let requested = svc.requested.iter().copied().find(|a| Family::of(*a) == fam);
+    fn plan_family(
+        &self,
+        svc: &ServiceAsk,
+        from: &'static str,
+        held: &[(IpAddr, String)],
+        fam: Family,
+    ) -> Outcome {
+        let requested = svc
+            .requested
+            .iter()
+            .copied()
+            .find(|a| Family::of(*a) == fam);
         let mine = held.iter().find(|(a, _)| Family::of(*a) == fam);
         // Keep what is held while it is still what the Service asks for: a restart, a failover
         // or a shrunk pool never moves it.
@@ -681,8 +749,17 @@ impl<'a> ServiceWorld<'a> {
         // A sharing key joins an address already held under it, when the rule allows.
         if let Some(key) = sharing_of(svc) {
             let mut conflict = None;
-            for (ip, h) in self.holdings.iter().filter(|(ip, _)| Family::of(**ip) == fam) {
-                if let Holding::Services { pool, sharing: Some(s), .. } = h {
+            for (ip, h) in self
+                .holdings
+                .iter()
+                .filter(|(ip, _)| Family::of(**ip) == fam)
+            {
+                if let Holding::Services {
+                    pool,
+                    sharing: Some(s),
+                    ..
+                } = h
+                {
                     if *s != key || !cands.iter().any(|c| c.pool.name == *pool) {
                         continue;
                     }
@@ -744,7 +821,12 @@ impl<'a> ServiceWorld<'a> {
     }
 
     fn external_ip(&self, svc: &ServiceAsk, ip: IpAddr) -> Result<String, String> {
-        let Some(p) = self.pools.iter().copied().find(|p| p.subnet_of(ip).is_some()) else {
+        let Some(p) = self
+            .pools
+            .iter()
+            .copied()
+            .find(|p| p.subnet_of(ip).is_some())
+        else {
             return Err(format!(
                 "spec.externalIPs {ip} lies in no Pool; Berth honours externalIPs only from a service Pool with externalIPs: true"
             ));
@@ -756,7 +838,10 @@ impl<'a> ServiceWorld<'a> {
             ));
         }
         if let Some(prob) = self.problems.get(&p.name) {
-            return Err(format!("spec.externalIPs {ip} lies in pool {:?}, which is not ready ({prob})", p.name));
+            return Err(format!(
+                "spec.externalIPs {ip} lies in pool {:?}, which is not ready ({prob})",
+                p.name
+            ));
         }
         if let Some(r) = p.service.service_allocation.refuses(svc) {
             return Err(format!(
@@ -813,7 +898,12 @@ pub fn first_free(s: &SubnetSpec, holdings: &BTreeMap<IpAddr, Holding>) -> Optio
                 .iter()
                 .filter(|e| e.contains(&ip))
                 .map(|e| net_bounds(e).1)
-                .chain(s.fixed.iter().filter(|f| f.contains(ip)).map(|f| f.bounds().1))
+                .chain(
+                    s.fixed
+                        .iter()
+                        .filter(|f| f.contains(ip))
+                        .map(|f| f.bounds().1),
+                )
                 .max()
             {
                 match end.checked_add(1) {
@@ -846,7 +936,9 @@ pub enum AnnotationError {
         value: String,
     },
     /// Two addresses of one family: a Service has one LoadBalancer address per family.
-    #[error("annotation {key}: {value:?} names two {family} addresses: give at most one per family")]
+    #[error(
+        "annotation {key}: {value:?} names two {family} addresses: give at most one per family"
+    )]
     TwoOfAFamily {
         /// The annotation.
         key: &'static str,
@@ -950,7 +1042,10 @@ impl ServiceAnnotations {
             requested_from: ANN_IPS,
             ..Default::default()
         };
-        let ips = one_of(annotations, &[ANN_IPS, ANN_METALLB_IPS, ANN_METALLB_UNIVERSE_IPS])?;
+        let ips = one_of(
+            annotations,
+            &[ANN_IPS, ANN_METALLB_IPS, ANN_METALLB_UNIVERSE_IPS],
+        )?;
         if let Some((k, v)) = ips {
             out.requested = parse_ips(k, v)?;
             out.requested_from = k;
@@ -1003,7 +1098,10 @@ mod tests {
         PoolSpec {
             name: name.into(),
             use_: PoolUse::Service,
-            subnets: cidrs.iter().map(|c| SubnetSpec::new(c.parse().unwrap())).collect(),
+            subnets: cidrs
+                .iter()
+                .map(|c| SubnetSpec::new(c.parse().unwrap()))
+                .collect(),
             policy: Default::default(),
             service: ServiceSettings::default(),
         }
@@ -1061,12 +1159,21 @@ mod tests {
         h.insert(ip("198.18.100.1"), held_by(&a, "public"));
         let w = ServiceWorld::new(vec![&p], &h);
         let b = ask("default", "b");
-        assert_eq!(w.plan(&b, ANN_IPS, &[]).addresses(), vec![ip("198.18.100.2")]);
+        assert_eq!(
+            w.plan(&b, ANN_IPS, &[]).addresses(),
+            vec![ip("198.18.100.2")]
+        );
         h.insert(ip("198.18.100.2"), held_by(&b, "public"));
         let w = ServiceWorld::new(vec![&p], &h);
         let c = ask("default", "c");
         let plan = w.plan(&c, ANN_IPS, &[]);
-        assert!(matches!(&plan.families[0].1, Outcome::Wait(Waiting::Exhausted { .. })), "{plan:?}");
+        assert!(
+            matches!(
+                &plan.families[0].1,
+                Outcome::Wait(Waiting::Exhausted { .. })
+            ),
+            "{plan:?}"
+        );
     }
 
     #[test]
@@ -1120,16 +1227,28 @@ mod tests {
         low.service.service_allocation.priority = 0;
         let none = BTreeMap::new();
         let w = ServiceWorld::new(vec![&low, &high, &team], &none);
-        assert_eq!(w.plan(&ask("default", "s"), ANN_IPS, &[]).addresses(), vec![ip("198.18.101.1")]);
-        assert_eq!(w.plan(&ask("team-a", "s"), ANN_IPS, &[]).addresses(), vec![ip("198.18.102.1")]);
+        assert_eq!(
+            w.plan(&ask("default", "s"), ANN_IPS, &[]).addresses(),
+            vec![ip("198.18.101.1")]
+        );
+        assert_eq!(
+            w.plan(&ask("team-a", "s"), ANN_IPS, &[]).addresses(),
+            vec![ip("198.18.102.1")]
+        );
         let mut manual = pool("manual", &["198.18.103.0/28"]);
         manual.service.auto_assign = false;
         manual.service.service_allocation.priority = 1000;
         let w = ServiceWorld::new(vec![&manual, &low], &none);
-        assert_eq!(w.plan(&ask("default", "s"), ANN_IPS, &[]).addresses(), vec![ip("198.18.100.1")]);
+        assert_eq!(
+            w.plan(&ask("default", "s"), ANN_IPS, &[]).addresses(),
+            vec![ip("198.18.100.1")]
+        );
         let mut s = ask("default", "s");
         s.pool = Some("manual".into());
-        assert_eq!(w.plan(&s, ANN_IPS, &[]).addresses(), vec![ip("198.18.103.1")]);
+        assert_eq!(
+            w.plan(&s, ANN_IPS, &[]).addresses(),
+            vec![ip("198.18.103.1")]
+        );
     }
 
     #[test]
@@ -1148,13 +1267,18 @@ mod tests {
         let mut s = ask("edge", "s");
         let e = w.plan(&s, ANN_IPS, &[]);
         match &e.families[0].1 {
-            Outcome::Wait(w @ Waiting::NoPool { .. }) => assert!(w.to_string().contains("namespaceSelector"), "{w}"),
+            Outcome::Wait(w @ Waiting::NoPool { .. }) => {
+                assert!(w.to_string().contains("namespaceSelector"), "{w}")
+            }
             o => panic!("{o:?}"),
         }
         s.namespace_labels.insert("tier".into(), "edge".into());
         assert!(w.plan(&s, ANN_IPS, &[]).addresses().is_empty());
         s.labels.insert("expose".into(), "yes".into());
-        assert_eq!(w.plan(&s, ANN_IPS, &[]).addresses(), vec![ip("198.18.100.1")]);
+        assert_eq!(
+            w.plan(&s, ANN_IPS, &[]).addresses(),
+            vec![ip("198.18.100.1")]
+        );
     }
 
     #[test]
@@ -1168,7 +1292,11 @@ mod tests {
         // Same key, disjoint ports: joins.
         let mut b = ask("default", "b");
         b.sharing_key = Some("k".into());
-        b.ports = [PortKey { protocol: "TCP".into(), port: 443 }].into();
+        b.ports = [PortKey {
+            protocol: "TCP".into(),
+            port: 443,
+        }]
+        .into();
         let plan = w.plan(&b, ANN_IPS, &[]);
         assert_eq!(
             plan.families[0].1,
@@ -1182,26 +1310,49 @@ mod tests {
         let mut c = ask("default", "c");
         c.sharing_key = Some("k".into());
         match &w.plan(&c, ANN_IPS, &[]).families[0].1 {
-            Outcome::Wait(w @ Waiting::CannotShare { .. }) => assert!(w.to_string().contains("TCP/80"), "{w}"),
+            Outcome::Wait(w @ Waiting::CannotShare { .. }) => {
+                assert!(w.to_string().contains("TCP/80"), "{w}")
+            }
             o => panic!("{o:?}"),
         }
         // Same key in another namespace: a separate address.
         let mut d = ask("other", "d");
         d.sharing_key = Some("k".into());
-        d.ports = [PortKey { protocol: "TCP".into(), port: 443 }].into();
-        assert_eq!(w.plan(&d, ANN_IPS, &[]).addresses(), vec![ip("198.18.100.2")]);
+        d.ports = [PortKey {
+            protocol: "TCP".into(),
+            port: 443,
+        }]
+        .into();
+        assert_eq!(
+            w.plan(&d, ANN_IPS, &[]).addresses(),
+            vec![ip("198.18.100.2")]
+        );
         // No key, asking for the held address: taken.
         let mut e = ask("default", "e");
         e.requested = vec![ip("198.18.100.1")];
-        e.ports = [PortKey { protocol: "UDP".into(), port: 53 }].into();
-        assert!(matches!(&w.plan(&e, ANN_IPS, &[]).families[0].1, Outcome::Wait(Waiting::Taken { .. })));
+        e.ports = [PortKey {
+            protocol: "UDP".into(),
+            port: 53,
+        }]
+        .into();
+        assert!(matches!(
+            &w.plan(&e, ANN_IPS, &[]).families[0].1,
+            Outcome::Wait(Waiting::Taken { .. })
+        ));
         // ETP Local with different selectors cannot share.
         let mut f = b.clone();
         f.service.name = "f".into();
         f.service.uid = "uid-f".into();
-        f.ports = [PortKey { protocol: "TCP".into(), port: 8443 }].into();
+        f.ports = [PortKey {
+            protocol: "TCP".into(),
+            port: 8443,
+        }]
+        .into();
         f.local_traffic = Some("app=f".into());
-        assert!(matches!(&w.plan(&f, ANN_IPS, &[]).families[0].1, Outcome::Wait(Waiting::CannotShare { .. })));
+        assert!(matches!(
+            &w.plan(&f, ANN_IPS, &[]).families[0].1,
+            Outcome::Wait(Waiting::CannotShare { .. })
+        ));
     }
 
     #[test]
@@ -1225,12 +1376,20 @@ mod tests {
         match &w.plan(&s, ANN_METALLB_IPS, &[]).families[0].1 {
             Outcome::Wait(w @ Waiting::NotInPool { .. }) => {
                 let m = w.to_string();
-                assert!(m.contains("metallb.io/loadBalancerIPs") && m.contains("198.18.0.9") && m.contains("pods"), "{m}");
+                assert!(
+                    m.contains("metallb.io/loadBalancerIPs")
+                        && m.contains("198.18.0.9")
+                        && m.contains("pods"),
+                    "{m}"
+                );
             }
             o => panic!("{o:?}"),
         }
         s.requested = vec![ip("198.18.100.0")];
-        assert!(matches!(&w.plan(&s, ANN_IPS, &[]).families[0].1, Outcome::Wait(Waiting::NotInPool { .. })));
+        assert!(matches!(
+            &w.plan(&s, ANN_IPS, &[]).families[0].1,
+            Outcome::Wait(Waiting::NotInPool { .. })
+        ));
     }
 
     #[test]
@@ -1264,7 +1423,9 @@ mod tests {
         let mut s = ask("default", "s");
         s.pool = Some("second".into());
         match &w.plan(&s, ANN_IPS, &[]).families[0].1 {
-            Outcome::Wait(w @ Waiting::PoolRefuses { .. }) => assert!(w.to_string().contains("not ready"), "{w}"),
+            Outcome::Wait(w @ Waiting::PoolRefuses { .. }) => {
+                assert!(w.to_string().contains("not ready"), "{w}")
+            }
             o => panic!("{o:?}"),
         }
     }
@@ -1279,10 +1440,19 @@ mod tests {
         h.insert(ip("198.18.110.3"), held_by(&other, "ext"));
         let w = ServiceWorld::new(vec![&ext, &lb], &h);
         let mut s = ask("default", "s");
-        s.external_ips = vec![ip("198.18.110.2"), ip("198.18.100.2"), ip("203.0.113.9"), ip("198.18.110.3")];
+        s.external_ips = vec![
+            ip("198.18.110.2"),
+            ip("198.18.100.2"),
+            ip("203.0.113.9"),
+            ip("198.18.110.3"),
+        ];
         let r = w.external_ips(&s);
         assert_eq!(r[0], (ip("198.18.110.2"), Ok("ext".into())));
-        assert!(r[1].1.as_ref().unwrap_err().contains("does not allow externalIPs"));
+        assert!(r[1]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .contains("does not allow externalIPs"));
         assert!(r[2].1.as_ref().unwrap_err().contains("no Pool"));
         assert!(r[3].1.as_ref().unwrap_err().contains("default/other"));
     }
@@ -1290,24 +1460,46 @@ mod tests {
     #[test]
     fn annotations_parse_and_errors_name_the_key() {
         let m = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
-            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
-        let a = ServiceAnnotations::parse(&m(&[(ANN_IPS, "198.18.100.5, 2001:db8:100::5"), (ANN_POOL, "public")]), None).unwrap();
+        let a = ServiceAnnotations::parse(
+            &m(&[
+                (ANN_IPS, "198.18.100.5, 2001:db8:100::5"),
+                (ANN_POOL, "public"),
+            ]),
+            None,
+        )
+        .unwrap();
         assert_eq!(a.requested, vec![ip("198.18.100.5"), ip("2001:db8:100::5")]);
         assert_eq!(a.pool.as_deref(), Some("public"));
-        let a = ServiceAnnotations::parse(&m(&[("metallb.universe.tf/allow-shared-ip", "k")]), Some("198.18.100.6")).unwrap();
+        let a = ServiceAnnotations::parse(
+            &m(&[("metallb.universe.tf/allow-shared-ip", "k")]),
+            Some("198.18.100.6"),
+        )
+        .unwrap();
         assert_eq!(a.requested, vec![ip("198.18.100.6")]);
         assert_eq!(a.requested_from, SPEC_LOAD_BALANCER_IP);
         assert_eq!(a.sharing_key.as_deref(), Some("k"));
-        let e = ServiceAnnotations::parse(&m(&[(ANN_IPS, "198.18.100.5,nope")]), None).unwrap_err().to_string();
-        assert!(e.contains(ANN_IPS) && e.contains("nope"), "{e}");
-        let e = ServiceAnnotations::parse(&m(&[(ANN_IPS, "198.18.100.5,198.18.100.6")]), None).unwrap_err().to_string();
-        assert!(e.contains("two IPv4") || e.contains("two "), "{e}");
-        let e = ServiceAnnotations::parse(&m(&[(ANN_IPS, "198.18.100.5"), (ANN_METALLB_IPS, "198.18.100.6")]), None)
+        let e = ServiceAnnotations::parse(&m(&[(ANN_IPS, "198.18.100.5,nope")]), None)
             .unwrap_err()
             .to_string();
+        assert!(e.contains(ANN_IPS) && e.contains("nope"), "{e}");
+        let e = ServiceAnnotations::parse(&m(&[(ANN_IPS, "198.18.100.5,198.18.100.6")]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("two IPv4") || e.contains("two "), "{e}");
+        let e = ServiceAnnotations::parse(
+            &m(&[(ANN_IPS, "198.18.100.5"), (ANN_METALLB_IPS, "198.18.100.6")]),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(ANN_IPS) && e.contains(ANN_METALLB_IPS), "{e}");
-        let e = ServiceAnnotations::parse(&m(&[(ANN_IPS, "198.18.100.5")]), Some("198.18.100.6")).unwrap_err().to_string();
+        let e = ServiceAnnotations::parse(&m(&[(ANN_IPS, "198.18.100.5")]), Some("198.18.100.6"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(SPEC_LOAD_BALANCER_IP), "{e}");
         assert!(ServiceAnnotations::parse(&m(&[(ANN_POOL, " ")]), None).is_err());
     }

@@ -33,15 +33,20 @@ struct SvcGen {
 }
 
 fn pool_gen() -> impl Strategy<Value = PoolGen> {
-    (0u8..8, 28u8..=30, -2i32..3, prop::bool::weighted(0.8), prop::option::weighted(0.3, 0usize..3)).prop_map(
-        |(o, prefix, priority, auto_assign, only_ns)| PoolGen {
+    (
+        0u8..8,
+        28u8..=30,
+        -2i32..3,
+        prop::bool::weighted(0.8),
+        prop::option::weighted(0.3, 0usize..3),
+    )
+        .prop_map(|(o, prefix, priority, auto_assign, only_ns)| PoolGen {
             offset: o * 8,
             prefix,
             priority,
             auto_assign,
             only_ns,
-        },
-    )
+        })
 }
 
 fn svc_gen() -> impl Strategy<Value = SvcGen> {
@@ -62,7 +67,9 @@ fn svc_gen() -> impl Strategy<Value = SvcGen> {
 }
 
 fn build_pool(i: usize, g: &PoolGen) -> PoolSpec {
-    let cidr = format!("198.18.100.{}/{}", g.offset, g.prefix).parse().unwrap();
+    let cidr = format!("198.18.100.{}/{}", g.offset, g.prefix)
+        .parse()
+        .unwrap();
     let mut p = PoolSpec {
         name: format!("p{i}"),
         use_: PoolUse::Service,
