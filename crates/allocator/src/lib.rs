@@ -15,7 +15,8 @@ pub use snapshot::{snapshot, Snapshot};
 
 use berth_core::block::candidate_blocks;
 use berth_core::{
-    Binding, BindingKind, Block, Claim, Family, Identity, Owner, PoolSpec, SubnetSpec, Timestamp,
+    Binding, BindingKind, Block, Claim, Family, Holder, Identity, Owner, PoolSpec, SubnetSpec,
+    Timestamp,
 };
 use berth_ledger::{BadRecord, Kind, Ledger, LedgerError, Records, Stored};
 use ipnet::IpNet;
@@ -236,7 +237,10 @@ impl Allocator {
 
     async fn rollback(&self, created: &[Binding]) {
         for b in created {
-            if let Err(e) = self.release_one(b.address, &b.owner, None).await {
+            let Some(owner) = b.attachment() else {
+                continue;
+            };
+            if let Err(e) = self.release_one(b.address, owner, None).await {
                 tracing::warn!(address = %b.address, error = %e, "could not roll back a partial ADD; GC will release it");
             }
         }
@@ -255,7 +259,7 @@ impl Allocator {
             prefix_len: subnet.cidr.prefix_len(),
             pool: pool.name.clone(),
             node: self.node.clone(),
-            owner: owner.clone(),
+            holder: Holder::Attachment(owner.clone()),
             kind,
             since: self.now(),
         }
@@ -284,10 +288,10 @@ impl Allocator {
         self.state().pending.remove(&ip);
         match res? {
             Ok(b) => Ok(b),
-            Err(Held::By(h)) if h.owner.same_attachment(owner) => Ok(*h),
+            Err(Held::By(h)) if h.held_by_attachment(owner) => Ok(*h),
             Err(Held::By(h)) => Err(AllocError::AddressHeld {
                 address: ip,
-                holder: describe(&h.owner),
+                holder: h.holder.describe(),
                 node: h.node,
             }),
             Err(Held::Bad(reason)) => Err(AllocError::HeldByBadRecord {
@@ -369,7 +373,7 @@ impl Allocator {
     /// The binding the ledger holds for `ip` for `owner`, if it is still that attachment's.
     async fn current_for(&self, ip: IpAddr, owner: &Owner) -> Result<Option<Binding>, AllocError> {
         Ok(match self.refresh_binding(ip).await? {
-            Held::By(cur) if cur.owner.same_attachment(owner) => Some(*cur),
+            Held::By(cur) if cur.held_by_attachment(owner) => Some(*cur),
             _ => None,
         })
     }
@@ -449,8 +453,8 @@ impl Allocator {
                 );
                 match self.create_binding(b).await? {
                     Ok(b) => return Ok(b),
-                    Err(Held::By(h)) if h.owner.same_attachment(owner) => return Ok(*h),
-                    Err(Held::By(h)) => busy.push(format!("{} by {}", ip, describe(&h.owner))),
+                    Err(Held::By(h)) if h.held_by_attachment(owner) => return Ok(*h),
+                    Err(Held::By(h)) => busy.push(format!("{} by {}", ip, h.holder.describe())),
                     Err(Held::Bad(reason)) => {
                         busy.push(format!("{ip} by an unreadable record ({reason})"))
                     }
@@ -578,7 +582,7 @@ impl Allocator {
         cached: Option<&Stored<Binding>>,
     ) -> Result<Option<Binding>, AllocError> {
         if let Some(c) =
-            cached.filter(|c| c.value.address == ip && c.value.owner.same_attachment(owner))
+            cached.filter(|c| c.value.address == ip && c.value.held_by_attachment(owner))
         {
             match self
                 .ledger
@@ -609,7 +613,7 @@ impl Allocator {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if !cur.value.owner.same_attachment(owner) {
+            if !cur.value.held_by_attachment(owner) {
                 // Someone else holds it now: nothing of ours to free.
                 self.state().insert_binding(cur);
                 return Ok(None);
@@ -677,9 +681,12 @@ impl Allocator {
             st.bindings
                 .values()
                 .map(|s| &s.value)
-                .filter(|b| b.node == self.node && b.owner.network == network)
+                .filter(|b| b.node == self.node)
                 .filter(|b| {
-                    !valid.contains(&(b.owner.container_id.as_str(), b.owner.ifname.as_str()))
+                    b.attachment().is_some_and(|o| {
+                        o.network == network
+                            && !valid.contains(&(o.container_id.as_str(), o.ifname.as_str()))
+                    })
                 })
                 .filter(|b| started.since(b.since) >= GC_GUARD && !st.pending.contains(&b.address))
                 .cloned()
@@ -687,8 +694,11 @@ impl Allocator {
         };
         let mut out = vec![];
         for b in stale {
-            if let Some(released) = self.release_one(b.address, &b.owner, None).await? {
-                tracing::info!(address = %released.address, container = %released.owner.container_id, "GC released");
+            let Some(owner) = b.attachment() else {
+                continue;
+            };
+            if let Some(released) = self.release_one(b.address, owner, None).await? {
+                tracing::info!(address = %released.address, holder = %released.holder.describe(), "GC released");
                 out.push(released);
             }
         }

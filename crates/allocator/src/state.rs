@@ -130,16 +130,18 @@ impl State {
             self.bad
                 .retain(|r| !(r.kind == Kind::Binding && r.name == ip.to_string()));
         }
-        self.by_owner
-            .entry(key(&b.value.owner))
-            .or_default()
-            .push(ip);
+        if let Some(o) = b.value.attachment() {
+            self.by_owner.entry(key(o)).or_default().push(ip);
+        }
         self.bindings.insert(ip, b);
     }
 
     pub fn remove_binding(&mut self, ip: IpAddr) {
         if let Some(old) = self.bindings.remove(&ip) {
-            let k = key(&old.value.owner);
+            let Some(o) = old.value.attachment() else {
+                return;
+            };
+            let k = key(o);
             if let Some(v) = self.by_owner.get_mut(&k) {
                 v.retain(|a| *a != ip);
                 if v.is_empty() {

@@ -218,7 +218,7 @@ async fn gc_releases_only_unlisted_attachments_of_this_node_and_network() {
         .unwrap();
     let mut names: Vec<String> = released
         .iter()
-        .map(|b| b.owner.container_id.clone())
+        .map(|b| b.attachment().unwrap().container_id.clone())
         .collect();
     names.sort();
     assert_eq!(names, ["drop1", "drop2"]);
@@ -309,7 +309,7 @@ proptest! {
             }
             let s = snapshot(l.as_ref()).await.unwrap();
             assert!(audit(&s.pools, &s.blocks, &s.bindings).is_empty());
-            let held: std::collections::HashMap<String, IpAddr> = s.bindings.iter().map(|b| (b.owner.container_id.clone(), b.address)).collect();
+            let held: std::collections::HashMap<String, IpAddr> = s.bindings.iter().map(|b| (b.attachment().unwrap().container_id.clone(), b.address)).collect();
             assert_eq!(held.len(), live.len());
             for (cid, addr) in live { assert_eq!(held.get(&format!("c{cid}")), Some(&addr)); }
         });

@@ -5,7 +5,7 @@ use crate::ledger_args::LedgerArgs;
 use anyhow::{bail, Context};
 use berth_agent::admin::{AdminCommand, AdminRequest, SnapshotReply};
 use berth_allocator::Snapshot;
-use berth_core::{audit_with_claims, Binding, BindingKind, Block, PoolSpec, Violation};
+use berth_core::{audit_with_claims, Binding, BindingKind, Block, Holder, PoolSpec, Violation};
 use berth_ledger::{BadRecord, LedgerError, LedgerSpec};
 use clap::Args;
 use std::collections::HashMap;
@@ -211,12 +211,17 @@ pub async fn blocks(args: InspectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pod(b: &Binding) -> String {
-    b.owner
-        .pod
-        .as_ref()
-        .map(|p| format!("{}/{}", p.namespace, p.name))
-        .unwrap_or_else(|| "-".into())
+/// Who holds a binding, as the HOLDER column shows it: `pod NS/NAME`, `service NS/NAME` (several
+/// for a shared address), or `-` for a container without Kubernetes arguments.
+fn holder(b: &Binding) -> String {
+    match &b.holder {
+        Holder::Attachment(o) => o
+            .pod
+            .as_ref()
+            .map(|p| format!("pod {}/{}", p.namespace, p.name))
+            .unwrap_or_else(|| "-".into()),
+        Holder::Services(_) => b.holder.describe(),
+    }
 }
 
 /// `berth bindings`.
@@ -233,7 +238,7 @@ pub async fn bindings(args: InspectArgs) -> anyhow::Result<()> {
         "NETWORK".into(),
         "CONTAINER".into(),
         "IFNAME".into(),
-        "POD".into(),
+        "HOLDER".into(),
     ]];
     for b in &s.bindings {
         let kind = match &b.kind {
@@ -241,16 +246,21 @@ pub async fn bindings(args: InspectArgs) -> anyhow::Result<()> {
             BindingKind::Dynamic { block } => format!("block {block}"),
             BindingKind::Claimed { claim } => format!("claim {claim}"),
         };
-        let cid: String = b.owner.container_id.chars().take(16).collect();
+        let dash = || "-".to_string();
+        let o = b.attachment();
         rows.push(vec![
             format!("{}/{}", b.address, b.prefix_len),
             b.pool.clone(),
-            b.node.clone(),
+            if b.node.is_empty() {
+                dash()
+            } else {
+                b.node.clone()
+            },
             kind,
-            b.owner.network.clone(),
-            cid,
-            b.owner.ifname.clone(),
-            pod(b),
+            o.map_or_else(dash, |o| o.network.clone()),
+            o.map_or_else(dash, |o| o.container_id.chars().take(16).collect()),
+            o.map_or_else(dash, |o| o.ifname.clone()),
+            holder(b),
         ]);
     }
     table(rows);

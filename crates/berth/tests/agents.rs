@@ -89,15 +89,15 @@ fn check_ledger(
             );
             assert_eq!(b["kind"], "dynamic", "binding {addr} is not dynamic: {b}");
             assert_eq!(
-                b["owner"]["network"], pool,
+                b["holder"]["attachment"]["network"], pool,
                 "binding {addr}: wrong network: {b}"
             );
             assert_eq!(
-                b["owner"]["ifname"], "eth0",
+                b["holder"]["attachment"]["ifname"], "eth0",
                 "binding {addr}: wrong ifname: {b}"
             );
             assert_eq!(
-                b["owner"]["pod"]["name"],
+                b["holder"]["attachment"]["pod"]["name"],
                 format!("pod-{cid}"),
                 "binding {addr}: pod from CNI_ARGS not recorded: {b}"
             );

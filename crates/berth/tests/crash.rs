@@ -215,7 +215,7 @@ fn crash_mid_burst(ledger: Ledger) {
         .filter(|b| {
             failed
                 .iter()
-                .any(|c| b["owner"]["containerID"] == c.as_str())
+                .any(|c| b["holder"]["attachment"]["containerID"] == c.as_str())
         })
         .count();
     let dels = par_map(failed.len(), THREADS, |i| {

@@ -143,7 +143,12 @@ fn a_frozen_etcd_is_try_again_within_the_bound() {
         .unwrap_or_else(|e| panic!("ADD after the freeze: {e:#}"));
     let held: Vec<String> = bindings(&Ledger::Etcd(etcd.url()), None)
         .iter()
-        .map(|b| b["owner"]["containerID"].as_str().unwrap().to_string())
+        .map(|b| {
+            b["holder"]["attachment"]["containerID"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let mut held = held;
     held.sort();

@@ -433,11 +433,14 @@ fn apiserver_restart_mid_burst_leaves_no_duplicates_and_no_leaks() {
         for (addr, node, b) in held {
             assert_eq!(node, &node_name(i % NODES), "binding {addr}: {b}");
             assert_eq!(
-                b["owner"]["pod"]["name"],
+                b["holder"]["attachment"]["pod"]["name"],
                 pod_name(i),
                 "binding {addr}: {b}"
             );
-            assert_eq!(b["owner"]["pod"]["uid"], uids[i], "binding {addr}: {b}");
+            assert_eq!(
+                b["holder"]["attachment"]["pod"]["uid"], uids[i],
+                "binding {addr}: {b}"
+            );
         }
     }
     for (i, a) in agents.iter_mut().enumerate() {

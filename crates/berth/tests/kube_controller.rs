@@ -512,7 +512,9 @@ async fn gc_race_and_claims_in_process() {
             .get(ip)
             .unwrap_or_else(|| panic!("GC released {ip} of live pod {name} during the race"));
         assert_eq!(
-            b.owner.pod.as_ref().map(|p| p.name.as_str()),
+            b.attachment()
+                .and_then(|o| o.pod.as_ref())
+                .map(|p| p.name.as_str()),
             Some(name.as_str())
         );
     }
@@ -1070,7 +1072,7 @@ fn fencing_election_and_restart_with_processes() {
     assert_eq!(before.len(), 5);
     for (addr, b) in &before {
         assert!(
-            b["owner"]["pod"]["uid"].is_string(),
+            b["holder"]["attachment"]["pod"]["uid"].is_string(),
             "binding {addr} carries no pod UID: {b}"
         );
     }

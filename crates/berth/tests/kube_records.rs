@@ -116,7 +116,7 @@ fn post(cp: &KubeControlPlane, plural: &str, kind: &str, spec: &Value, until_sto
 fn bad_binding() -> Value {
     json!({
         "key": "198.18.0.5", "address": "198.18.0.5", "prefixLen": 27, "pool": POOL, "node": NODE,
-        "owner": {"network": "krnet", "containerID": "lost", "ifname": "eth0"},
+        "holder": {"attachment": {"network": "krnet", "containerID": "lost", "ifname": "eth0"}},
         "kind": "dynamic", "since": "2024-06-15T07:00:00.000000Z"
     })
 }
@@ -176,12 +176,30 @@ fn bad_records_stop_nothing_and_free_nothing_on_the_kubernetes_ledger() {
     assert_eq!(r.status, 201, "{}", r.body);
 
     // The tightened schema refuses both bad objects.
-    assert_eq!(post(&cp, "bindings", "Binding", &bad_binding(), false), 422);
+    assert_eq!(
+        post(
+            &cp,
+            "addressbindings",
+            "AddressBinding",
+            &bad_binding(),
+            false
+        ),
+        422
+    );
     assert_eq!(post(&cp, "blocks", "Block", &bad_block(), false), 422);
     // Stored under a relaxed schema, as before the schema was tightened; then tightened again.
-    relax(&cp, "bindings");
+    relax(&cp, "addressbindings");
     relax(&cp, "blocks");
-    assert_eq!(post(&cp, "bindings", "Binding", &bad_binding(), true), 201);
+    assert_eq!(
+        post(
+            &cp,
+            "addressbindings",
+            "AddressBinding",
+            &bad_binding(),
+            true
+        ),
+        201
+    );
     assert_eq!(post(&cp, "blocks", "Block", &bad_block(), true), 201);
     rt.block_on(berth_k8s::crd::install(&client, Duration::from_secs(60)))
         .unwrap();
@@ -189,7 +207,7 @@ fn bad_records_stop_nothing_and_free_nothing_on_the_kubernetes_ledger() {
     again["key"] = json!("198.18.0.9");
     again["address"] = json!("198.18.0.9");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while post(&cp, "bindings", "Binding", &again, false) != 422 {
+    while post(&cp, "addressbindings", "AddressBinding", &again, false) != 422 {
         assert!(
             Instant::now() < deadline,
             "the restored schema does not refuse a dynamic binding without a block"

@@ -288,7 +288,13 @@ fn bindings_without_pod(lab: &Lab) -> Vec<Value> {
         .collect();
     bindings(lab)
         .into_iter()
-        .filter(|b| !uids.contains(b["owner"]["pod"]["uid"].as_str().unwrap_or_default()))
+        .filter(|b| {
+            !uids.contains(
+                b["holder"]["attachment"]["pod"]["uid"]
+                    .as_str()
+                    .unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -430,7 +436,7 @@ fn six_pods_over_three_nodes_get_berth_addresses() {
     let all = bindings(lab);
     let mine: Vec<&Value> = all
         .iter()
-        .filter(|b| b["owner"]["pod"]["namespace"] == ns.name.as_str())
+        .filter(|b| b["holder"]["attachment"]["pod"]["namespace"] == ns.name.as_str())
         .collect();
     assert_eq!(mine.len(), 6, "{mine:?}");
     for (name, (node, ip, uid, _)) in &pods {
@@ -438,8 +444,8 @@ fn six_pods_over_three_nodes_get_berth_addresses() {
             .iter()
             .find(|b| b["address"] == ip.as_str())
             .unwrap_or_else(|| panic!("no binding for {name} {ip}"));
-        assert_eq!(b["owner"]["pod"]["name"], name.as_str());
-        assert_eq!(b["owner"]["pod"]["uid"], uid.as_str());
+        assert_eq!(b["holder"]["attachment"]["pod"]["name"], name.as_str());
+        assert_eq!(b["holder"]["attachment"]["pod"]["uid"], uid.as_str());
         assert_eq!(b["node"], node.as_str());
     }
     assert_audit_clean(lab);
@@ -630,7 +636,7 @@ fn the_agent_pod_deleted_mid_burst_of_thirty_pods() {
     let all = bindings(lab);
     let mine: Vec<&Value> = all
         .iter()
-        .filter(|b| b["owner"]["pod"]["namespace"] == ns.name.as_str())
+        .filter(|b| b["holder"]["attachment"]["pod"]["namespace"] == ns.name.as_str())
         .collect();
     assert_eq!(mine.len(), 30, "one binding per pod: {mine:?}");
     assert_audit_clean(lab);

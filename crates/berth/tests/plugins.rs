@@ -273,7 +273,12 @@ fn gc_releases_exactly_the_attachments_not_listed() {
         .unwrap();
     let mut left: Vec<String> = bindings(data.path())
         .iter()
-        .map(|b| b["owner"]["containerID"].as_str().unwrap().to_string())
+        .map(|b| {
+            b["holder"]["attachment"]["containerID"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     left.sort();
     assert_eq!(left, ["keep-1", "keep-2"]);

@@ -241,7 +241,7 @@ fn gc_keeps_a_binding_made_in_the_last_second_and_releases_an_older_one() {
     let held = |cid: &str| {
         bindings(&ledger, None)
             .iter()
-            .any(|b| b["owner"]["containerID"] == cid)
+            .any(|b| b["holder"]["attachment"]["containerID"] == cid)
     };
     // A GC listing no attachment: everything of this network on this node is stale to it.
     conf["cni.dev/valid-attachments"] = serde_json::json!([]);

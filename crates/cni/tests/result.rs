@@ -2,7 +2,7 @@
 
 use berth_cni::result::{build_result, parse_prev_result, IpConfig, IpamResult, PrevIp};
 use berth_cni::{parse_config, parse_resolv_conf, CniVersion, Dns};
-use berth_core::{Binding, BindingKind, Owner, PoolSpec};
+use berth_core::{Binding, BindingKind, Holder, Owner, PoolSpec};
 use serde_json::json;
 use std::net::IpAddr;
 
@@ -28,12 +28,12 @@ fn binding(addr: &str, prefix: u8) -> Binding {
         prefix_len: prefix,
         pool: "n".into(),
         node: "node1".into(),
-        owner: Owner {
+        holder: Holder::Attachment(Owner {
             network: "n".into(),
             container_id: "c".into(),
             ifname: "eth0".into(),
             pod: None,
-        },
+        }),
         kind: BindingKind::Fixed,
         since: Default::default(),
     }

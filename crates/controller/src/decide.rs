@@ -27,6 +27,9 @@ pub struct ClusterView {
     pub statefulsets: HashMap<(String, String), u32>,
     /// Deployments by namespace/name.
     pub deployments: HashSet<(String, String)>,
+    /// Services by namespace/name, with their UIDs; `None` when they were not listed, and then
+    /// no Service's address is released (fail closed).
+    pub services: Option<HashMap<(String, String), String>>,
 }
 
 /// One release the controller will attempt.
@@ -98,7 +101,29 @@ pub fn decide(
         .collect();
     let mut released: HashSet<String> = HashSet::new();
     for b in bindings {
-        let Some(pod) = &b.owner.pod else { continue };
+        if let Some(h) = b.holder.services() {
+            // The service controller releases at once; this is the backstop for a Service
+            // deleted while no controller ran.
+            let Some(services) = &view.services else {
+                continue;
+            };
+            let gone = h
+                .services
+                .iter()
+                .all(|s| services.get(&(s.namespace.clone(), s.name.clone())) != Some(&s.uid));
+            if gone && old(b.since) {
+                actions.push(Action::ReleaseBinding {
+                    name: b.name(),
+                    reason: format!("{} is gone", b.holder.describe()),
+                    recheck_pod: None,
+                });
+                released.insert(b.name());
+            }
+            continue;
+        }
+        let Some(pod) = b.attachment().and_then(|o| o.pod.as_ref()) else {
+            continue;
+        };
         if node_gone(&b.node) {
             let why = if view.fenced.contains(&b.node) {
                 "is out of service"
@@ -177,6 +202,17 @@ pub fn decide(
             }
             Identity::StickySet { namespace, name: d } => (!view.deployments.contains(&(namespace.clone(), d.clone())))
                 .then(|| format!("Deployment {namespace}/{d} is gone")),
+            Identity::Service { namespace, name: svc } => match &view.services {
+                Some(services) if !services.contains_key(&(namespace.clone(), svc.clone())) => {
+                    Some(format!("Service {namespace}/{svc} is gone"))
+                }
+                _ => None,
+            },
+            // Only its bindings keep a shared address: unused and older than grace, it goes.
+            Identity::SharedService { namespace, key } => view
+                .services
+                .is_some()
+                .then(|| format!("no Service in {namespace} holds sharing key {key:?} any more")),
             Identity::Key { .. } => None,
         };
         if let Some(reason) = reason {
@@ -189,7 +225,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_core::{BindingKind, Owner, PodRef};
+    use berth_core::{BindingKind, Holder, Owner, PodRef, ServiceHolders, ServiceRef};
 
     /// `s` seconds after the epoch.
     fn at(s: u64) -> Timestamp {
@@ -207,7 +243,7 @@ mod tests {
             prefix_len: 24,
             pool: "p".into(),
             node: node.into(),
-            owner: Owner {
+            holder: Holder::Attachment(Owner {
                 network: "n".into(),
                 container_id: format!("c-{addr}"),
                 ifname: "eth0".into(),
@@ -216,7 +252,7 @@ mod tests {
                     name: name.into(),
                     uid: uid.map(String::from),
                 }),
-            },
+            }),
             kind: BindingKind::Fixed,
             since: at(since),
         }
@@ -449,6 +485,66 @@ mod tests {
         assert_eq!(
             names(&decide(&view(), &[], &[], &[b], &[], 30)),
             ["198.18.0.1"]
+        );
+    }
+
+    #[test]
+    fn service_bindings_are_released_only_when_listed_services_are_gone() {
+        let svc = |uid: &str| ServiceRef {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: uid.into(),
+        };
+        let b = Binding {
+            address: "198.18.100.1".parse().unwrap(),
+            prefix_len: 28,
+            pool: "public".into(),
+            node: String::new(),
+            holder: Holder::Services(ServiceHolders {
+                services: vec![svc("u1")],
+                sharing_key: None,
+            }),
+            kind: BindingKind::Claimed {
+                claim: "public/service/default/web".into(),
+            },
+            since: at(0),
+        };
+        let claim = Claim {
+            identity: Identity::Service {
+                namespace: "default".into(),
+                name: "web".into(),
+            },
+            pool: "public".into(),
+            addresses: vec![b.address],
+            since: at(0),
+        };
+        let mut view = ClusterView {
+            read_at: at(1000),
+            ..Default::default()
+        };
+        // Not listed: fail closed, nothing released.
+        let d = decide(&view, &[], &[claim.clone()], &[b.clone()], &[], 30);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        // Listed and present with the same UID: kept.
+        view.services = Some([(("default".into(), "web".into()), "u1".into())].into());
+        let d = decide(&view, &[], &[claim.clone()], &[b.clone()], &[], 30);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        // Re-created (another UID): the old Service's binding goes; the claim waits for a
+        // later round, since the binding still used it in this one.
+        view.services = Some([(("default".into(), "web".into()), "u2".into())].into());
+        let d = decide(&view, &[], &[claim.clone()], &[b.clone()], &[], 30);
+        assert!(
+            matches!(&d.actions[..], [Action::ReleaseBinding { name, .. }] if name == "198.18.100.1"),
+            "{:?}",
+            d.actions
+        );
+        // Gone, binding already released: the claim goes too.
+        view.services = Some(Default::default());
+        let d = decide(&view, &[], &[claim], &[], &[], 30);
+        assert!(
+            matches!(&d.actions[..], [Action::ReleaseClaim { .. }]),
+            "{:?}",
+            d.actions
         );
     }
 }

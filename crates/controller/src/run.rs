@@ -122,6 +122,8 @@ pub async fn read_cluster(client: &Client) -> Result<ClusterView, RoundError> {
             })
             .collect(),
         deployments: deps.iter().map(|d| key(&d.metadata)).collect(),
+        // Not listed by the GC round: no Service's address is released here.
+        services: None,
     })
 }
 

@@ -17,7 +17,7 @@ pub enum Violation {
     AddressBoundTwice {
         /// The address.
         address: IpAddr,
-        /// Container IDs of the holders.
+        /// The holders.
         holders: Vec<String>,
     },
     /// One attachment holds two addresses of the same family in one network: a leak.
@@ -81,8 +81,18 @@ pub enum Violation {
         address: IpAddr,
         /// The claim that keeps it.
         claim: String,
-        /// The container holding it.
+        /// Who holds it.
         holder: String,
+    },
+    /// A binding whose holder does not fit its pool or claim: a Service's binding outside a
+    /// service pool or without its Service claim, an attachment's binding in a service pool.
+    WrongHolder {
+        /// The address.
+        address: IpAddr,
+        /// Who holds it.
+        holder: String,
+        /// What is wrong.
+        reason: String,
     },
     /// Two blocks overlap.
     BlocksOverlap {
@@ -108,7 +118,7 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Violation::AddressBoundTwice { address, holders } => {
-                write!(f, "address {address} is bound twice (containers {holders:?})")
+                write!(f, "address {address} is bound twice ({holders:?})")
             }
             Violation::AttachmentBoundTwice {
                 attachment,
@@ -147,13 +157,67 @@ impl fmt::Display for Violation {
                 holder,
             } => write!(
                 f,
-                "address {address} is kept by claim {claim:?} but bound by container {holder} outside the claim"
+                "address {address} is kept by claim {claim:?} but bound by {holder} outside the claim"
             ),
+            Violation::WrongHolder {
+                address,
+                holder,
+                reason,
+            } => write!(f, "binding {address} held by {holder}: {reason}"),
             Violation::BlocksOverlap { a, b } => write!(f, "blocks {a} and {b} overlap"),
             Violation::BadRecord { kind, name, reason } => write!(
                 f,
                 "{kind} {name:?} cannot be read ({reason}); it is skipped, never treated as free: fix or delete it"
             ),
+        }
+    }
+}
+
+/// Why a binding's holder does not fit its pool or claim, if it does not. Services hold
+/// addresses of service pools only, through a claim for their own identity (the Service, or
+/// their namespace's sharing key); attachments never hold service addresses.
+fn holder_problem(
+    pool: &PoolSpec,
+    b: &Binding,
+    claims: &HashMap<String, &Claim>,
+) -> Option<String> {
+    use crate::binding::Holder;
+    use crate::claim::Identity;
+    use crate::pool::PoolUse;
+    match &b.holder {
+        Holder::Attachment(_) if pool.use_ == PoolUse::Service => Some(format!(
+            "pool {:?} is a service pool; containers never hold its addresses",
+            pool.name
+        )),
+        Holder::Attachment(_) => None,
+        Holder::Services(h) => {
+            if pool.use_ != PoolUse::Service {
+                return Some(format!("pool {:?} is not a service pool", pool.name));
+            }
+            let Some(first) = h.services.first() else {
+                return Some("no Service is named".into());
+            };
+            let BindingKind::Claimed { claim } = &b.kind else {
+                return Some("a Service's binding must name its claim".into());
+            };
+            let Some(c) = claims.get(claim) else {
+                return None; // ClaimMismatch reports it.
+            };
+            match (&c.identity, &h.sharing_key) {
+                (Identity::Service { namespace, name }, None)
+                    if h.services.len() == 1
+                        && first.namespace == *namespace
+                        && first.name == *name =>
+                {
+                    None
+                }
+                (Identity::SharedService { namespace, key }, Some(k))
+                    if k == key && h.services.iter().all(|s| s.namespace == *namespace) =>
+                {
+                    None
+                }
+                (i, _) => Some(format!("its claim is for {i}, which does not match")),
+            }
         }
     }
 }
@@ -186,23 +250,19 @@ pub fn audit_with_claims(
     let mut by_attachment: BTreeMap<(String, Family), Vec<IpAddr>> = BTreeMap::new();
     for b in bindings {
         by_addr.entry(b.address).or_default().push(b);
-        let key = format!(
-            "{}/{}/{}",
-            b.owner.network, b.owner.container_id, b.owner.ifname
-        );
-        by_attachment
-            .entry((key, Family::of(b.address)))
-            .or_default()
-            .push(b.address);
+        if let Some(o) = b.attachment() {
+            let key = format!("{}/{}/{}", o.network, o.container_id, o.ifname);
+            by_attachment
+                .entry((key, Family::of(b.address)))
+                .or_default()
+                .push(b.address);
+        }
     }
     for (address, holders) in &by_addr {
         if holders.len() > 1 {
             out.push(Violation::AddressBoundTwice {
                 address: *address,
-                holders: holders
-                    .iter()
-                    .map(|b| b.owner.container_id.clone())
-                    .collect(),
+                holders: holders.iter().map(|b| b.holder.describe()).collect(),
             });
         }
     }
@@ -235,12 +295,19 @@ pub fn audit_with_claims(
             });
             continue;
         };
+        if let Some(reason) = holder_problem(pool, b, &claims_by_name) {
+            out.push(Violation::WrongHolder {
+                address: b.address,
+                holder: b.holder.describe(),
+                reason,
+            });
+        }
         if let Some(claim) = claimed.get(&b.address) {
             if !matches!(&b.kind, BindingKind::Claimed { claim: c } if c == claim) {
                 out.push(Violation::ClaimedAddressTaken {
                     address: b.address,
                     claim: claim.clone(),
-                    holder: b.owner.container_id.clone(),
+                    holder: b.holder.describe(),
                 });
             }
         }
@@ -315,4 +382,172 @@ pub fn audit_with_claims(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::{Holder, Owner, ServiceHolders};
+    use crate::claim::Identity;
+    use crate::pool::{PoolUse, SubnetSpec};
+    use crate::service::ServiceRef;
+
+    fn pool(name: &str, use_: PoolUse, cidr: &str) -> PoolSpec {
+        PoolSpec {
+            name: name.into(),
+            use_,
+            subnets: vec![SubnetSpec::new(cidr.parse().unwrap())],
+            policy: Default::default(),
+            service: Default::default(),
+        }
+    }
+
+    fn svc(ns: &str, name: &str) -> ServiceRef {
+        ServiceRef {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+        }
+    }
+
+    fn service_binding(
+        addr: &str,
+        pool: &str,
+        claim: &str,
+        services: Vec<ServiceRef>,
+        key: Option<&str>,
+    ) -> Binding {
+        Binding {
+            address: addr.parse().unwrap(),
+            prefix_len: 28,
+            pool: pool.into(),
+            node: String::new(),
+            holder: Holder::Services(ServiceHolders {
+                services,
+                sharing_key: key.map(String::from),
+            }),
+            kind: BindingKind::Claimed {
+                claim: claim.into(),
+            },
+            since: Default::default(),
+        }
+    }
+
+    fn claim(pool: &str, identity: Identity, addr: &str) -> Claim {
+        Claim {
+            identity,
+            pool: pool.into(),
+            addresses: vec![addr.parse().unwrap()],
+            since: Default::default(),
+        }
+    }
+
+    #[test]
+    fn service_holders_fit_their_pool_and_claim() {
+        let pools = vec![
+            pool("public", PoolUse::Service, "198.18.100.0/28"),
+            pool("pods", PoolUse::Pod, "198.18.0.0/24"),
+        ];
+        let web = Identity::Service {
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        let c = claim("public", web.clone(), "198.18.100.1");
+        let good = service_binding(
+            "198.18.100.1",
+            "public",
+            &c.name(),
+            vec![svc("default", "web")],
+            None,
+        );
+        assert!(audit_with_claims(&pools, &[], &[c.clone()], &[good.clone()]).is_empty());
+
+        // Another Service holding web's claim.
+        let other = service_binding(
+            "198.18.100.1",
+            "public",
+            &c.name(),
+            vec![svc("default", "api")],
+            None,
+        );
+        let v = audit_with_claims(&pools, &[], &[c.clone()], &[other]);
+        assert!(matches!(&v[..], [Violation::WrongHolder { .. }]), "{v:?}");
+
+        // A shared address: one claim per namespace and key, every holder of that namespace.
+        let shared = Identity::SharedService {
+            namespace: "default".into(),
+            key: "k".into(),
+        };
+        let sc = claim("public", shared, "198.18.100.2");
+        let both = service_binding(
+            "198.18.100.2",
+            "public",
+            &sc.name(),
+            vec![svc("default", "a"), svc("default", "b")],
+            Some("k"),
+        );
+        assert!(audit_with_claims(&pools, &[], &[sc.clone()], &[both]).is_empty());
+        let cross = service_binding(
+            "198.18.100.2",
+            "public",
+            &sc.name(),
+            vec![svc("default", "a"), svc("other", "b")],
+            Some("k"),
+        );
+        assert!(!audit_with_claims(&pools, &[], &[sc], &[cross]).is_empty());
+
+        // A Service in a pod pool, and a container in a service pool.
+        let c2 = claim("pods", web, "198.18.0.9");
+        let in_pods = service_binding(
+            "198.18.0.9",
+            "pods",
+            &c2.name(),
+            vec![svc("default", "web")],
+            None,
+        );
+        let v = audit_with_claims(&pools, &[], &[c2], &[in_pods]);
+        assert!(
+            v.iter().any(|v| matches!(v, Violation::WrongHolder { .. })),
+            "{v:?}"
+        );
+        let container = Binding {
+            holder: Holder::Attachment(Owner {
+                network: "n".into(),
+                container_id: "c".into(),
+                ifname: "eth0".into(),
+                pod: None,
+            }),
+            kind: BindingKind::Fixed,
+            ..service_binding("198.18.100.3", "public", "x", vec![], None)
+        };
+        let v = audit_with_claims(&pools, &[], &[], &[container]);
+        assert!(
+            v.iter().any(|v| matches!(v, Violation::WrongHolder { .. })),
+            "{v:?}"
+        );
+        // The holder is named in two-holder reports.
+        let v = audit_with_claims(&pools, &[], &[c.clone()], &[good.clone(), good]);
+        assert!(
+            v.iter()
+                .any(|v| v.to_string().contains("service default/web")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn holders_round_trip_in_json() {
+        let b = service_binding(
+            "198.18.100.1",
+            "public",
+            "c",
+            vec![svc("default", "web")],
+            Some("k"),
+        );
+        let j = serde_json::to_value(&b).unwrap();
+        assert_eq!(j["holder"]["services"]["services"][0]["uid"], "uid-web");
+        assert_eq!(j["holder"]["services"]["sharingKey"], "k");
+        assert!(j.get("node").is_none(), "no node for a Service: {j}");
+        let back: Binding = serde_json::from_value(j).unwrap();
+        assert_eq!(back, b);
+    }
 }

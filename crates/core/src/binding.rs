@@ -1,5 +1,6 @@
 //! Bindings: the live use of one address by one workload instance.
 
+use crate::service::ServiceRef;
 use crate::time::Timestamp;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,63 @@ impl Owner {
     }
 }
 
+/// Services holding one address: one, or several sharing it under one sharing key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceHolders {
+    /// The Services, each with its UID: a release is checked against it.
+    pub services: Vec<ServiceRef>,
+    /// The sharing key they hold it under (their namespace's), when shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing_key: Option<String>,
+}
+
+/// Who holds a binding: the closed set of holders the core knows. Every release is checked
+/// against the holder's identity (container ID and interface, or Service UID).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Holder {
+    /// One network attachment of one container (the CNI IPAM path).
+    Attachment(Owner),
+    /// Services holding a LoadBalancer or external address.
+    Services(ServiceHolders),
+}
+
+impl Holder {
+    /// The attachment, when an attachment holds it.
+    pub fn attachment(&self) -> Option<&Owner> {
+        match self {
+            Holder::Attachment(o) => Some(o),
+            Holder::Services(_) => None,
+        }
+    }
+
+    /// The Services, when Services hold it.
+    pub fn services(&self) -> Option<&ServiceHolders> {
+        match self {
+            Holder::Services(s) => Some(s),
+            Holder::Attachment(_) => None,
+        }
+    }
+
+    /// A short description for messages and CLI output.
+    pub fn describe(&self) -> String {
+        match self {
+            Holder::Attachment(o) => match &o.pod {
+                Some(p) => format!("pod {}/{} ({})", p.namespace, p.name, o.container_id),
+                None => format!("container {}", o.container_id),
+            },
+            Holder::Services(s) => s
+                .services
+                .iter()
+                .map(|r| format!("service {r}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
 /// How a binding's address was chosen.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
@@ -81,10 +139,11 @@ pub struct Binding {
     pub prefix_len: u8,
     /// The pool it came from.
     pub pool: String,
-    /// The node where the workload runs.
+    /// The node where the workload runs; empty for holders that are not on one node (Services).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node: String,
     /// Who holds it.
-    pub owner: Owner,
+    pub holder: Holder,
     /// How it was chosen.
     #[serde(flatten)]
     pub kind: BindingKind,
@@ -96,6 +155,40 @@ impl Binding {
     /// The ledger name of a binding: the address itself.
     pub fn name(&self) -> String {
         self.address.to_string()
+    }
+
+    /// The attachment holding it, when an attachment does.
+    pub fn attachment(&self) -> Option<&Owner> {
+        self.holder.attachment()
+    }
+
+    /// Whether `owner`'s attachment holds it.
+    pub fn held_by_attachment(&self, owner: &Owner) -> bool {
+        self.attachment().is_some_and(|o| o.same_attachment(owner))
+    }
+}
+
+/// Kubernetes wants structural schemas: one object with both variants' fields, exactly one
+/// present.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Holder {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Holder".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let attachment = g.subschema_for::<Owner>();
+        let services = g.subschema_for::<ServiceHolders>();
+        schemars::json_schema!({
+            "type": "object",
+            "description": "Who holds the address: exactly one of attachment (a container's CNI attachment) or services (Services, several when shared).",
+            "minProperties": 1,
+            "maxProperties": 1,
+            "properties": {
+                "attachment": attachment,
+                "services": services
+            }
+        })
     }
 }
 

@@ -26,6 +26,20 @@ pub enum Identity {
         /// Deployment name.
         name: String,
     },
+    /// A Service's LoadBalancer or external address (not shared).
+    Service {
+        /// Namespace.
+        namespace: String,
+        /// Service name.
+        name: String,
+    },
+    /// An address Services of one namespace share under one sharing key.
+    SharedService {
+        /// Namespace.
+        namespace: String,
+        /// The sharing key.
+        key: String,
+    },
     /// An explicit key chosen by an operator.
     Key {
         /// The key.
@@ -42,6 +56,8 @@ impl fmt::Display for Identity {
                 ordinal,
             } => write!(f, "statefulset/{namespace}/{name}/{ordinal}"),
             Identity::StickySet { namespace, name } => write!(f, "stickyset/{namespace}/{name}"),
+            Identity::Service { namespace, name } => write!(f, "service/{namespace}/{name}"),
+            Identity::SharedService { namespace, key } => write!(f, "shared/{namespace}/{key}"),
             Identity::Key { key } => write!(f, "key/{key}"),
         }
     }
@@ -83,7 +99,7 @@ impl schemars::JsonSchema for Identity {
             "type": "object",
             "required": ["kind"],
             "properties": {
-                "kind": {"type": "string", "enum": ["statefulSet", "stickySet", "key"]},
+                "kind": {"type": "string", "enum": ["statefulSet", "stickySet", "service", "sharedService", "key"]},
                 "namespace": {"type": "string"},
                 "name": {"type": "string"},
                 "ordinal": {"type": "integer", "format": "uint32", "minimum": 0, "maximum": u32::MAX},
@@ -92,6 +108,8 @@ impl schemars::JsonSchema for Identity {
             "allOf": [
                 crate::schema::when_tag("kind", "statefulSet", &["namespace", "name", "ordinal"]),
                 crate::schema::when_tag("kind", "stickySet", &["namespace", "name"]),
+                crate::schema::when_tag("kind", "service", &["namespace", "name"]),
+                crate::schema::when_tag("kind", "sharedService", &["namespace", "key"]),
                 crate::schema::when_tag("kind", "key", &["key"])
             ]
         })

@@ -20,7 +20,7 @@ pub mod time;
 
 pub use addr::{AddrRange, Family};
 pub use audit::{audit, audit_with_claims, Violation};
-pub use binding::{Binding, BindingKind, Owner, PodRef};
+pub use binding::{Binding, BindingKind, Holder, Owner, PodRef, ServiceHolders};
 pub use block::Block;
 pub use claim::{Claim, Identity};
 pub use policy::{PolicyError, PoolPolicy};

@@ -157,7 +157,11 @@ impl PoolPolicy {
             });
         }
         let keep_claim = match ask.claim {
-            None | Some((Identity::Key { .. }, _)) => true,
+            None
+            | Some((
+                Identity::Key { .. } | Identity::Service { .. } | Identity::SharedService { .. },
+                _,
+            )) => true,
             Some((Identity::StickySet { .. }, size)) => {
                 if !self.allows_sticky_set(ns) {
                     return Err(PolicyError::StickySet {

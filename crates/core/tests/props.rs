@@ -159,7 +159,7 @@ proptest! {
         let ip = ip.unwrap();
         let mk = |cid: &str| Binding {
             address: ip, prefix_len: s.cidr.prefix_len(), pool: "p".into(), node: "n".into(),
-            owner: Owner { network: "net".into(), container_id: cid.into(), ifname: "eth0".into(), pod: None },
+            holder: berth_core::Holder::Attachment(Owner { network: "net".into(), container_id: cid.into(), ifname: "eth0".into(), pod: None }),
             kind: BindingKind::Dynamic { block: cidr }, since: Default::default(),
         };
         let (pools, blocks) = (vec![pool.clone()], vec![block.clone()]);

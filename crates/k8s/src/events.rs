@@ -1,7 +1,7 @@
 //! Warning Events on Berth's own objects, so `kubectl describe` and `kubectl get events` show
 //! what an operator must fix.
 
-use crate::crd::{Binding, Block, Claim, Pool};
+use crate::crd::{AddressBinding, Block, Claim, Pool};
 use crate::names::object_name;
 use berth_ledger::{BadRecord, Kind};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
@@ -17,7 +17,7 @@ fn resource(kind: Kind) -> ApiResource {
         Kind::Pool => ApiResource::erase::<Pool>(&()),
         Kind::Block => ApiResource::erase::<Block>(&()),
         Kind::Claim => ApiResource::erase::<Claim>(&()),
-        Kind::Binding => ApiResource::erase::<Binding>(&()),
+        Kind::Binding => ApiResource::erase::<AddressBinding>(&()),
     }
 }
 

@@ -3,7 +3,7 @@
 //! and delete carry the version read). Allocations touch only their own binding object, so nodes
 //! never queue behind one shared lock object.
 
-use crate::crd::{Binding, Block, Claim, Pool};
+use crate::crd::{AddressBinding, Block, Claim, Pool};
 use crate::names::object_name;
 use async_trait::async_trait;
 use berth_ledger::{Entry, Kind, Ledger, LedgerError, Result, Version};
@@ -28,7 +28,7 @@ fn resource(kind: Kind) -> ApiResource {
         Kind::Pool => ApiResource::erase::<Pool>(&()),
         Kind::Block => ApiResource::erase::<Block>(&()),
         Kind::Claim => ApiResource::erase::<Claim>(&()),
-        Kind::Binding => ApiResource::erase::<Binding>(&()),
+        Kind::Binding => ApiResource::erase::<AddressBinding>(&()),
     }
 }
 

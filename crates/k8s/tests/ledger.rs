@@ -46,8 +46,8 @@ async fn records_are_readable_berth_objects() {
     let l = KubeLedger::new(c.clone());
     let binding = serde_json::json!({
         "address": "2001:db8::5", "prefixLen": 64, "pool": "pods", "node": "node-1",
-        "owner": {"network": "net", "containerID": "c1", "ifname": "eth0",
-                  "pod": {"namespace": "default", "name": "web-0"}},
+        "holder": {"attachment": {"network": "net", "containerID": "c1", "ifname": "eth0",
+                  "pod": {"namespace": "default", "name": "web-0"}}},
         "kind": "dynamic", "block": "2001:db8::/122", "since": "2024-06-15T07:00:00.123456Z"
     });
     l.create(
@@ -59,14 +59,14 @@ async fn records_are_readable_berth_objects() {
     .unwrap();
     // The object validates against the CRD schema and shows the printer columns' fields.
     let out = cp
-        .request("GET", "/apis/berth.dev/v1alpha1/bindings", None)
+        .request("GET", "/apis/berth.dev/v1alpha1/addressbindings", None)
         .unwrap()
         .json()
         .unwrap();
     let item = &out["items"][0];
     assert_eq!(item["spec"]["address"], "2001:db8::5");
     assert_eq!(item["spec"]["key"], "2001:db8::5");
-    assert_eq!(item["spec"]["owner"]["pod"]["name"], "web-0");
+    assert_eq!(item["spec"]["holder"]["attachment"]["pod"]["name"], "web-0");
     assert!(item["metadata"]["name"]
         .as_str()
         .unwrap()
@@ -180,7 +180,7 @@ fn the_api_server_refuses_what_berth_cannot_decode() {
     });
     let binding = json!({
         "key": "198.18.0.5", "address": "198.18.0.5", "prefixLen": 24, "pool": "pods",
-        "node": "n1", "owner": {"network": "net", "containerID": "c1", "ifname": "eth0"},
+        "node": "n1", "holder": {"attachment": {"network": "net", "containerID": "c1", "ifname": "eth0"}},
         "kind": "dynamic", "block": "198.18.0.0/26", "since": "2024-06-15T07:00:00.123456Z"
     });
     let block =
@@ -200,8 +200,8 @@ fn the_api_server_refuses_what_berth_cannot_decode() {
     type Cases = Vec<(&'static str, Value)>;
     let table: Vec<(&str, &str, Value, Cases)> = vec![
         (
-            "bindings",
-            "Binding",
+            "addressbindings",
+            "AddressBinding",
             binding.clone(),
             vec![
                 ("dynamic without block", json!({"block": null})),
@@ -219,13 +219,22 @@ fn the_api_server_refuses_what_berth_cannot_decode() {
                 ("since in seconds", json!({"since": 1718434800})),
                 (
                     "owner without containerID",
-                    json!({"owner": {"network": "n", "ifname": "eth0"}}),
+                    json!({"holder": {"attachment": {"network": "n", "ifname": "eth0"}}}),
                 ),
                 (
                     "pod without name",
-                    json!({"owner": {"network": "n", "containerID": "c", "ifname": "eth0", "pod": {"namespace": "ns"}}}),
+                    json!({"holder": {"attachment": {"network": "n", "containerID": "c", "ifname": "eth0", "pod": {"namespace": "ns"}}}}),
                 ),
-                ("node missing", json!({"node": null})),
+                ("holder missing", json!({"holder": null})),
+                (
+                    "holder both attachment and services",
+                    json!({"holder": {"attachment": {"network": "n", "containerID": "c", "ifname": "eth0"},
+                                      "services": {"services": [{"namespace": "ns", "name": "s", "uid": "u"}]}}}),
+                ),
+                (
+                    "service without uid",
+                    json!({"holder": {"services": {"services": [{"namespace": "ns", "name": "s"}]}}}),
+                ),
             ],
         ),
         (
@@ -299,7 +308,7 @@ fn the_api_server_refuses_what_berth_cannot_decode() {
         let mut s = spec.clone();
         s.as_object_mut().unwrap().remove("key");
         match kind {
-            "Binding" => serde_json::from_value::<berth_core::Binding>(s).is_ok(),
+            "AddressBinding" => serde_json::from_value::<berth_core::Binding>(s).is_ok(),
             "Block" => serde_json::from_value::<berth_core::Block>(s).is_ok(),
             "Claim" => serde_json::from_value::<berth_core::Claim>(s).is_ok(),
             _ => serde_json::from_value::<berth_core::PoolSpec>(s).is_ok(),
@@ -344,9 +353,9 @@ fn the_api_server_refuses_what_berth_cannot_decode() {
     let r = cp
         .request(
             "POST",
-            "/apis/berth.dev/v1alpha1/bindings",
+            "/apis/berth.dev/v1alpha1/addressbindings",
             Some(
-                &json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Binding",
+                &json!({"apiVersion": "berth.dev/v1alpha1", "kind": "AddressBinding",
                          "metadata": {"name": "long-prefix"}, "spec": spec}),
             ),
         )

@@ -24,7 +24,7 @@ pub fn record(kind: Kind, marker: &str) -> Vec<u8> {
         }),
         Kind::Binding => serde_json::json!({
             "address": "198.18.0.1", "prefixLen": 24, "pool": "p", "node": marker,
-            "owner": {"network": "n", "containerID": "c", "ifname": "eth0"},
+            "holder": {"attachment": {"network": "n", "containerID": "c", "ifname": "eth0"}},
             "kind": "fixed", "since": "2024-06-15T07:00:00.123456Z"
         }),
     };

@@ -291,7 +291,7 @@ pub fn bindings_by_container(
             .as_str()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("binding without a parsable address: {b}"));
-        let cid = b["owner"]["containerID"]
+        let cid = b["holder"]["attachment"]["containerID"]
             .as_str()
             .unwrap_or_else(|| panic!("binding without owner.containerID: {b}"))
             .to_string();
