@@ -29,11 +29,11 @@ fn pool(dual: bool) -> PoolSpec {
     v4.gateway = Some(ip("198.18.0.1"));
     v4.fixed = vec![AddrRange::new(ip("198.18.0.10"), ip("198.18.0.19")).unwrap()];
     v4.ranges = vec![AddrRange::new(ip("198.18.0.32"), ip("198.18.0.254")).unwrap()];
-    v4.block_prefix = 28;
+    v4.block_size = Some(28);
     let mut subnets = vec![v4];
     if dual {
         let mut v6 = SubnetSpec::new("2001:db8:1::/120".parse().unwrap());
-        v6.block_prefix = 124;
+        v6.block_size = Some(124);
         v6.fixed = vec![AddrRange::new(ip("2001:db8:1::10"), ip("2001:db8:1::1f")).unwrap()];
         v6.ranges = vec![AddrRange::new(ip("2001:db8:1::20"), ip("2001:db8:1::ff")).unwrap()];
         subnets.push(v6);

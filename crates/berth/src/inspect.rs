@@ -159,7 +159,7 @@ pub async fn pools(args: InspectArgs) -> anyhow::Result<()> {
                 .join(","),
             p.subnets
                 .iter()
-                .map(|s| format!("/{}", s.block_prefix))
+                .map(|s| format!("/{}", s.block_prefix()))
                 .collect::<Vec<_>>()
                 .join(","),
             blocks

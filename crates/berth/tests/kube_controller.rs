@@ -218,7 +218,7 @@ fn pool(name: &str) -> PoolSpec {
         other => panic!("no subnet for pool {other}"),
     };
     let mut s = SubnetSpec::new(cidr.parse().unwrap());
-    s.block_prefix = 26;
+    s.block_size = Some(26);
     PoolSpec {
         name: name.into(),
         use_: Default::default(),

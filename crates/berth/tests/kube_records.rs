@@ -356,8 +356,14 @@ fn bad_records_stop_nothing_and_free_nothing_on_the_kubernetes_ledger() {
         .collect();
     on.sort();
     let mut want = vec![
-        format!("Binding/{}", berth_k8s::names::object_name("198.18.0.5")),
-        format!("Binding/{}", berth_k8s::names::object_name("198.18.0.6")),
+        format!(
+            "AddressBinding/{}",
+            berth_k8s::names::object_name("198.18.0.5")
+        ),
+        format!(
+            "AddressBinding/{}",
+            berth_k8s::names::object_name("198.18.0.6")
+        ),
         format!(
             "Block/{}",
             berth_k8s::names::object_name("kr/198.18.0.16/28")

@@ -247,7 +247,7 @@ pub fn parse_config(bytes: &[u8]) -> Result<IpamConfig, CniError> {
             Family::V6 => block_v6.unwrap_or(DEFAULT_BLOCK_V6),
         };
         // A block cannot be larger than its subnet: a small subnet is one block.
-        s.block_prefix = wanted.max(s.cidr.prefix_len());
+        s.block_size = Some(wanted.max(s.cidr.prefix_len()));
         s.fixed_anywhere = fixed_anywhere;
     }
     if let Some(routes) = ipam.list("routes")? {

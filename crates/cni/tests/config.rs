@@ -39,7 +39,7 @@ fn minimal_kube_ipam_form_gets_defaults() {
     let s = &cfg.pool.subnets[0];
     assert_eq!(s.gateway, Some(ip("10.1.0.1")), "gateway defaults to .1");
     assert!(s.ranges.is_empty(), "whole subnet is dynamic");
-    assert_eq!(s.block_prefix, 26);
+    assert_eq!(s.block_prefix(), 26);
     assert!(!s.fixed_anywhere);
     // No ledger named: whatever this node's agent serves; no direct path.
     assert_eq!(cfg.store, Store::Agent);
@@ -114,7 +114,7 @@ fn berth_fields_are_read() {
     assert_eq!(cfg.agent_socket, PathBuf::from("/tmp/a.sock"));
     assert_eq!(cfg.node_name.as_deref(), Some("n1"));
     let v4 = &cfg.pool.subnets[0];
-    assert_eq!(v4.block_prefix, 24);
+    assert_eq!(v4.block_prefix(), 24);
     assert!(v4.fixed_anywhere);
     assert_eq!(
         v4.excludes,
@@ -124,7 +124,7 @@ fn berth_fields_are_read() {
         ]
     );
     let v6 = &cfg.pool.subnets[1];
-    assert_eq!(v6.block_prefix, 120);
+    assert_eq!(v6.block_prefix(), 120);
     assert_eq!(v6.gateway, Some(ip("fd00::1")));
     assert!(v6.excludes.is_empty());
 }
@@ -134,7 +134,7 @@ fn block_size_never_exceeds_the_subnet() {
     let cfg = ok(&with_ipam(
         json!({"type": "berth-ipam", "subnet": "10.1.0.0/28", "blockSize": 24}),
     ));
-    assert_eq!(cfg.pool.subnets[0].block_prefix, 28);
+    assert_eq!(cfg.pool.subnets[0].block_prefix(), 28);
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn corrected_seed_parses_to_the_expected_pool() {
         dst: "0.0.0.0/0".parse().expect("cidr"),
         gw: None,
     }];
-    assert_eq!(subnet.block_prefix, 26);
+    assert_eq!(subnet.block_prefix(), 26);
     let want = PoolSpec {
         name: "kube-subnet".into(),
         use_: PoolUse::Pod,

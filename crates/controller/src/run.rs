@@ -462,7 +462,7 @@ pub async fn update_pool_status(client: &Client, ledger: &dyn Ledger) -> Result<
                 .sum::<u128>();
         let free = u64::try_from(capacity.saturating_sub(taken)).unwrap_or(u64::MAX);
         let patch = serde_json::json!({"status": {"blocks": nblocks, "used": used, "free": free}});
-        let name = berth_k8s::names::object_name(&pool.name);
+        let name = berth_k8s::names::object_name_of(berth_ledger::Kind::Pool, &pool.name);
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

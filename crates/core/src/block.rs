@@ -67,7 +67,9 @@ pub fn block_of(subnet: &SubnetSpec, ip: IpAddr) -> Option<IpNet> {
     if !subnet.cidr.contains(&ip) {
         return None;
     }
-    IpNet::new(ip, subnet.block_prefix).ok().map(|n| n.trunc())
+    IpNet::new(ip, subnet.block_prefix())
+        .ok()
+        .map(|n| n.trunc())
 }
 
 /// Candidate blocks of a subnet, in the order a node tries to claim them.
@@ -80,7 +82,7 @@ pub fn candidate_blocks<'a>(
     node: &str,
 ) -> impl Iterator<Item = IpNet> + 'a {
     let fam = subnet.family();
-    let bits = u32::from(fam.bits() - subnet.block_prefix);
+    let bits = u32::from(fam.bits() - subnet.block_prefix());
     let (base, _) = net_bounds(&subnet.cidr);
     let mut spans: Vec<(u128, u128)> = subnet
         .dynamic_ranges()
@@ -104,7 +106,7 @@ pub fn candidate_blocks<'a>(
     } else {
         u128::from(fnv1a(node.as_bytes())) % total
     };
-    let prefix = subnet.block_prefix;
+    let prefix = subnet.block_prefix();
     (0..total).filter_map(move |k| {
         let mut pos = (offset + k) % total;
         for (s, e) in &merged {

@@ -60,13 +60,14 @@ pub struct SubnetSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
     /// Prefix length of the node blocks this subnet is carved into (`blockSize`, as in the CNI
-    /// configuration).
-    #[serde(rename = "blockSize")]
+    /// configuration); absent: /26 for IPv4 and /122 for IPv6, or the subnet itself when it is
+    /// smaller. Only pod pools are carved into blocks, so service pools leave it out.
+    #[serde(rename = "blockSize", default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "schema",
-        schemars(schema_with = "crate::schema::prefix_len")
+        schemars(schema_with = "crate::schema::prefix_len_opt")
     )]
-    pub block_prefix: u8,
+    pub block_size: Option<u8>,
     /// Allow fixed requests anywhere in the subnet, not only in `fixed`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fixed_anywhere: bool,
@@ -77,7 +78,10 @@ pub struct SubnetSpec {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSpec {
-    /// Pool name; unique in the ledger.
+    /// Pool name; unique in the ledger. On Kubernetes it is the Pool object's name, so users
+    /// never write it in the spec (and the CRD schema has no such field).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     pub name: String,
     /// What the addresses are for.
     #[serde(rename = "use", default)]
@@ -168,15 +172,20 @@ pub const DEFAULT_BLOCK_V4: u8 = 26;
 /// Default node block size for IPv6 (64 addresses, as Calico).
 pub const DEFAULT_BLOCK_V6: u8 = 122;
 
+/// The default block size of a subnet: /26 or /122, or the subnet itself when smaller.
+fn default_block(cidr: IpNet) -> u8 {
+    match Family::of(cidr.addr()) {
+        Family::V4 => DEFAULT_BLOCK_V4,
+        Family::V6 => DEFAULT_BLOCK_V6,
+    }
+    .max(cidr.prefix_len())
+}
+
 impl SubnetSpec {
     /// A subnet with defaults: whole subnet dynamic, default block size.
     pub fn new(cidr: IpNet) -> Self {
         let cidr = cidr.trunc();
-        let block_prefix = match Family::of(cidr.addr()) {
-            Family::V4 => DEFAULT_BLOCK_V4,
-            Family::V6 => DEFAULT_BLOCK_V6,
-        }
-        .max(cidr.prefix_len());
+        let block_prefix = default_block(cidr);
         SubnetSpec {
             cidr,
             ranges: vec![],
@@ -184,9 +193,14 @@ impl SubnetSpec {
             excludes: vec![],
             gateway: None,
             routes: vec![],
-            block_prefix,
+            block_size: Some(block_prefix),
             fixed_anywhere: false,
         }
+    }
+
+    /// The prefix length of this subnet's node blocks: `blockSize`, or the default.
+    pub fn block_prefix(&self) -> u8 {
+        self.block_size.unwrap_or_else(|| default_block(self.cidr))
     }
 
     /// The subnet's family.
@@ -258,9 +272,9 @@ impl SubnetSpec {
             .cidr
             .prefix_len()
             .max(max.saturating_sub(MAX_BLOCK_BITS));
-        if self.block_prefix < min || self.block_prefix > max {
+        if self.block_prefix() < min || self.block_prefix() > max {
             return Err(PoolError::BlockSize {
-                prefix: self.block_prefix,
+                prefix: self.block_prefix(),
                 subnet: self.cidr,
                 family: fam,
                 min,

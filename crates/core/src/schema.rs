@@ -44,6 +44,11 @@ pub fn prefix_len(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "integer", "minimum": 0, "maximum": 128})
 }
 
+/// An optional prefix length.
+pub fn prefix_len_opt(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "integer", "minimum": 0, "maximum": 128, "nullable": true})
+}
+
 /// "When `tag` is `value`, these fields are required", as a structural schema: either the tag is
 /// something else, or the fields are present. A list of these goes under `allOf`.
 pub fn when_tag(tag: &str, value: &str, required: &[&str]) -> Schema {

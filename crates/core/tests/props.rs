@@ -40,7 +40,7 @@ fn subnet_strategy() -> impl Strategy<Value = SubnetSpec> {
                 )
             };
             let mut s = SubnetSpec::new(cidr);
-            s.block_prefix = (cidr.prefix_len() + extra).min(fam.bits());
+            s.block_size = Some((cidr.prefix_len() + extra).min(fam.bits()));
             let (first, last) = (to_u128(cidr.network()), to_u128(cidr.broadcast()));
             let size = last - first + 1;
             // reserved: the first quarter, dynamic: the rest (sometimes implied).
@@ -82,7 +82,7 @@ proptest! {
         let set: BTreeSet<IpNet> = blocks.iter().copied().collect();
         prop_assert_eq!(set.len(), blocks.len());
         for b in &blocks {
-            prop_assert_eq!(b.prefix_len(), s.block_prefix);
+            prop_assert_eq!(b.prefix_len(), s.block_prefix());
             prop_assert_eq!(b.trunc(), *b);
             prop_assert!(s.cidr.contains(b));
             let overlaps = s.dynamic_ranges().iter().any(|r| {
@@ -201,7 +201,7 @@ fn kube_ipam_example_pool_validates_and_keeps_fixed_apart() {
     let err = s.validate().unwrap_err().to_string();
     assert!(err.contains("overlaps reserved range"), "{err}");
     s.ranges.clear();
-    s.block_prefix = 8;
+    s.block_size = Some(8);
     assert!(s
         .validate()
         .unwrap_err()

@@ -31,8 +31,10 @@ pub const VERSION: &str = "v1alpha1";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 pub struct PoolRecord {
-    /// The record's ledger name.
-    pub key: String,
+    /// The record's ledger name, when it is not the object's name (a pool name that is not a
+    /// valid object name). Users never write it: a Pool's name is its object's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// The pool.
     #[serde(flatten)]
     pub pool: PoolSpec,

@@ -4,7 +4,7 @@
 //! never queue behind one shared lock object.
 
 use crate::crd::{AddressBinding, Block, Claim, Pool};
-use crate::names::object_name;
+use crate::names::object_name_of;
 use async_trait::async_trait;
 use berth_ledger::{Entry, Kind, Ledger, LedgerError, Result, Version};
 use kube::api::{
@@ -138,7 +138,14 @@ impl KubeLedger {
                 name: name.to_string(),
                 reason: format!("records stored in Kubernetes must be JSON objects: {e}"),
             })?;
-        spec.insert("key".into(), Value::String(name.to_string()));
+        let object = object_name_of(kind, name);
+        if object != name {
+            spec.insert("key".into(), Value::String(name.to_string()));
+        }
+        if kind == Kind::Pool {
+            // The object's name is the pool's name.
+            spec.remove("name");
+        }
         let ar = resource(kind);
         Ok(DynamicObject {
             types: Some(kube::core::TypeMeta {
@@ -146,7 +153,7 @@ impl KubeLedger {
                 kind: ar.kind.clone(),
             }),
             metadata: ObjectMeta {
-                name: Some(object_name(name)),
+                name: Some(object),
                 resource_version: version.map(|v| v.0.clone()),
                 ..Default::default()
             },
@@ -168,7 +175,7 @@ fn plausible(v: &Version) -> bool {
 /// object stored before it did, or under a relaxed schema) is returned under its object name,
 /// with what it has as the value: the typed layer then reports it as a bad record (it does not
 /// decode, or it names another record than its own), and the rest of a list is unaffected.
-fn entry(obj: DynamicObject) -> Entry {
+fn entry(kind: Kind, obj: DynamicObject) -> Entry {
     let version = Version(obj.metadata.resource_version.clone().unwrap_or_default());
     let object = obj.metadata.name.unwrap_or_default();
     let mut spec = match obj.data.get("spec") {
@@ -185,6 +192,10 @@ fn entry(obj: DynamicObject) -> Entry {
         Some(Value::String(k)) => k,
         _ => object,
     };
+    if kind == Kind::Pool && !spec.contains_key("name") {
+        // A Pool's name is its object's (the spec a user writes has none).
+        spec.insert("name".into(), Value::String(name.clone()));
+    }
     Entry {
         name,
         // Serializing a JSON map cannot fail.
@@ -196,8 +207,8 @@ fn entry(obj: DynamicObject) -> Entry {
 #[async_trait]
 impl Ledger for KubeLedger {
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<Entry>> {
-        match self.api(kind).get_opt(&object_name(name)).await {
-            Ok(Some(o)) => Ok(Some(entry(o))),
+        match self.api(kind).get_opt(&object_name_of(kind, name)).await {
+            Ok(Some(o)) => Ok(Some(entry(kind, o))),
             Ok(None) => Ok(None),
             Err(e) => Err(LedgerError::Unavailable {
                 backend: self.server.clone(),
@@ -216,7 +227,7 @@ impl Ledger for KubeLedger {
                 reason: e.to_string(),
             })?;
             let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-            out.extend(page.items.into_iter().map(entry));
+            out.extend(page.items.into_iter().map(|o| entry(kind, o)));
             match next {
                 Some(token) => lp = lp.continue_token(&token),
                 None => break,
@@ -254,7 +265,7 @@ impl Ledger for KubeLedger {
         let obj = self.object(kind, name, value, Some(expected))?;
         match self
             .api(kind)
-            .replace(&object_name(name), &PostParams::default(), &obj)
+            .replace(&object_name_of(kind, name), &PostParams::default(), &obj)
             .await
         {
             Ok(o) => Ok(Version(o.metadata.resource_version.unwrap_or_default())),
@@ -276,7 +287,11 @@ impl Ledger for KubeLedger {
             }),
             ..Default::default()
         };
-        match self.api(kind).delete(&object_name(name), &dp).await {
+        match self
+            .api(kind)
+            .delete(&object_name_of(kind, name), &dp)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => Err(self.err(kind, name, e)),
         }

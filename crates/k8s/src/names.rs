@@ -2,6 +2,8 @@
 //! is mapped to a readable, valid DNS-1123 name with a hash suffix, so distinct ledger names never
 //! meet in one object; the original name is kept in the object's spec.
 
+use berth_ledger::Kind;
+
 /// The object name for a ledger name: lowercase alphanumerics and `-`, at most 63 characters, with
 /// a 16-hex-digit FNV-1a hash of the original name at the end.
 pub fn object_name(name: &str) -> String {
@@ -27,6 +29,30 @@ pub fn object_name(name: &str) -> String {
     } else {
         format!("{readable}-{hash:016x}")
     }
+}
+
+/// The object name of a ledger record. A pool whose name is a valid object name is stored under
+/// it, so the Pool a user writes (`metadata.name: public`) is the pool `public`; every other name
+/// is mapped by [`object_name`] and kept in `spec.key`.
+pub fn object_name_of(kind: Kind, name: &str) -> String {
+    if kind == Kind::Pool && is_dns_subdomain(name) {
+        name.to_string()
+    } else {
+        object_name(name)
+    }
+}
+
+/// A DNS-1123 subdomain, as object names of cluster-scoped custom resources must be.
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -78,6 +78,57 @@ async fn records_are_readable_berth_objects() {
         .await
         .is_err());
     assert_eq!(l.list(Kind::Binding).await.unwrap().len(), 1);
+
+    // A Pool as a user writes it: the object's name is the pool's, no internal field, no
+    // blockSize for a service pool; the ledger reads it as pool `public`.
+    let user_pool = serde_json::json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Pool", "metadata": {"name": "public"},
+        "spec": {"use": "service", "subnets": [{"cidr": "198.18.100.0/28"}],
+                 "autoAssign": false, "externalIPs": true,
+                 "serviceAllocation": {"namespaces": ["team-a"], "priority": 10,
+                                       "serviceSelector": {"matchLabels": {"expose": "yes"}}}}
+    });
+    let r = cp
+        .request("POST", "/apis/berth.dev/v1alpha1/pools", Some(&user_pool))
+        .unwrap();
+    assert_eq!(r.status, 201, "a user's Pool is stored: {}", r.body);
+    let e = l
+        .get(Kind::Pool, "public")
+        .await
+        .unwrap()
+        .expect("pool public");
+    let p: berth_core::PoolSpec = serde_json::from_slice(&e.value).unwrap();
+    assert_eq!(p.name, "public");
+    assert_eq!(p.use_, berth_core::PoolUse::Service);
+    assert!(!p.service.auto_assign && p.service.external_ips);
+    assert_eq!(p.service.service_allocation.priority, 10);
+    assert_eq!(p.subnets[0].block_size, None);
+    p.validate().unwrap();
+    // A pool Berth writes (a CNI config's pod pool) is stored under its own name, without key.
+    let pods = berth_core::PoolSpec {
+        name: "pods".into(),
+        use_: berth_core::PoolUse::Pod,
+        subnets: vec![berth_core::SubnetSpec::new(
+            "198.18.0.0/24".parse().unwrap(),
+        )],
+        policy: Default::default(),
+        service: Default::default(),
+    };
+    l.create(Kind::Pool, "pods", serde_json::to_vec(&pods).unwrap())
+        .await
+        .unwrap();
+    let obj = cp
+        .request("GET", "/apis/berth.dev/v1alpha1/pools/pods", None)
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        obj["spec"].get("key").is_none() && obj["spec"].get("name").is_none(),
+        "{obj}"
+    );
+    let back: berth_core::PoolSpec =
+        serde_json::from_slice(&l.get(Kind::Pool, "pods").await.unwrap().unwrap().value).unwrap();
+    assert_eq!(back, pods);
 }
 
 /// deploy/'s kustomizations, built by kubectl v1.20.2's own kustomize (as `kubectl apply -k`
@@ -281,10 +332,6 @@ fn the_api_server_refuses_what_berth_cannot_decode() {
             pool.clone(),
             vec![
                 ("unknown use", json!({"use": "everything"})),
-                (
-                    "subnet without blockSize",
-                    json!({"subnets": [{"cidr": "198.18.0.0/24"}]}),
-                ),
                 (
                     "subnet cidr not a CIDR",
                     json!({"subnets": [{"cidr": "x", "blockSize": 26}]}),
