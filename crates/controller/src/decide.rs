@@ -478,7 +478,7 @@ mod tests {
         let gone = Some(("ns", "gone", None));
         let mut b = binding("198.18.0.1", "n1", gone, 0);
         b.since = Timestamp::from_micros(at(1000).as_micros() - 31_000_000);
-        assert!(decide(&view(), &[], &[], &[b.clone()], &[], 30)
+        assert!(decide(&view(), &[], &[], std::slice::from_ref(&b), &[], 30)
             .actions
             .is_empty());
         b.since = Timestamp::from_micros(at(1000).as_micros() - 31_000_001);
@@ -523,16 +523,37 @@ mod tests {
             ..Default::default()
         };
         // Not listed: fail closed, nothing released.
-        let d = decide(&view, &[], &[claim.clone()], &[b.clone()], &[], 30);
+        let d = decide(
+            &view,
+            &[],
+            std::slice::from_ref(&claim),
+            std::slice::from_ref(&b),
+            &[],
+            30,
+        );
         assert!(d.actions.is_empty(), "{:?}", d.actions);
         // Listed and present with the same UID: kept.
         view.services = Some([(("default".into(), "web".into()), "u1".into())].into());
-        let d = decide(&view, &[], &[claim.clone()], &[b.clone()], &[], 30);
+        let d = decide(
+            &view,
+            &[],
+            std::slice::from_ref(&claim),
+            std::slice::from_ref(&b),
+            &[],
+            30,
+        );
         assert!(d.actions.is_empty(), "{:?}", d.actions);
         // Re-created (another UID): the old Service's binding goes; the claim waits for a
         // later round, since the binding still used it in this one.
         view.services = Some([(("default".into(), "web".into()), "u2".into())].into());
-        let d = decide(&view, &[], &[claim.clone()], &[b.clone()], &[], 30);
+        let d = decide(
+            &view,
+            &[],
+            std::slice::from_ref(&claim),
+            std::slice::from_ref(&b),
+            &[],
+            30,
+        );
         assert!(
             matches!(&d.actions[..], [Action::ReleaseBinding { name, .. }] if name == "198.18.100.1"),
             "{:?}",

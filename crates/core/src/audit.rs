@@ -460,7 +460,13 @@ mod tests {
             vec![svc("default", "web")],
             None,
         );
-        assert!(audit_with_claims(&pools, &[], &[c.clone()], &[good.clone()]).is_empty());
+        assert!(audit_with_claims(
+            &pools,
+            &[],
+            std::slice::from_ref(&c),
+            std::slice::from_ref(&good)
+        )
+        .is_empty());
 
         // Another Service holding web's claim.
         let other = service_binding(
@@ -470,7 +476,7 @@ mod tests {
             vec![svc("default", "api")],
             None,
         );
-        let v = audit_with_claims(&pools, &[], &[c.clone()], &[other]);
+        let v = audit_with_claims(&pools, &[], std::slice::from_ref(&c), &[other]);
         assert!(matches!(&v[..], [Violation::WrongHolder { .. }]), "{v:?}");
 
         // A shared address: one claim per namespace and key, every holder of that namespace.
@@ -486,7 +492,7 @@ mod tests {
             vec![svc("default", "a"), svc("default", "b")],
             Some("k"),
         );
-        assert!(audit_with_claims(&pools, &[], &[sc.clone()], &[both]).is_empty());
+        assert!(audit_with_claims(&pools, &[], std::slice::from_ref(&sc), &[both]).is_empty());
         let cross = service_binding(
             "198.18.100.2",
             "public",
@@ -526,7 +532,7 @@ mod tests {
             "{v:?}"
         );
         // The holder is named in two-holder reports.
-        let v = audit_with_claims(&pools, &[], &[c.clone()], &[good.clone(), good]);
+        let v = audit_with_claims(&pools, &[], std::slice::from_ref(&c), &[good.clone(), good]);
         assert!(
             v.iter()
                 .any(|v| v.to_string().contains("service default/web")),

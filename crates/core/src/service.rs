@@ -426,13 +426,13 @@ fn share_conflict(svc: &ServiceAsk, holders: &[Sharer]) -> Option<String> {
         if let Some(p) = svc.ports.intersection(&h.ports).next() {
             return Some(format!("port {p} is also exposed by {}", h.service));
         }
-        if svc.local_traffic.is_some() || h.local_traffic.is_some() {
-            if svc.local_traffic != h.local_traffic {
-                return Some(format!(
-                    "externalTrafficPolicy Local needs the same policy and pod selector, and {} differs",
-                    h.service
-                ));
-            }
+        if (svc.local_traffic.is_some() || h.local_traffic.is_some())
+            && svc.local_traffic != h.local_traffic
+        {
+            return Some(format!(
+                "externalTrafficPolicy Local needs the same policy and pod selector, and {} differs",
+                h.service
+            ));
         }
     }
     None
