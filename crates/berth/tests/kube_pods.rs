@@ -491,6 +491,42 @@ fn pods_keep_their_addresses_across_nodes() {
         free > 60_000 && free < u64::MAX,
         "IPv4 range 198.18.1.0-198.18.255.254 plus IPv6: {status}"
     );
+    assert_eq!(status["conditions"][0]["type"], "Ready", "{status}");
+    assert_eq!(status["conditions"][0]["status"], "True", "{status}");
+    // A Pool a user writes that overlaps the pod pool is not ready, and says why; the older
+    // pod pool stays ready.
+    let overlap = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Pool",
+        "metadata": {"name": "overlapping"},
+        "spec": {"use": "service", "subnets": [{"cidr": "198.18.7.0/28"}]}});
+    w.api("POST", "/apis/berth.dev/v1alpha1/pools", Some(overlap));
+    let updated = rt.block_on(async {
+        let (client, ledger) = w.controller().await;
+        berth_controller::update_pool_status(&client, &ledger)
+            .await
+            .unwrap()
+    });
+    assert_eq!(updated, 2);
+    let o = w.api("GET", "/apis/berth.dev/v1alpha1/pools/overlapping", None);
+    let ready = &o["status"]["conditions"][0];
+    assert_eq!(ready["status"], "False", "{o}");
+    assert_eq!(ready["reason"], "Overlaps", "{o}");
+    let m = ready["message"].as_str().unwrap();
+    assert!(
+        m.contains("198.18.7.0/28") && m.contains("198.18.0.0/16"),
+        "{m}"
+    );
+    let pools = w.api("GET", "/apis/berth.dev/v1alpha1/pools", None);
+    let pods_pool = pools["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["metadata"]["name"] != "overlapping")
+        .unwrap();
+    assert_eq!(
+        pods_pool["status"]["conditions"][0]["status"], "True",
+        "{pods_pool}"
+    );
+    w.api("DELETE", "/apis/berth.dev/v1alpha1/pools/overlapping", None);
 
     // Fencing with the agent still running, under the agent's own ServiceAccount (its Node
     // watch needs deploy/'s `nodes` rule): while node-c is out of service its agent allocates

@@ -7,6 +7,7 @@
 
 pub mod decide;
 pub mod lease;
+pub mod pools;
 pub mod run;
 
 pub use decide::{decide, Action, ClusterView, Decision};

@@ -439,8 +439,44 @@ pub async fn update_pool_status(client: &Client, ledger: &dyn Ledger) -> Result<
         client.clone(),
         &ApiResource::erase::<berth_k8s::crd::Pool>(&()),
     );
+    // The objects, for their creation times (an overlap is the newer pool's fault), generations
+    // and current conditions.
+    let objects: HashMap<String, DynamicObject> = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| RoundError::Read {
+            what: "pools",
+            source,
+        })?
+        .items
+        .into_iter()
+        .filter_map(|o| o.metadata.name.clone().map(|n| (n, o)))
+        .collect();
+    let object_of = |name: &str| {
+        objects.get(&berth_k8s::names::object_name_of(
+            berth_ledger::Kind::Pool,
+            name,
+        ))
+    };
+    let created = |name: &str| {
+        object_of(name)
+            .and_then(|o| o.metadata.creation_timestamp.clone())
+            .map(|t| t.0)
+    };
+    let mut pools = pools;
+    pools.sort_by(|a, b| {
+        created(&a.value.name)
+            .cmp(&created(&b.value.name))
+            .then_with(|| a.value.name.cmp(&b.value.name))
+    });
+    let problems =
+        berth_core::service::pool_problems(&pools.iter().map(|p| &p.value).collect::<Vec<_>>());
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let all_bindings: Vec<&Binding> = bindings.iter().map(|b| &b.value).collect();
     let mut updated = 0;
-    for p in pools {
+    for p in &pools {
         let pool = &p.value;
         let used = bindings
             .iter()
@@ -461,7 +497,22 @@ pub async fn update_pool_status(client: &Client, ledger: &dyn Ledger) -> Result<
                 .map(|c| c.value.addresses.len() as u128)
                 .sum::<u128>();
         let free = u64::try_from(capacity.saturating_sub(taken)).unwrap_or(u64::MAX);
-        let patch = serde_json::json!({"status": {"blocks": nblocks, "used": used, "free": free}});
+        let obj = object_of(&pool.name);
+        let previous: Vec<berth_k8s::crd::Condition> = obj
+            .and_then(|o| o.data.get("status"))
+            .and_then(|s| s.get("conditions"))
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+            .unwrap_or_default();
+        let outside = crate::pools::outside_addresses(pool, &all_bindings);
+        let conditions = crate::pools::pool_conditions(
+            problems.get(&pool.name),
+            &outside,
+            &previous,
+            &now,
+            obj.and_then(|o| o.metadata.generation),
+        );
+        let patch = serde_json::json!({"status": {"blocks": nblocks, "used": used, "free": free,
+                                                  "conditions": conditions}});
         let name = berth_k8s::names::object_name_of(berth_ledger::Kind::Pool, &pool.name);
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))

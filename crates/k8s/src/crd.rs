@@ -49,6 +49,45 @@ pub struct PoolStatus {
     pub used: u64,
     /// Addresses that can still be handed out dynamically (saturates for huge IPv6 pools).
     pub free: u64,
+    /// `Ready` (the pool is valid and overlaps no older pool; when False, nothing is handed out
+    /// from it) and `AddressesOutside` (addresses still held outside a pool that shrank: kept,
+    /// never moved).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition, shaped as `metav1.Condition`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// The condition's type (`Ready`).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason.
+    pub reason: String,
+    /// What is wrong and what to do, naming the field and value.
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation of the spec the condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl Condition {
+    /// `want` with `lastTransitionTime` kept from `previous` when the status did not change, as
+    /// Kubernetes conventions ask (a condition's time says when it last flipped, not when it was
+    /// last written).
+    pub fn carry_time(mut want: Condition, previous: &[Condition]) -> Condition {
+        if let Some(p) = previous.iter().find(|p| p.type_ == want.type_) {
+            if p.status == want.status {
+                want.last_transition_time = p.last_transition_time.clone();
+            }
+        }
+        want
+    }
 }
 
 /// A node's block of a pod pool (`kubectl get blocks.berth.dev`).

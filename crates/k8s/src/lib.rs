@@ -16,6 +16,7 @@ pub mod events;
 pub mod ledger;
 pub mod names;
 pub mod pods;
+pub mod services;
 
 pub use ledger::KubeLedger;
 
