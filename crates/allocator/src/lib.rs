@@ -210,7 +210,7 @@ impl Allocator {
                     return Err(AllocError::ConflictingRequest {
                         requested: ip,
                         held: b.address,
-                        owner: describe(&req.owner),
+                        owner: req.owner.describe(),
                     });
                 }
                 out.push(b.clone());
@@ -748,18 +748,4 @@ enum Held {
     Bad(String),
     /// Nobody any more: the record vanished between the create and the read.
     Vanished,
-}
-
-/// A human description of an owner for error messages: pod if known, else container and interface.
-pub fn describe(owner: &Owner) -> String {
-    match &owner.pod {
-        Some(p) => format!(
-            "pod {}/{} (container {}, interface {})",
-            p.namespace, p.name, owner.container_id, owner.ifname
-        ),
-        None => format!(
-            "container {} interface {}",
-            owner.container_id, owner.ifname
-        ),
-    }
 }

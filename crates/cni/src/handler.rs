@@ -6,7 +6,7 @@ use crate::dns::{parse_resolv_conf, Dns};
 use crate::env::{CniArgs, Command};
 use crate::error::CniError;
 use crate::result::{build_result, parse_prev_result};
-use berth_allocator::{describe, AddRequest, AllocError, Allocator, ClaimRequest};
+use berth_allocator::{AddRequest, AllocError, Allocator, ClaimRequest};
 use berth_core::policy::PodAsk as PolicyAsk;
 use berth_core::{Family, Owner, PolicyError};
 use berth_ledger::LedgerError;
@@ -212,7 +212,7 @@ pub async fn handle_checked(
                     CniError::UNKNOWN_CONTAINER,
                     format!(
                         "{} holds no address in network {:?}: run ADD again",
-                        describe(&owner),
+                        owner.describe(),
                         cfg.network
                     ),
                 )
@@ -226,7 +226,7 @@ pub async fn handle_checked(
                             format!(
                                 "prevResult lists {} but {} holds {:?} in the ledger: re-run ADD",
                                 ip.address,
-                                describe(&owner),
+                                owner.describe(),
                                 held.iter()
                                     .map(|b| b.address.to_string())
                                     .collect::<Vec<_>>()

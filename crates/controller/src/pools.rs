@@ -20,10 +20,7 @@ pub fn outside_addresses(pool: &PoolSpec, bindings: &[&Binding]) -> Vec<IpAddr> 
     let mut out: Vec<IpAddr> = bindings
         .iter()
         .filter(|b| b.pool == pool.name)
-        .filter(|b| {
-            pool.subnet_of(b.address)
-                .is_none_or(|s| !s.is_usable(b.address))
-        })
+        .filter(|b| pool.usable_subnet(b.address).is_none())
         .map(|b| b.address)
         .collect();
     out.sort();

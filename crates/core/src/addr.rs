@@ -64,6 +64,11 @@ pub fn net_bounds(net: &IpNet) -> (u128, u128) {
     (to_u128(net.network()), to_u128(net.broadcast()))
 }
 
+/// Whether two networks share an address (one contains the other's first address).
+pub fn nets_overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
 /// An inclusive range of addresses of one family, like kube-ipam's `rangeStart`..`rangeEnd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -288,7 +288,7 @@ pub fn audit_with_claims(
             });
             continue;
         };
-        let Some(subnet) = pool.subnet_of(b.address).filter(|s| s.is_usable(b.address)) else {
+        let Some(subnet) = pool.usable_subnet(b.address) else {
             out.push(Violation::OutsidePool {
                 address: b.address,
                 pool: b.pool.clone(),
@@ -364,7 +364,7 @@ pub fn audit_with_claims(
     });
     for w in sorted.windows(2) {
         let (a, b) = (w[0].cidr, w[1].cidr);
-        if a.contains(&b.network()) || b.contains(&a.network()) {
+        if crate::addr::nets_overlap(&a, &b) {
             out.push(Violation::BlocksOverlap { a, b });
         }
     }

@@ -37,6 +37,17 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// A human description for error messages: the pod if known, else container and interface.
+    pub fn describe(&self) -> String {
+        match &self.pod {
+            Some(p) => format!(
+                "pod {}/{} (container {}, interface {})",
+                p.namespace, p.name, self.container_id, self.ifname
+            ),
+            None => format!("container {} interface {}", self.container_id, self.ifname),
+        }
+    }
+
     /// Whether two owners denote the same attachment. Release is checked against this, so a stale
     /// or different owner never frees an address someone else holds.
     pub fn same_attachment(&self, other: &Owner) -> bool {
@@ -89,10 +100,7 @@ impl Holder {
     /// A short description for messages and CLI output.
     pub fn describe(&self) -> String {
         match self {
-            Holder::Attachment(o) => match &o.pod {
-                Some(p) => format!("pod {}/{} ({})", p.namespace, p.name, o.container_id),
-                None => format!("container {}", o.container_id),
-            },
+            Holder::Attachment(o) => o.describe(),
             Holder::Services(s) => s
                 .services
                 .iter()

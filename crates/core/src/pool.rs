@@ -396,7 +396,7 @@ impl PoolSpec {
         for (i, s) in self.subnets.iter().enumerate() {
             s.validate()?;
             for t in &self.subnets[..i] {
-                if s.cidr.contains(&t.cidr.network()) || t.cidr.contains(&s.cidr.network()) {
+                if crate::addr::nets_overlap(&s.cidr, &t.cidr) {
                     return Err(PoolError::SubnetsOverlap {
                         pool: self.name.clone(),
                         a: t.cidr,
@@ -417,6 +417,12 @@ impl PoolSpec {
             }
         }
         out
+    }
+
+    /// The subnet in which `ip` may be handed out at all ([`SubnetSpec::is_usable`]), if any:
+    /// what "the pool contains this address" means for audits, requests and shrunk pools.
+    pub fn usable_subnet(&self, ip: IpAddr) -> Option<&SubnetSpec> {
+        self.subnet_of(ip).filter(|s| s.is_usable(ip))
     }
 
     /// The subnet that contains `ip`, if any.

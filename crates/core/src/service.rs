@@ -18,7 +18,7 @@
 //! - an externalIP is honoured only inside a pool with `externalIPs: true` that admits the
 //!   Service (CVE-2020-8554).
 
-use crate::addr::{from_u128, net_bounds, Family};
+use crate::addr::{from_u128, net_bounds, nets_overlap, Family};
 use crate::pool::{PoolSpec, PoolUse, SubnetSpec};
 use crate::selector::LabelSelector;
 use ipnet::IpNet;
@@ -416,10 +416,6 @@ pub fn pool_problems(pools: &[&PoolSpec]) -> BTreeMap<String, PoolProblem> {
     out
 }
 
-fn nets_overlap(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
-}
-
 /// Why two Services may not share an address, or `None` when they may.
 fn share_conflict(svc: &ServiceAsk, holders: &[Sharer]) -> Option<String> {
     for h in holders.iter().filter(|h| h.service != svc.service) {
@@ -443,20 +439,6 @@ fn sharing_of(svc: &ServiceAsk) -> Option<(String, String)> {
     svc.sharing_key
         .as_ref()
         .map(|k| (svc.service.namespace.clone(), k.clone()))
-}
-
-/// A ready service pool and why it fits.
-struct Candidate<'a> {
-    pool: &'a PoolSpec,
-}
-
-/// Where a Service's requested addresses come from, for messages.
-fn request_source(svc: &ServiceAsk, from: &'static str) -> &'static str {
-    if svc.requested.is_empty() {
-        ANN_POOL
-    } else {
-        from
-    }
 }
 
 /// The inputs the service decisions share: the pools (in creation order), their problems, and
@@ -490,7 +472,7 @@ impl<'a> ServiceWorld<'a> {
 
     /// The ready service pools a Service may take addresses of `family` from, best first
     /// (priority, then name), or why there are none.
-    fn candidates(&self, svc: &ServiceAsk, family: Family) -> Result<Vec<Candidate<'a>>, Waiting> {
+    fn candidates(&self, svc: &ServiceAsk, family: Family) -> Result<Vec<&'a PoolSpec>, Waiting> {
         if let Some(name) = &svc.pool {
             let Some(p) = self.pools.iter().find(|p| p.name == *name) else {
                 return Err(Waiting::PoolRefuses {
@@ -524,11 +506,11 @@ impl<'a> ServiceWorld<'a> {
                     value: name.clone(),
                     why,
                 }),
-                None => Ok(vec![Candidate { pool: p }]),
+                None => Ok(vec![p]),
             };
         }
         let mut reasons = vec![];
-        let mut out: Vec<Candidate<'a>> = vec![];
+        let mut out: Vec<&'a PoolSpec> = vec![];
         for p in self.ready_service_pools() {
             if !p.families().contains(&family) {
                 continue;
@@ -544,7 +526,7 @@ impl<'a> ServiceWorld<'a> {
                 reasons.push(format!("{}: {r}", p.name));
                 continue;
             }
-            out.push(Candidate { pool: p });
+            out.push(p);
         }
         if out.is_empty() {
             let detail = if reasons.is_empty() {
@@ -559,12 +541,11 @@ impl<'a> ServiceWorld<'a> {
             });
         }
         out.sort_by(|a, b| {
-            b.pool
-                .service
+            b.service
                 .service_allocation
                 .priority
-                .cmp(&a.pool.service.service_allocation.priority)
-                .then_with(|| a.pool.name.cmp(&b.pool.name))
+                .cmp(&a.service.service_allocation.priority)
+                .then_with(|| a.name.cmp(&b.name))
         });
         Ok(out)
     }
@@ -617,8 +598,7 @@ impl<'a> ServiceWorld<'a> {
                 p.name
             )));
         }
-        let usable = p.subnet_of(ip).is_some_and(|s| s.is_usable(ip));
-        if !usable {
+        if p.usable_subnet(ip).is_none() {
             return Err(not(format!(
                 "is the network, broadcast or an excluded address of pool {:?}: ask for another",
                 p.name
@@ -760,10 +740,10 @@ impl<'a> ServiceWorld<'a> {
                     ..
                 } = h
                 {
-                    if *s != key || !cands.iter().any(|c| c.pool.name == *pool) {
+                    if *s != key || !cands.iter().any(|c| c.name == *pool) {
                         continue;
                     }
-                    match self.may_hold(svc, *ip, request_source(svc, from)) {
+                    match self.may_hold(svc, *ip, from) {
                         Ok(sharing) => {
                             return Outcome::Take {
                                 address: *ip,
@@ -781,18 +761,18 @@ impl<'a> ServiceWorld<'a> {
             }
         }
         for c in &cands {
-            for s in c.pool.subnets.iter().filter(|s| s.family() == fam) {
+            for s in c.subnets.iter().filter(|s| s.family() == fam) {
                 if let Some(ip) = first_free(s, self.holdings) {
                     return Outcome::Take {
                         address: ip,
-                        pool: c.pool.name.clone(),
+                        pool: c.name.clone(),
                         sharing: sharing_of(svc),
                     };
                 }
             }
         }
         Outcome::Wait(Waiting::Exhausted {
-            pools: cands.iter().map(|c| c.pool.name.clone()).collect(),
+            pools: cands.iter().map(|c| c.name.clone()).collect(),
             family: fam,
         })
     }
@@ -801,7 +781,7 @@ impl<'a> ServiceWorld<'a> {
     fn outside(&self, ip: IpAddr, pool: &str) -> Option<String> {
         match self.pools.iter().find(|p| p.name == pool) {
             None => Some(format!("pool {pool:?} no longer exists")),
-            Some(p) if p.subnet_of(ip).is_none_or(|s| !s.is_usable(ip)) => {
+            Some(p) if p.usable_subnet(ip).is_none() => {
                 Some(format!("pool {pool:?} no longer contains {ip}"))
             }
             Some(_) => None,
@@ -849,7 +829,7 @@ impl<'a> ServiceWorld<'a> {
                 p.name
             ));
         }
-        if !p.subnet_of(ip).is_some_and(|s| s.is_usable(ip)) {
+        if p.usable_subnet(ip).is_none() {
             return Err(format!(
                 "spec.externalIPs {ip} is the network, broadcast or an excluded address of pool {:?}",
                 p.name
