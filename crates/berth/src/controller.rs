@@ -33,6 +33,14 @@ pub struct ControllerArgs {
     /// Create or update Berth's CRDs at start (otherwise apply deploy/base/crds.yaml).
     #[arg(long)]
     pub install_crds: bool,
+    /// Do not hand out Service addresses (LoadBalancer, externalIPs): for clusters where another
+    /// implementation does.
+    #[arg(long)]
+    pub no_services: bool,
+    /// How often the Service controller re-reads the ledger and passes over every Service (the
+    /// backstop for records changed by hand; changes are acted on at once through watches).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub service_resync: Duration,
     #[command(flatten)]
     pub ledger: LedgerArgs,
 }
@@ -68,6 +76,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             duration: args.lease_duration,
         },
         pool_status: args.ledger.is_kubernetes(),
+        services: (!args.no_services).then(|| berth_controller::services::ServiceConfig {
+            resync: args.service_resync,
+            ..Default::default()
+        }),
     };
     berth_controller::run_until(client, ledger, cfg, async move {
         let sig = shutdown.wait().await;

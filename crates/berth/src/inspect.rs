@@ -305,3 +305,120 @@ pub async fn audit(args: InspectArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// One row of `berth services`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceRow {
+    service: String,
+    address: Option<String>,
+    pool: Option<String>,
+    /// `loadBalancer` or `externalIP`; `pending` for a LoadBalancer Service without an address.
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sharing_key: Option<String>,
+    /// Why a pending Service waits: the latest AddressPending or InvalidAnnotation Event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting: Option<String>,
+}
+
+/// `berth services`: every address held for a Service (from the ledger) and, on Kubernetes,
+/// every LoadBalancer Service Berth serves that still waits, with why.
+pub async fn services(args: InspectArgs) -> anyhow::Result<()> {
+    let s = load(&args).await?;
+    let mut rows: Vec<ServiceRow> = vec![];
+    let mut holding: std::collections::HashSet<String> = Default::default();
+    for b in &s.bindings {
+        let Some(h) = b.holder.services() else {
+            continue;
+        };
+        for r in &h.services {
+            holding.insert(format!("{}/{}", r.namespace, r.name));
+            rows.push(ServiceRow {
+                service: format!("{}/{}", r.namespace, r.name),
+                address: Some(format!("{}/{}", b.address, b.prefix_len)),
+                pool: Some(b.pool.clone()),
+                kind: if h.external_ip {
+                    "externalIP"
+                } else {
+                    "loadBalancer"
+                }
+                .into(),
+                sharing_key: h.sharing_key.clone(),
+                waiting: None,
+            });
+        }
+    }
+    if args.ledger.is_kubernetes() || args.ledger.kubeconfig.is_some() {
+        let (client, _) = berth_k8s::client(args.ledger.kubeconfig.as_deref()).await?;
+        let list = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client.clone())
+            .list(&Default::default())
+            .await
+            .context("listing Services")?;
+        for svc in list.items {
+            if !berth_k8s::services::wants_load_balancer(&svc) {
+                continue;
+            }
+            let r = berth_k8s::services::service_ref(&svc);
+            let key = format!("{}/{}", r.namespace, r.name);
+            if holding.contains(&key) {
+                continue;
+            }
+            let events = kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(
+                client.clone(),
+                &r.namespace,
+            )
+            .list(&kube::api::ListParams::default().fields(&format!(
+                "involvedObject.name={},involvedObject.kind=Service",
+                r.name
+            )))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+            let waiting = events
+                .iter()
+                .filter(|e| {
+                    e.involved_object.uid.as_deref() == Some(r.uid.as_str())
+                        && matches!(
+                            e.reason.as_deref(),
+                            Some("AddressPending" | "InvalidAnnotation")
+                        )
+                })
+                .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
+                .and_then(|e| e.message.clone());
+            rows.push(ServiceRow {
+                service: key,
+                address: None,
+                pool: None,
+                kind: "pending".into(),
+                sharing_key: None,
+                waiting: Some(waiting.unwrap_or_else(|| "not handled yet".into())),
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.service.cmp(&b.service).then(a.address.cmp(&b.address)));
+    if args.json {
+        return json(&rows);
+    }
+    let dash = || "-".to_string();
+    let mut out = vec![vec![
+        "SERVICE".into(),
+        "ADDRESS".into(),
+        "POOL".into(),
+        "KIND".into(),
+        "SHARING".into(),
+        "WAITING".into(),
+    ]];
+    for r in rows {
+        out.push(vec![
+            r.service,
+            r.address.unwrap_or_else(dash),
+            r.pool.unwrap_or_else(dash),
+            r.kind,
+            r.sharing_key.unwrap_or_else(dash),
+            r.waiting.unwrap_or_else(dash),
+        ]);
+    }
+    table(out);
+    Ok(())
+}

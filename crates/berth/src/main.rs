@@ -38,6 +38,9 @@ enum Command {
     Blocks(inspect::InspectArgs),
     /// List bindings: address, owner, container, interface, node.
     Bindings(inspect::InspectArgs),
+    /// List Services' addresses (LoadBalancer and externalIPs) with their pools, and on
+    /// Kubernetes the LoadBalancer Services still waiting, with why.
+    Services(inspect::InspectArgs),
     /// List this node's pod routes with their block and node, and other nodes' blocks without one.
     Routes(routes::RoutesArgs),
     /// Check the ledger's invariants; exits 1 and prints each violation when one is broken.
@@ -103,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             Command::Blocks(a) => inspect::blocks(a).await,
             Command::Bindings(a) => inspect::bindings(a).await,
             Command::Audit(a) => inspect::audit(a).await,
+            Command::Services(a) => inspect::services(a).await,
             Command::Routes(a) => routes::routes(a).await,
             Command::Lab(_)
             | Command::Crds

@@ -503,6 +503,7 @@ mod tests {
             holder: Holder::Services(ServiceHolders {
                 services: vec![svc("u1")],
                 sharing_key: None,
+                external_ip: false,
             }),
             kind: BindingKind::Claimed {
                 claim: "public/service/default/web".into(),

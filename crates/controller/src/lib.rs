@@ -5,10 +5,12 @@
 //! release is a compare-and-swap on the version read, and anything uncertain is kept: a lookup that
 //! failed, a record newer than the pod list, a pod that a fresh GET still finds.
 
+pub mod book;
 pub mod decide;
 pub mod lease;
 pub mod pools;
 pub mod run;
+pub mod services;
 
 pub use decide::{decide, Action, ClusterView, Decision};
 pub use run::{round, run, run_until, update_pool_status, ControllerConfig, Report};

@@ -27,6 +27,8 @@ pub struct ControllerConfig {
     pub lease: LeaseConfig,
     /// Write pool usage into the Pool objects' status (when the ledger is Berth's CRDs).
     pub pool_status: bool,
+    /// Run the Service controller (LoadBalancer addresses, externalIPs) while leading.
+    pub services: Option<crate::services::ServiceConfig>,
 }
 
 /// Why a round was skipped.
@@ -547,6 +549,9 @@ pub async fn run_until(
     // test) sees that a standby has reached its election loop.
     let mut leading: Option<bool> = None;
     let mut memory = Memory::default();
+    // The Service controller, running while this replica leads; aborted when it stops leading
+    // (every write it makes is a compare-and-swap, so one cut short is harmless).
+    let mut services: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(stop);
     loop {
         let now = match elector.try_acquire_or_renew().await {
@@ -562,6 +567,20 @@ pub async fn run_until(
             tracing::info!(leader = now, identity = %cfg.lease.identity, "controller leadership changed");
         }
         leading = Some(now);
+        match (now, &services, &cfg.services) {
+            (true, None, Some(sc)) => {
+                services = Some(tokio::spawn(crate::services::run(
+                    client.clone(),
+                    ledger.clone(),
+                    sc.clone(),
+                )));
+            }
+            (false, Some(h), _) => {
+                h.abort();
+                services = None;
+            }
+            _ => {}
+        }
         if now {
             let work = async {
                 match round_remembering(&client, ledger.as_ref(), cfg.grace, &memory).await {
@@ -585,6 +604,9 @@ pub async fn run_until(
             _ = tokio::time::sleep(cfg.interval) => {}
             _ = &mut stop => break,
         }
+    }
+    if let Some(h) = services.take() {
+        h.abort();
     }
     match tokio::time::timeout(RELEASE_TIMEOUT, elector.release()).await {
         Ok(Ok(true)) => {

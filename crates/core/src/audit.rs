@@ -425,6 +425,7 @@ mod tests {
             holder: Holder::Services(ServiceHolders {
                 services,
                 sharing_key: key.map(String::from),
+                external_ip: false,
             }),
             kind: BindingKind::Claimed {
                 claim: claim.into(),

@@ -67,6 +67,15 @@ pub struct ServiceHolders {
     /// The sharing key they hold it under (their namespace's), when shared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sharing_key: Option<String>,
+    /// Held because the Service names it in `spec.externalIPs` (admitted from a pool with
+    /// `externalIPs: true`), not as a LoadBalancer address: it never appears in
+    /// `status.loadBalancer`, and it is released when the Service stops naming it.
+    #[serde(
+        default,
+        rename = "externalIP",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub external_ip: bool,
 }
 
 /// Who holds a binding: the closed set of holders the core knows. Every release is checked

@@ -145,6 +145,8 @@ pub struct ClaimRecord {
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
     printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".spec.holder.attachment.pod.namespace"}"#,
     printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.holder.attachment.pod.name"}"#,
+    printcolumn = r#"{"name":"Service NS","type":"string","jsonPath":".spec.holder.services.services[*].namespace"}"#,
+    printcolumn = r#"{"name":"Services","type":"string","jsonPath":".spec.holder.services.services[*].name"}"#,
     printcolumn = r#"{"name":"Container","type":"string","priority":1,"jsonPath":".spec.holder.attachment.containerID"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

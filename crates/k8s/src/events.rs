@@ -83,3 +83,48 @@ pub async fn warn_bad_record(client: &Client, bad: &BadRecord, component: &str) 
         tracing::warn!(error = %e, kind = %bad.kind, name = %bad.name, "could not record an Event on a bad ledger record");
     }
 }
+
+/// Post an Event on `regarding` in its namespace (cluster-scoped objects: `default`).
+///
+/// Why: the Service controller tells users on their Service why it waits (a Warning naming the
+/// annotation or address, the value and what to do) and what it did (Normal); `kubectl describe
+/// service` shows both. Best effort: the caller logs a failure.
+pub async fn post(
+    client: &Client,
+    regarding: ObjectReference,
+    warning: bool,
+    reason: &str,
+    message: &str,
+    component: &str,
+) -> Result<(), kube::Error> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let namespace = regarding
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let ev = Event {
+        metadata: kube::api::ObjectMeta {
+            generate_name: Some(format!(
+                "{}.",
+                regarding.name.clone().unwrap_or_else(|| "berth".into())
+            )),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: regarding,
+        reason: Some(reason.into()),
+        // Kept short enough for any API server and terminal.
+        message: Some(message.chars().take(1000).collect()),
+        type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        source: Some(EventSource {
+            component: Some(component.into()),
+            host: None,
+        }),
+        ..Default::default()
+    };
+    let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
+    events.create(&PostParams::default(), &ev).await.map(|_| ())
+}

@@ -204,6 +204,16 @@ fn entry(kind: Kind, obj: DynamicObject) -> Entry {
     }
 }
 
+/// The pool a Pool object holds (its object name is the pool's name unless `spec.key` says
+/// otherwise), or why it cannot be read.
+///
+/// Why public: the Service controller watches Pool objects (a pool a user applies must take
+/// effect at once, not at the next list), and reads them exactly as the ledger does.
+pub fn pool_of(obj: &DynamicObject) -> std::result::Result<berth_core::PoolSpec, String> {
+    let e = entry(Kind::Pool, obj.clone());
+    serde_json::from_slice(&e.value).map_err(|err| format!("spec: {err}"))
+}
+
 #[async_trait]
 impl Ledger for KubeLedger {
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<Entry>> {

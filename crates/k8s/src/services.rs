@@ -6,11 +6,12 @@
 //! read from the object in one place, testable without an API server.
 
 use berth_core::service::{
-    AnnotationError, PortKey, ServiceAnnotations, ServiceAsk, ServiceRef, LOAD_BALANCER_CLASS,
+    AnnotationError, PortKey, ServiceAnnotations, ServiceAsk, ServiceRef, Sharer,
+    LOAD_BALANCER_CLASS,
 };
 use berth_core::Family;
-use k8s_openapi::api::core::v1::Service;
-use std::collections::BTreeMap;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// Whether Berth serves a Service's `loadBalancerClass`: none, or Berth's own. Services of
@@ -63,6 +64,56 @@ pub fn families(svc: &Service) -> Vec<Family> {
     out
 }
 
+/// The ports a Service exposes (protocol and port), for the sharing rule.
+pub fn ports(spec: &ServiceSpec) -> BTreeSet<PortKey> {
+    spec.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            u16::try_from(p.port).ok().map(|port| PortKey {
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                port,
+            })
+        })
+        .collect()
+}
+
+/// With `externalTrafficPolicy: Local`, the pod selector in a canonical form (sorted
+/// `key=value`s); `None` for policy Cluster.
+pub fn local_traffic(spec: &ServiceSpec) -> Option<String> {
+    (spec.external_traffic_policy.as_deref() == Some("Local")).then(|| {
+        spec.selector
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+/// What the sharing rule needs of a Service holding an address: its ports and traffic policy.
+/// Read even when the Service's annotations are wrong (a holder stays a holder).
+pub fn sharer(svc: &Service) -> Sharer {
+    let spec = svc.spec.clone().unwrap_or_default();
+    Sharer {
+        service: service_ref(svc),
+        ports: ports(&spec),
+        local_traffic: local_traffic(&spec),
+    }
+}
+
+/// The addresses in `status.loadBalancer.ingress`, in order (hostnames are not Berth's).
+pub fn ingress(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
+        .collect()
+}
+
 /// The Service's reference (namespace, name, UID).
 pub fn service_ref(svc: &Service) -> ServiceRef {
     ServiceRef {
@@ -81,25 +132,6 @@ pub fn ask(
     let spec = svc.spec.clone().unwrap_or_default();
     let annotations = svc.metadata.annotations.clone().unwrap_or_default();
     let ann = ServiceAnnotations::parse(&annotations, spec.load_balancer_ip.as_deref())?;
-    let ports = spec
-        .ports
-        .iter()
-        .flatten()
-        .filter_map(|p| {
-            u16::try_from(p.port).ok().map(|port| PortKey {
-                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                port,
-            })
-        })
-        .collect();
-    let local_traffic = (spec.external_traffic_policy.as_deref() == Some("Local")).then(|| {
-        spec.selector
-            .iter()
-            .flatten()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    });
     let ask = ServiceAsk {
         service: service_ref(svc),
         labels: svc.metadata.labels.clone().unwrap_or_default(),
@@ -109,8 +141,8 @@ pub fn ask(
         requested: ann.requested,
         pool: ann.pool,
         sharing_key: ann.sharing_key,
-        ports,
-        local_traffic,
+        ports: ports(&spec),
+        local_traffic: local_traffic(&spec),
         // The API server validates externalIPs as addresses; anything else is left out.
         external_ips: spec
             .external_ips
