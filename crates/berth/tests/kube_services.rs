@@ -9,7 +9,9 @@
 //!    second), visible in `status.loadBalancer`, as an AddressBinding and a Claim, with a Normal
 //!    Event; `berth services` lists it; a status wiped by hand is written back, same address;
 //! 2. scoping and priority: team-a's Service takes the higher-priority pool that admits only
-//!    team-a; another namespace naming that pool waits with a Warning naming it;
+//!    team-a; another namespace naming that pool waits with a Warning naming it; namespace and
+//!    Service label selectors (a namespace labelled later is retried at once); a pool
+//!    overlapping an older one hands nothing out (Ready=False, Warning on the Pool);
 //! 3. dual-stack (RequireDualStack) gets one address per family;
 //! 4. specific addresses by Berth's annotation, MetalLB's and `spec.loadBalancerIP`; a bad value
 //!    is a Warning naming the annotation, and loses nothing;
@@ -18,7 +20,8 @@
 //! 6. externalIPs: allowed from an `externalIPs: true` pool, refused (Warning, never in the
 //!    ledger) outside one, in no pool, or when another Service holds it;
 //! 7. exhaustion and recovery: the third Service of a two-address pool waits, and gets the address
-//!    as soon as a holder is deleted; a type change away from LoadBalancer releases at once;
+//!    as soon as a holder is deleted; a type change away from LoadBalancer releases at once; a
+//!    pool that shrinks keeps the address it no longer contains (Warnings on Service and Pool);
 //! 8. `loadBalancerClass` is dropped by 1.20's API server (the class rule is unit-tested);
 //! 9. 50 Services: the only controller killed and started again (no address changes), a
 //!    Service deleted while it was down (released on start), then leader failover between two
@@ -397,6 +400,110 @@ fn services_get_addresses_that_stay_put() {
     assert!(m.contains("team-a") && m.contains("namespaces"), "{m}");
     assert!(ingress(&get_service(&cp, "default", "sneaky")).is_empty());
 
+    // Selectors: a pool for namespaces labelled team=a and Services labelled tier=edge.
+    pool(
+        &cp,
+        "edge",
+        json!({"use": "service", "subnets": [{"cidr": "198.18.105.0/29"}], "autoAssign": false,
+               "serviceAllocation": {"namespaceSelector": {"matchLabels": {"team": "a"}},
+                                     "serviceSelector": {"matchLabels": {"tier": "edge"}}}}),
+    );
+    let edge = json!({"berth.dev/pool": "edge"});
+    api(
+        &cp,
+        "POST",
+        "/api/v1/namespaces/team-a/services",
+        Some(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "edge", "labels": {"tier": "edge"}, "annotations": edge.clone()},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}})),
+    );
+    let (e, _) = wait_ingress(&cp, "team-a", "edge", 1);
+    assert!(in_cidr(e[0].parse().unwrap(), "198.18.105.0/29"), "{e:?}");
+    service(
+        &cp,
+        "team-a",
+        "unlabelled",
+        "LoadBalancer",
+        &[80],
+        edge.clone(),
+        json!({}),
+    );
+    warning(
+        &cp,
+        "team-a",
+        "unlabelled",
+        "AddressPending",
+        "serviceSelector",
+    );
+    service(
+        &cp,
+        "default",
+        "elsewhere",
+        "LoadBalancer",
+        &[80],
+        edge.clone(),
+        json!({}),
+    );
+    warning(
+        &cp,
+        "default",
+        "elsewhere",
+        "AddressPending",
+        "namespaceSelector",
+    );
+    // Labelling the namespace is enough: the namespace watch retries its Services.
+    api(
+        &cp,
+        "PATCH",
+        "/api/v1/namespaces/default",
+        Some(json!({"metadata": {"labels": {"team": "a"}}})),
+    );
+    warning(
+        &cp,
+        "default",
+        "elsewhere",
+        "AddressPending",
+        "serviceSelector",
+    );
+
+    // A pool overlapping an older one is not ready: nothing is handed out from it, and it says
+    // why (condition and Warning Event on the Pool).
+    pool(
+        &cp,
+        "dup",
+        json!({"use": "service", "subnets": [{"cidr": "198.18.100.0/28"}]}),
+    );
+    service(
+        &cp,
+        "default",
+        "on-dup",
+        "LoadBalancer",
+        &[80],
+        json!({"berth.dev/pool": "dup"}),
+        json!({}),
+    );
+    let m = warning(&cp, "default", "on-dup", "AddressPending", "not ready");
+    assert!(m.contains("public"), "{m}");
+    let t = Instant::now();
+    loop {
+        let p = api(&cp, "GET", "/apis/berth.dev/v1alpha1/pools/dup", None);
+        let c = &p["status"]["conditions"][0];
+        if c["type"] == "Ready" && c["status"] == "False" {
+            assert_eq!(c["reason"], "Overlaps", "{c}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "dup: {p}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    warning(
+        &cp,
+        "default",
+        "dup",
+        "PoolNotReady",
+        "overlaps pool \"public\"",
+    );
+
     // 3. Dual-stack.
     service(
         &cp,
@@ -623,6 +730,45 @@ fn services_get_addresses_that_stay_put() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(ingress(&get_service(&cp, "default", "t2")).is_empty());
+
+    // A pool that shrinks keeps what it no longer contains, and says so (never moved).
+    pool(
+        &cp,
+        "shrink",
+        json!({"use": "service", "subnets": [{"cidr": "198.18.104.0/29"}]}),
+    );
+    service(
+        &cp,
+        "default",
+        "sh",
+        "LoadBalancer",
+        &[80],
+        json!({"berth.dev/pool": "shrink"}),
+        json!({}),
+    );
+    let (sh, _) = wait_ingress(&cp, "default", "sh", 1);
+    let p = api(&cp, "GET", "/apis/berth.dev/v1alpha1/pools/shrink", None);
+    let mut p = p;
+    p["spec"]["subnets"] =
+        json!([{"cidr": "198.18.104.0/29", "excludes": [format!("{}/32", sh[0])]}]);
+    api(&cp, "PUT", "/apis/berth.dev/v1alpha1/pools/shrink", Some(p));
+    warning(&cp, "default", "sh", "AddressOutsidePool", &sh[0]);
+    warning(&cp, "default", "shrink", "AddressesOutsidePool", &sh[0]);
+    assert_eq!(ingress(&get_service(&cp, "default", "sh")), sh);
+    // `berth audit` names it too, until the operator acts: here, deleting the Service.
+    let audit = Command::new(BERTH)
+        .args(["audit", "--ledger", "kubernetes", "--kubeconfig"])
+        .arg(cp.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(!audit.status.success());
+    assert!(String::from_utf8_lossy(&audit.stdout).contains(&sh[0]), "{audit:?}");
+    delete_service(&cp, "default", "sh");
+    let t = Instant::now();
+    while service_bindings(&cp).contains_key(&sh[0]) {
+        assert!(t.elapsed() < Duration::from_secs(5), "sh's address not released");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // 8. loadBalancerClass: 1.20 has no such field (1.21 added it) and drops it, so the
     // Service has no class and is Berth's; the class rule itself (other classes are never

@@ -87,6 +87,24 @@ pub fn pool_conditions(
     out
 }
 
+/// The conditions that call for a Warning Event on the pool now: `Ready=False` or
+/// `AddressesOutside=True` that the object did not show before with the same message, so an
+/// operator is told once per change, not at every round.
+pub fn newly_wrong<'a>(conditions: &'a [Condition], previous: &[Condition]) -> Vec<&'a Condition> {
+    conditions
+        .iter()
+        .filter(|c| {
+            (c.type_ == READY && c.status == "False")
+                || (c.type_ == ADDRESSES_OUTSIDE && c.status == "True")
+        })
+        .filter(|c| {
+            !previous
+                .iter()
+                .any(|p| p.type_ == c.type_ && p.status == c.status && p.message == c.message)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +173,15 @@ mod tests {
         let c = pool_conditions(None, &outside, &[], "2026-01-01T00:00:00Z", None);
         assert_eq!(c[1].type_, ADDRESSES_OUTSIDE);
         assert!(c[1].message.contains("198.18.100.9") && c[1].message.contains("never moved"));
+    }
+
+    #[test]
+    fn warnings_once_per_change() {
+        let outside: Vec<IpAddr> = vec!["198.18.100.9".parse().unwrap()];
+        let now = pool_conditions(None, &outside, &[], "2026-01-01T00:00:00Z", None);
+        assert_eq!(newly_wrong(&now, &[]).len(), 1);
+        assert!(newly_wrong(&now, &now).is_empty(), "told already");
+        let healthy = pool_conditions(None, &[], &[], "2026-01-01T00:00:00Z", None);
+        assert!(newly_wrong(&healthy, &[]).is_empty());
     }
 }

@@ -513,6 +513,38 @@ pub async fn update_pool_status(client: &Client, ledger: &dyn Ledger) -> Result<
             &now,
             obj.and_then(|o| o.metadata.generation),
         );
+        if let Some(o) = obj {
+            for c in crate::pools::newly_wrong(&conditions, &previous) {
+                let regarding = k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some(format!(
+                        "{}/{}",
+                        berth_k8s::crd::GROUP,
+                        berth_k8s::crd::VERSION
+                    )),
+                    kind: Some("Pool".into()),
+                    name: o.metadata.name.clone(),
+                    uid: o.metadata.uid.clone(),
+                    ..Default::default()
+                };
+                let reason = if c.type_ == crate::pools::READY {
+                    "PoolNotReady"
+                } else {
+                    "AddressesOutsidePool"
+                };
+                if let Err(e) = berth_k8s::events::post(
+                    client,
+                    regarding,
+                    true,
+                    reason,
+                    &c.message,
+                    "berth-controller",
+                )
+                .await
+                {
+                    tracing::warn!(pool = %pool.name, error = %e, "could not post an Event on a Pool");
+                }
+            }
+        }
         let patch = serde_json::json!({"status": {"blocks": nblocks, "used": used, "free": free,
                                                   "conditions": conditions}});
         let name = berth_k8s::names::object_name_of(berth_ledger::Kind::Pool, &pool.name);

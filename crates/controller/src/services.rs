@@ -532,8 +532,11 @@ impl ServiceController {
             keys.extend(self.services.state().iter().map(|s| key_of(s)));
         }
         // Services named in the ledger that are gone (or re-created): released.
+        let mut gone: BTreeMap<Key, Vec<ServiceRef>> = BTreeMap::new();
         for s in book.gone(&|s| self.alive(s)) {
-            keys.insert((s.namespace.clone(), s.name.clone()));
+            let k = (s.namespace.clone(), s.name.clone());
+            keys.insert(k.clone());
+            gone.entry(k).or_default().push(s);
         }
         // Older Services first: when addresses are scarce, the first to ask gets one.
         let mut ordered: Vec<(Option<k8s_openapi::jiff::Timestamp>, Key)> = keys
@@ -563,13 +566,8 @@ impl ServiceController {
         for (_, key) in ordered {
             let svc = self.service(&key);
             // Stale holders under this name (deleted, or the old UID of a re-created Service).
-            let stale: Vec<ServiceRef> = book
-                .gone(&|s| self.alive(s))
-                .into_iter()
-                .filter(|s| s.namespace == key.0 && s.name == key.1)
-                .collect();
             let mut writes = vec![];
-            for s in &stale {
+            for s in gone.get(&key).into_iter().flatten() {
                 writes.extend(book.writes(s, &[], &prefix, now));
             }
             let mut events = vec![];
