@@ -177,7 +177,7 @@ fn post_raw(cp: &KubeControlPlane, path: &str, content_type: &str, body: &str) -
 }
 
 /// Berth's CRDs from `berth crds` (the same YAML as deploy/base/crds.yaml), created and waited for.
-fn install_crds(cp: &KubeControlPlane, berth: &Path) -> Result<()> {
+pub(crate) fn install_crds(cp: &KubeControlPlane, berth: &Path) -> Result<()> {
     let out = Command::new(berth).arg("crds").output()?;
     if !out.status.success() {
         bail!(

@@ -7,6 +7,8 @@
 //! - `cargo xtask bench ipam`: the IPAM benchmark, side by side with Debian's host-local.
 //! - `cargo xtask bench kube`: 1000 pods over 10 simulated nodes through a real kube-apiserver
 //!   and agents, Kubernetes ledger vs etcd ledger (`docs/bench-kube.md`).
+//! - `cargo xtask bench services`: 1000 LoadBalancer Services through a real kube-apiserver and
+//!   `berth controller`, and controller restarts holding 1000 and 10,000 addresses.
 //! - `cargo xtask bench nodes`: the lab of real nodes: bring-up time, RSS per node and component,
 //!   30 pods create → Running with berth-ipam vs host-local.
 //! - `cargo xtask bench l2`: L2 failover of `berth vip` side by side with keepalived (outage per
@@ -19,6 +21,7 @@ mod bench;
 mod bench_kube;
 mod bench_l2;
 mod bench_nodes;
+mod bench_services;
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -107,6 +110,9 @@ fn main() -> anyhow::Result<()> {
         Some("bench") if args.get(1).map(String::as_str) == Some("kube") => {
             bench_kube::run(&args[2..])
         }
+        Some("bench") if args.get(1).map(String::as_str) == Some("services") => {
+            bench_services::run(&args[2..])
+        }
         Some("bench") if args.get(1).map(String::as_str) == Some("nodes") => {
             install_deps()?;
             kube_build()?;
@@ -121,6 +127,6 @@ fn main() -> anyhow::Result<()> {
             println!("{}", release_bins()?.display());
             Ok(())
         }
-        _ => bail!("usage: cargo xtask test [--install-only [--kube-build]] | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | bench nodes | bench l2 [--trials N] [--partition] [--hog MIN] | kube build | release"),
+        _ => bail!("usage: cargo xtask test [--install-only [--kube-build]] | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | bench services [--services N] [--large N] | bench nodes | bench l2 [--trials N] [--partition] [--hog MIN] | kube build | release"),
     }
 }

@@ -762,11 +762,17 @@ fn services_get_addresses_that_stay_put() {
         .output()
         .unwrap();
     assert!(!audit.status.success());
-    assert!(String::from_utf8_lossy(&audit.stdout).contains(&sh[0]), "{audit:?}");
+    assert!(
+        String::from_utf8_lossy(&audit.stdout).contains(&sh[0]),
+        "{audit:?}"
+    );
     delete_service(&cp, "default", "sh");
     let t = Instant::now();
     while service_bindings(&cp).contains_key(&sh[0]) {
-        assert!(t.elapsed() < Duration::from_secs(5), "sh's address not released");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "sh's address not released"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 

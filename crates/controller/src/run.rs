@@ -599,6 +599,11 @@ pub async fn run_until(
             tracing::info!(leader = now, identity = %cfg.lease.identity, "controller leadership changed");
         }
         leading = Some(now);
+        // A Service controller that ended (its watches closed) is started again.
+        if services.as_ref().is_some_and(|h| h.is_finished()) {
+            tracing::warn!("the service controller stopped; starting it again");
+            services = None;
+        }
         match (now, &services, &cfg.services) {
             (true, None, Some(sc)) => {
                 services = Some(tokio::spawn(crate::services::run(

@@ -297,23 +297,32 @@ pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ServiceConfig) {
         }
     })
     .boxed();
+    // Only a namespace's labels matter (serviceAllocation.namespaceSelector).
+    let mut labels: HashMap<String, Option<BTreeMap<String, String>>> = HashMap::new();
     let ns_stream = watcher(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .reflect(ns_writer)
-    .filter_map(|ev| async move {
-        match ev {
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+    .filter_map(move |ev| {
+        let t = match ev {
+            Ok(watcher::Event::Apply(n)) => {
+                let l = n.metadata.labels.clone();
+                (labels.insert(n.name_any(), l.clone()) != Some(l)).then_some(Trigger::All)
+            }
+            Ok(watcher::Event::Delete(n)) => {
+                labels.remove(&n.name_any());
                 Some(Trigger::All)
             }
+            Ok(watcher::Event::InitDone) => Some(Trigger::All),
             Ok(_) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "Namespace watch error; re-listing");
                 None
             }
-        }
+        };
+        async move { t }
     })
     .boxed();
     let mut streams = vec![svc_stream, ns_stream];
@@ -322,23 +331,31 @@ pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ServiceConfig) {
         let pool_writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
         let pool_store = pool_writer.as_reader();
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let mut generations: HashMap<String, Option<i64>> = HashMap::new();
         streams.push(
             watcher(api, watcher::Config::default())
                 .default_backoff()
                 .reflect(pool_writer)
-                .filter_map(|ev| async move {
-                    match ev {
-                        Ok(
-                            watcher::Event::Apply(_)
-                            | watcher::Event::Delete(_)
-                            | watcher::Event::InitDone,
-                        ) => Some(Trigger::All),
+                .filter_map(move |ev| {
+                    // Only a change of a pool's spec matters, not of its status (which the GC
+                    // round rewrites as addresses are used).
+                    let t = match ev {
+                        Ok(watcher::Event::Apply(o)) => {
+                            let g = o.metadata.generation;
+                            (generations.insert(o.name_any(), g) != Some(g)).then_some(Trigger::All)
+                        }
+                        Ok(watcher::Event::Delete(o)) => {
+                            generations.remove(&o.name_any());
+                            Some(Trigger::All)
+                        }
+                        Ok(watcher::Event::InitDone) => Some(Trigger::All),
                         Ok(_) => None,
                         Err(e) => {
                             tracing::warn!(error = %e, "Pool watch error; re-listing");
                             None
                         }
-                    }
+                    };
+                    async move { t }
                 })
                 .boxed(),
         );
@@ -751,6 +768,16 @@ impl ServiceController {
             .buffer_unordered(self.cfg.parallel.max(1))
             .collect::<Vec<()>>()
             .await;
+        if everything {
+            // Forget what was told to Services that are gone.
+            let live: std::collections::HashSet<String> = self
+                .services
+                .state()
+                .iter()
+                .filter_map(|s| s.metadata.uid.clone())
+                .collect();
+            self.told.0.retain(|uid, _| live.contains(uid));
+        }
         self.waiting.retain(|k| {
             self.services
                 .get(&ObjectRef::new(&k.1).within(&k.0))
