@@ -33,6 +33,9 @@ pub struct ControllerArgs {
     /// Create or update Berth's CRDs at start (otherwise apply deploy/base/crds.yaml).
     #[arg(long)]
     pub install_crds: bool,
+    /// Serve `/metrics` (Prometheus) and `/healthz` here, e.g. `0.0.0.0:9476`; off by default.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Do not hand out Service addresses (LoadBalancer, externalIPs): for clusters where another
     /// implementation does.
     #[arg(long)]
@@ -66,6 +69,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         format!("{}-{}", host.trim(), std::process::id())
     });
     tracing::info!(%server, ledger = %ledger.describe(), %identity, "berth controller starting");
+    let metrics = std::sync::Arc::new(berth_controller::metrics::ControllerMetrics::default());
+    if let Some(addr) = args.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics {addr}: cannot listen there; pick a free address, or leave --metrics out"))?;
+        let handler: std::sync::Arc<dyn berth_announce::http::Handler> =
+            std::sync::Arc::new(Endpoints(metrics.clone()));
+        tokio::spawn(berth_announce::http::serve(listener, handler));
+        tracing::info!(%addr, "serving /metrics and /healthz");
+    }
     let cfg = ControllerConfig {
         grace: args.grace,
         interval: args.interval,
@@ -78,8 +91,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         pool_status: args.ledger.is_kubernetes(),
         services: (!args.no_services).then(|| berth_controller::services::ServiceConfig {
             resync: args.service_resync,
+            metrics: metrics.clone(),
             ..Default::default()
         }),
+        metrics,
     };
     berth_controller::run_until(client, ledger, cfg, async move {
         let sig = shutdown.wait().await;
@@ -88,4 +103,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     .await;
     tracing::info!("berth controller stopped");
     Ok(())
+}
+
+/// `/metrics` and `/healthz` of the controller.
+struct Endpoints(std::sync::Arc<berth_controller::metrics::ControllerMetrics>);
+
+#[async_trait::async_trait]
+impl berth_announce::http::Handler for Endpoints {
+    async fn get(&self, path: &str) -> berth_announce::http::Reply {
+        match path {
+            "/metrics" => (
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.0.encode(),
+            ),
+            "/healthz" => (200, "text/plain", "ok\n".into()),
+            _ => (404, "text/plain", "try /metrics /healthz\n".into()),
+        }
+    }
 }

@@ -210,8 +210,18 @@ fn service_bindings(cp: &KubeControlPlane) -> BTreeMap<String, Vec<String>> {
 }
 
 fn spawn_controller(cp: &KubeControlPlane, kubeconfig: &Path, id: &str) -> Daemon {
+    spawn_controller_with(cp, kubeconfig, id, &[])
+}
+
+fn spawn_controller_with(
+    cp: &KubeControlPlane,
+    kubeconfig: &Path,
+    id: &str,
+    extra: &[&str],
+) -> Daemon {
     let mut cmd = Command::new(BERTH);
     cmd.arg("controller")
+        .args(extra)
         .args(["--ledger", "kubernetes", "--kubeconfig"])
         .arg(kubeconfig)
         .args(["--interval", "500ms", "--lease-duration", "4s", "--id", id])
@@ -252,6 +262,19 @@ fn wait_log(d: &Daemon, needle: &str, within: Duration) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 fn berth_cli_admin(cp: &KubeControlPlane, args: &[&str]) -> String {
@@ -316,7 +339,16 @@ fn services_get_addresses_that_stay_put() {
         json!({"use": "service", "subnets": [{"cidr": "198.18.103.0/30"}], "autoAssign": false}),
     );
 
-    let mut a = spawn_controller(&cp, &roles.controller, "a");
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut a = spawn_controller_with(
+        &cp,
+        &roles.controller,
+        "a",
+        &["--metrics", &metrics_addr.to_string()],
+    );
     wait_log(&a, "service controller serving", Duration::from_secs(20));
 
     // 1. One Service, one address, at once.
@@ -790,6 +822,25 @@ fn services_get_addresses_that_stay_put() {
     );
     assert!(theirs["spec"]["loadBalancerClass"].is_null(), "{theirs}");
     wait_ingress(&cp, "default", "theirs", 1);
+
+    // Metrics: leadership, waiting Services, addresses per pool, writes.
+    let text = http_get(metrics_addr, "/metrics");
+    assert!(text.contains("berth_controller_leader 1"), "{text}");
+    let waiting: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_controller_services_waiting "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    // sneaky, unlabelled, elsewhere, on-dup, wrong, copycat, clash.
+    assert_eq!(waiting, 7, "{text}");
+    assert!(
+        text.contains("berth_controller_service_addresses{pool=\"tiny\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("berth_controller_service_writes_total{result=\"ok\"}"),
+        "{text}"
+    );
 
     // 9. 50 Services; restart; deleted while down; failover.
     for i in 0..50 {

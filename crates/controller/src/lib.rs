@@ -8,6 +8,7 @@
 pub mod book;
 pub mod decide;
 pub mod lease;
+pub mod metrics;
 pub mod pools;
 pub mod run;
 pub mod services;

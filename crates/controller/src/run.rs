@@ -29,6 +29,8 @@ pub struct ControllerConfig {
     pub pool_status: bool,
     /// Run the Service controller (LoadBalancer addresses, externalIPs) while leading.
     pub services: Option<crate::services::ServiceConfig>,
+    /// Where leadership is published (the Service controller publishes into its own config's).
+    pub metrics: Arc<crate::metrics::ControllerMetrics>,
 }
 
 /// Why a round was skipped.
@@ -599,6 +601,7 @@ pub async fn run_until(
             tracing::info!(leader = now, identity = %cfg.lease.identity, "controller leadership changed");
         }
         leading = Some(now);
+        cfg.metrics.leader.set(i64::from(now));
         // A Service controller that ended (its watches closed) is started again.
         if services.as_ref().is_some_and(|h| h.is_finished()) {
             tracing::warn!("the service controller stopped; starting it again");

@@ -55,6 +55,8 @@ pub struct ServiceConfig {
     pub resync: Duration,
     /// Services whose writes run at once.
     pub parallel: usize,
+    /// Where the pass counts, waiting Services and pool use are published.
+    pub metrics: Arc<crate::metrics::ControllerMetrics>,
 }
 
 impl Default for ServiceConfig {
@@ -62,6 +64,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             resync: Duration::from_secs(60),
             parallel: 16,
+            metrics: Arc::default(),
         }
     }
 }
@@ -533,6 +536,7 @@ impl ServiceController {
         keys: BTreeSet<Key>,
         everything: bool,
     ) -> Result<Outcomes, LedgerError> {
+        let started = Instant::now();
         let pools = self.pools.read(self.ledger.as_ref()).await?;
         if self.book.is_none() {
             self.book = Some(load(self.ledger.as_ref(), &pools).await?);
@@ -596,8 +600,20 @@ impl ServiceController {
                     Err(e) => {
                         // Bad input loses nothing: what it holds stays held.
                         events.push((true, reason::BAD_ANNOTATION.to_string(), e.to_string()));
-                        addresses = svcs::ingress(svc);
-                        waiting = true;
+                        // Status shows what it holds (unchanged by the bad edit).
+                        let held = book.held_by(&svcs::service_ref(svc)).0;
+                        let current = svcs::ingress(svc);
+                        addresses = current
+                            .iter()
+                            .copied()
+                            .filter(|a| held.iter().any(|h| h.0 == *a))
+                            .collect();
+                        for (a, _, _) in &held {
+                            if !addresses.contains(a) {
+                                addresses.push(*a);
+                            }
+                        }
+                        waiting = svcs::wants_load_balancer(svc) && addresses.is_empty();
                         if !svcs::served_class(svc) {
                             continue;
                         }
@@ -700,6 +716,16 @@ impl ServiceController {
             .buffer_unordered(self.cfg.parallel.max(1))
             .collect()
             .await;
+        let metrics = self.cfg.metrics.clone();
+        for (_, res) in &results {
+            for r in res {
+                metrics.write(match r {
+                    Ok(_) => "ok",
+                    Err(LedgerError::Conflict { .. } | LedgerError::Exists { .. }) => "conflict",
+                    Err(_) => "error",
+                });
+            }
+        }
         let mut failed = BTreeSet::new();
         let mut released = false;
         let mut done = vec![];
@@ -783,6 +809,31 @@ impl ServiceController {
                 .get(&ObjectRef::new(&k.1).within(&k.0))
                 .is_some()
         });
+        metrics.services_waiting.set(self.waiting.len() as i64);
+        if let Some(book) = &self.book {
+            let mut per_pool: BTreeMap<&str, i64> = BTreeMap::new();
+            for b in book.bindings.values() {
+                if b.value.holder.services().is_some() {
+                    *per_pool.entry(b.value.pool.as_str()).or_default() += 1;
+                }
+            }
+            metrics.service_addresses.clear();
+            for p in &pools {
+                let n = per_pool.get(p.name.as_str()).copied().unwrap_or(0);
+                if p.use_ == berth_core::PoolUse::Service || n > 0 {
+                    metrics
+                        .service_addresses
+                        .get_or_create(&crate::metrics::PoolLabel {
+                            pool: p.name.clone(),
+                        })
+                        .set(n);
+                }
+            }
+        }
+        metrics.service_passes.inc();
+        metrics
+            .service_pass_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(Outcomes {
             deferred,
             failed,
