@@ -97,13 +97,19 @@ async fn cni_reply(line: &str, alloc: &Allocator, pods: Option<&dyn PodSource>) 
         Ok(r) => r,
         Err(e) => return Response::from(Err(CniError::decode("agent request", &e))),
     };
-    let cfg = match &req.config {
+    let mut cfg = match &req.config {
         RequestConfig::Raw(raw) => match parse_config(raw.as_bytes()) {
             Ok(c) => c,
             Err(e) => return Response::from(Err(e)),
         },
         RequestConfig::Parsed(c) => (**c).clone(),
     };
+    // A configuration naming a Pool object: the pod's annotations are read against that pool.
+    if req.command == berth_cni::Command::Add {
+        if let Err(e) = berth_cni::handler::resolve_pool(alloc, &mut cfg).await {
+            return Response::from(Err(e));
+        }
+    }
     if let Some(err) = ledger_mismatch(&cfg, alloc) {
         tracing::warn!(command = ?req.command, container = ?req.container_id, msg = %err.msg, "refused");
         return Response::from(Err(err));

@@ -138,6 +138,18 @@ impl Allocator {
     }
 
     /// Record the pool in the ledger (the configuration is authoritative), unless it is already there.
+    /// The pool record named `name` (a Pool object a user applied, on the Kubernetes ledger),
+    /// or `None` when there is none.
+    ///
+    /// Why: a CNI configuration may name a Pool object (`ipam.pool`) instead of defining the
+    /// pool; the agent reads it here for each ADD, so an edit of the Pool takes effect at once.
+    pub async fn pool_named(&self, name: &str) -> Result<Option<PoolSpec>, AllocError> {
+        Ok(Records(self.ledger.as_ref())
+            .get::<PoolSpec>(Kind::Pool, name)
+            .await?
+            .map(|s| s.value))
+    }
+
     async fn ensure_pool(&self, pool: &PoolSpec) -> Result<(), AllocError> {
         if self.state().pools.get(&pool.name) == Some(pool) {
             return Ok(());

@@ -64,6 +64,12 @@ impl World {
 
     /// Run berth-ipam as the kubelet on `node` would for `pod`.
     fn cni(&self, command: &str, node: &str, pod: &Value) -> CniOutput {
+        self.cni_with(command, node, pod, self.conf(node))
+    }
+
+    /// [`cni`](Self::cni) with another network configuration.
+    fn cni_with(&self, command: &str, node: &str, pod: &Value, conf: Value) -> CniOutput {
+        let _ = node;
         let name = pod["metadata"]["name"].as_str().unwrap();
         let uid = pod["metadata"]["uid"].as_str().unwrap();
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or(NS);
@@ -82,7 +88,7 @@ impl World {
             "DEL" => CniCommand::Del,
             _ => panic!("{command}"),
         };
-        cni.exec_plugin("berth-ipam", cmd, Some(&target), &self.conf(node))
+        cni.exec_plugin("berth-ipam", cmd, Some(&target), &conf)
             .unwrap()
     }
 
@@ -731,5 +737,77 @@ fn the_pools_policy_refuses_squatters() {
     assert_eq!(ids.len(), 1, "{claims}");
     assert!(ids[0].contains("statefulset/squat/db/0"), "{ids:?}");
     w.audit();
+    common::assert_no_forbidden(&w.cp);
+}
+
+/// A network configuration may name a Pool object a user applied (`ipam.pool`) instead of
+/// defining the pool: the agent reads it from the ledger for each ADD. A missing Pool is "try
+/// again" (code 11, naming it), a service Pool is refused (code 7), and a configuration that
+/// names a Pool and defines subnets too is refused at parse time.
+#[test]
+fn a_cni_config_may_name_a_pool_object() {
+    let w = world();
+    w.api(
+        "POST",
+        "/apis/berth.dev/v1alpha1/pools",
+        Some(json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Pool",
+                    "metadata": {"name": "user-pods"},
+                    "spec": {"use": "pod", "subnets": [{"cidr": "198.18.64.0/24", "blockSize": 28}]}})),
+    );
+    w.api(
+        "POST",
+        "/apis/berth.dev/v1alpha1/pools",
+        Some(json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Pool",
+                    "metadata": {"name": "lb"},
+                    "spec": {"use": "service", "subnets": [{"cidr": "198.18.65.0/28"}]}})),
+    );
+    let conf = |pool: &str| {
+        json!({"cniVersion": "1.0.0", "name": "userpodnet", "type": "macvlan",
+               "ipam": {"type": "berth-ipam", "pool": pool, "ledger": "kubernetes",
+                        "agentSocket": w.socket("node-a")}})
+    };
+    let pod = w.api(
+        "POST",
+        &format!("/api/v1/namespaces/{NS}/pods"),
+        Some(json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "uses-a-pool"},
+                    "spec": {"nodeName": "node-a",
+                             "containers": [{"name": "c", "image": "berth.invalid/none:1"}]}})),
+    );
+    let out = w.cni_with("ADD", "node-a", &pod, conf("user-pods"));
+    let r = out.ok().unwrap_or_else(|e| panic!("ADD: {e:#}"));
+    let ip = r["ips"][0]["address"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("198.18.64.") && ip.ends_with("/24"), "{r}");
+    let blocks = w.api("GET", "/apis/berth.dev/v1alpha1/blocks", None);
+    assert!(
+        blocks["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["spec"]["pool"] == "user-pods"
+                && b["spec"]["cidr"].as_str().unwrap().ends_with("/28")),
+        "the Pool's blockSize is used: {blocks}"
+    );
+    // The Pool object is unchanged: the agent read it, it did not rewrite it from a config.
+    let p = w.api("GET", "/apis/berth.dev/v1alpha1/pools/user-pods", None);
+    assert_eq!(p["spec"]["subnets"][0]["cidr"], "198.18.64.0/24", "{p}");
+    assert_eq!(p["metadata"]["generation"], 1, "{p}");
+    let out = w.cni_with("ADD", "node-a", &pod, conf("nope"));
+    assert_eq!(code(&out), 11, "{}", out.stdout);
+    assert!(
+        msg(&out).contains("\"nope\"") && msg(&out).contains("use: pod"),
+        "{}",
+        msg(&out)
+    );
+    let out = w.cni_with("ADD", "node-a", &pod, conf("lb"));
+    assert_eq!(code(&out), 7, "{}", out.stdout);
+    assert!(msg(&out).contains("service"), "{}", msg(&out));
+    let mut both = conf("user-pods");
+    both["ipam"]["subnet"] = json!("198.18.66.0/24");
+    let out = w.cni_with("ADD", "node-a", &pod, both);
+    assert_eq!(code(&out), 7, "{}", out.stdout);
+    assert!(msg(&out).contains("ipam.subnet"), "{}", msg(&out));
+    let out = w.cni_with("DEL", "node-a", &pod, conf("user-pods"));
+    assert!(out.success(), "{}", out.stdout);
     common::assert_no_forbidden(&w.cp);
 }

@@ -108,6 +108,11 @@ pub struct IpamConfig {
     pub valid_attachments: Vec<Attachment>,
     /// `prevResult` as given (CHECK, DEL); parse with [`crate::result::parse_prev_result`].
     pub prev_result: Option<Value>,
+    /// `ipam.pool`: the pool is the Pool object (ledger record) of that name, not defined here;
+    /// `pool` holds only its name until [`crate::handler::resolve_pool`] reads it, and
+    /// `requested_ips` are checked against it then.
+    #[serde(default)]
+    pub pool_ref: bool,
 }
 
 /// Read only `cniVersion`, so an error about the rest of a configuration can still be written in
@@ -231,9 +236,27 @@ pub fn parse_config(bytes: &[u8]) -> Result<IpamConfig, CniError> {
     if let Some(list) = ipam.list("ranges")? {
         sets.extend(parse_range_sets(&ipam.name("ranges"), list)?);
     }
-    if sets.is_empty() {
+    let pool_ref = ipam.nonempty("pool")?.map(str::to_string);
+    if let Some(name) = &pool_ref {
+        for key in [
+            "subnet",
+            "ranges",
+            "name",
+            "policy",
+            "routes",
+            "exclude",
+            "blockSize",
+            "blockSizeV6",
+        ] {
+            if ipam.get(key).is_some() {
+                return Err(CniError::config(format!(
+                    "ipam.pool {name:?} names a Pool object, which defines the pool, but ipam.{key} is given too: remove ipam.{key} (set it in the Pool), or remove ipam.pool"
+                )));
+            }
+        }
+    } else if sets.is_empty() {
         return Err(CniError::config(
-            "ipam has no subnet: give ipam.subnet (e.g. \"10.188.0.0/16\") or ipam.ranges",
+            "ipam has no subnet: give ipam.subnet (e.g. \"10.188.0.0/16\"), ipam.ranges, or ipam.pool (the name of a Pool object with use: pod)",
         ));
     }
 
@@ -256,16 +279,28 @@ pub fn parse_config(bytes: &[u8]) -> Result<IpamConfig, CniError> {
     if let Some(ex) = ipam.list("exclude")? {
         attach_excludes(&ipam.name("exclude"), ex, &mut subnets)?;
     }
-    let pool = PoolSpec {
-        name: ipam
-            .nonempty("name")?
-            .map_or_else(|| network.clone(), str::to_string),
-        use_: PoolUse::Pod,
-        subnets,
-        policy: crate::policy::parse_policy(&ipam)?,
-        service: Default::default(),
+    let pool = match &pool_ref {
+        Some(name) => PoolSpec {
+            name: name.clone(),
+            use_: PoolUse::Pod,
+            subnets: vec![],
+            policy: Default::default(),
+            service: Default::default(),
+        },
+        None => {
+            let pool = PoolSpec {
+                name: ipam
+                    .nonempty("name")?
+                    .map_or_else(|| network.clone(), str::to_string),
+                use_: PoolUse::Pod,
+                subnets,
+                policy: crate::policy::parse_policy(&ipam)?,
+                service: Default::default(),
+            };
+            pool.validate()?;
+            pool
+        }
     };
-    pool.validate()?;
 
     let store = parse_store(&ipam)?;
     let agent_socket = match ipam.str("agentSocket")? {
@@ -298,7 +333,11 @@ pub fn parse_config(bytes: &[u8]) -> Result<IpamConfig, CniError> {
             }
         }
     }
-    let requested_ips = check_requests(&pool, requested)?;
+    // Against a Pool object, checked once it is read.
+    let requested_ips = match pool_ref {
+        Some(_) => requested.into_iter().map(|(ip, _)| ip).collect(),
+        None => check_requests(&pool, requested)?,
+    };
 
     let valid_attachments = match top.list("cni.dev/valid-attachments")? {
         Some(list) => parse_attachments(list)?,
@@ -317,10 +356,25 @@ pub fn parse_config(bytes: &[u8]) -> Result<IpamConfig, CniError> {
         requested_ips,
         valid_attachments,
         prev_result,
+        pool_ref: pool_ref.is_some(),
     })
 }
 
 impl IpamConfig {
+    /// Take the Pool object `ipam.pool` names as the pool, and check the requested addresses
+    /// against it (code 7 when one lies outside).
+    pub fn use_pool(&mut self, pool: PoolSpec) -> Result<(), CniError> {
+        let requested = self
+            .requested_ips
+            .iter()
+            .map(|ip| (*ip, "runtimeConfig.ips".to_string()))
+            .collect();
+        self.pool = pool;
+        self.pool_ref = false;
+        self.requested_ips = check_requests(&self.pool, requested)?;
+        Ok(())
+    }
+
     /// Add the `IP=` addresses from `CNI_ARGS` to the requested fixed addresses, re-checking that
     /// there is at most one per family and each lies in the pool (code 7 otherwise). An address
     /// requested both ways counts once.

@@ -122,6 +122,38 @@ impl From<Refusal> for CniError {
     }
 }
 
+/// When the configuration names a Pool object (`ipam.pool`), read it and use it as the pool.
+///
+/// A missing Pool is "try again" (code 11): it may be applied after the node's configuration,
+/// and the kubelet retries. A Pool that is not `use: pod`, or invalid, is code 7, naming it.
+pub async fn resolve_pool(alloc: &Allocator, cfg: &mut IpamConfig) -> Result<(), CniError> {
+    if !cfg.pool_ref {
+        return Ok(());
+    }
+    let name = cfg.pool.name.clone();
+    match alloc.pool_named(&name).await.map_err(cni_error)? {
+        None => Err(CniError::new(
+            CniError::TRY_AGAIN_LATER,
+            format!(
+                "ipam.pool {name:?} names no Pool: apply a Pool object named {name:?} with use: pod (kubectl get pools.berth.dev lists them)"
+            ),
+        )),
+        Some(p) if p.use_ != berth_core::PoolUse::Pod => Err(CniError::config(format!(
+            "ipam.pool {name:?} is a {} pool; pods take addresses only from a Pool with use: pod",
+            serde_json::to_value(p.use_)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        ))),
+        Some(p) => {
+            p.validate().map_err(|e| {
+                CniError::config(format!("Pool {name:?} (ipam.pool) is not valid: {e}"))
+            })?;
+            cfg.use_pool(p)
+        }
+    }
+}
+
 /// Carry out one command. ADD returns the result JSON; the others return nothing on success.
 ///
 /// The version gate applies to every command; `CNI_ARGS` `IP=` requests count for ADD only, so a
@@ -147,6 +179,15 @@ pub async fn handle_checked(
     cfg: &IpamConfig,
 ) -> Result<Option<Value>, Refusal> {
     cfg.check_command(inv.command)?;
+    let resolved;
+    let cfg = if cfg.pool_ref && matches!(inv.command, Command::Add | Command::Status) {
+        let mut c = cfg.clone();
+        resolve_pool(alloc, &mut c).await?;
+        resolved = c;
+        &resolved
+    } else {
+        cfg
+    };
     match inv.command {
         Command::Add => {
             let mut cfg = cfg.clone();
