@@ -75,6 +75,121 @@ pub struct Etcd {
     prefix: String,
     endpoints: Vec<String>,
     tls: Option<TlsSetup>,
+    /// Where compare-and-swap writes queue for the group committer.
+    writes: tokio::sync::mpsc::UnboundedSender<Pending>,
+}
+
+/// The most compare-and-swap writes one etcd transaction carries (etcd's `--max-txn-ops`
+/// default is 128).
+const MAX_BATCH: usize = 64;
+
+/// One compare-and-swap write waiting for the group committer.
+struct Pending {
+    key: String,
+    cmp: Compare,
+    op: TxnOp,
+    /// Whether its compare held (and the write applied), with the transaction's revision.
+    reply: tokio::sync::oneshot::Sender<std::result::Result<(bool, i64), CallError>>,
+}
+
+/// The group committer: writes that are waiting while a transaction is in flight go to etcd
+/// together, as one transaction of nested per-record transactions (each with its own compare).
+///
+/// Why: on the CNI path every ADD and DEL is one compare-and-swap, and etcd's cost is per
+/// transaction (a Raft entry, a WAL sync), not per key: a node's concurrent ADDs share one.
+/// Each write still succeeds or fails alone, exactly as it would on its own; two writes to one
+/// key never share a transaction (etcd refuses that), the later one waits for the next.
+async fn group_commit(client: Client, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+    let mut carried: std::collections::VecDeque<Pending> = Default::default();
+    loop {
+        let first = match carried.pop_front() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        // A caller that gave up (its deadline passed while it queued) was told "unavailable":
+        // its write is never sent after that.
+        if first.reply.is_closed() {
+            continue;
+        }
+        let mut keys = std::collections::HashSet::from([first.key.clone()]);
+        let mut batch = vec![first];
+        // What was carried over first, then what has arrived meanwhile.
+        let mut rest = std::mem::take(&mut carried);
+        while batch.len() < MAX_BATCH {
+            let next = match rest.pop_front() {
+                Some(p) => p,
+                None => match rx.try_recv() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            if next.reply.is_closed() {
+                continue;
+            }
+            if keys.insert(next.key.clone()) {
+                batch.push(next);
+            } else {
+                carried.push_back(next);
+            }
+        }
+        carried.extend(rest);
+        let txn = if batch.len() == 1 {
+            Txn::new()
+                .when([batch[0].cmp.clone()])
+                .and_then([batch[0].op.clone()])
+        } else {
+            Txn::new().and_then(
+                batch
+                    .iter()
+                    .map(|p| TxnOp::txn(Txn::new().when([p.cmp.clone()]).and_then([p.op.clone()])))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let resp = resend(|| {
+            let txn = txn.clone();
+            let mut kv = client.kv_client();
+            async move { kv.txn(txn).await }
+        })
+        .await;
+        match resp {
+            Ok(r) => {
+                let rev = r.header().map(|h| h.revision()).unwrap_or_default();
+                let outcomes: Vec<bool> = if batch.len() == 1 {
+                    vec![r.succeeded()]
+                } else {
+                    r.op_responses()
+                        .into_iter()
+                        .map(|o| matches!(o, etcd_client::TxnOpResponse::Txn(t) if t.succeeded()))
+                        .collect()
+                };
+                for (i, p) in batch.into_iter().enumerate() {
+                    let _ = p
+                        .reply
+                        .send(Ok((outcomes.get(i).copied().unwrap_or(false), rev)));
+                }
+            }
+            Err(e) => {
+                let msg = match &e {
+                    CallError::Etcd(err) => Some(err.to_string()),
+                    CallError::Timeout => None,
+                };
+                let mut batch = batch.into_iter();
+                // The first gets the error itself (for the TLS diagnosis), the others its text.
+                if let Some(p) = batch.next() {
+                    let _ = p.reply.send(Err(e));
+                }
+                for p in batch {
+                    let _ = p.reply.send(Err(match &msg {
+                        Some(m) => CallError::Etcd(etcd_client::Error::InvalidArgs(m.clone())),
+                        None => CallError::Timeout,
+                    }));
+                }
+            }
+        }
+    }
 }
 
 impl Etcd {
@@ -114,11 +229,14 @@ impl Etcd {
             Ok(Err(e)) => return Err(fail(&endpoints, tls.as_ref(), CallError::Etcd(e)).await),
             Err(_) => return Err(unavailable(&endpoints, CallError::Timeout)),
         };
+        let (writes, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(group_commit(client.clone(), rx));
         Ok(Etcd {
             client,
             prefix: prefix.to_string(),
             endpoints,
             tls,
+            writes,
         })
     }
 
@@ -142,24 +260,44 @@ impl Etcd {
     }
 
     async fn cas(&self, kind: Kind, name: &str, cmp: Compare, op: TxnOp) -> Result<Version> {
-        let txn = Txn::new().when([cmp]).and_then([op]);
-        let resp = resend(|| {
-            let txn = txn.clone();
-            let mut kv = self.client.kv_client();
-            async move { kv.txn(txn).await }
-        })
-        .await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => return Err(self.err(e).await),
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            key: self.key(kind, name),
+            cmp,
+            op,
+            reply,
         };
-        if !resp.succeeded() {
+        if self.writes.send(pending).is_err() {
+            return Err(unavailable(
+                &self.endpoints,
+                CallError::Etcd(etcd_client::Error::InvalidArgs(
+                    "the ledger's write queue has stopped".into(),
+                )),
+            ));
+        }
+        // Queueing counts against the deadline too.
+        let answer = match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+            Ok(a) => a,
+            Err(_) => return Err(self.err(CallError::Timeout).await),
+        };
+        let (succeeded, rev) = match answer {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(self.err(e).await),
+            Err(_) => {
+                return Err(unavailable(
+                    &self.endpoints,
+                    CallError::Etcd(etcd_client::Error::InvalidArgs(
+                        "the ledger's write queue dropped the write".into(),
+                    )),
+                ))
+            }
+        };
+        if !succeeded {
             return Err(LedgerError::Conflict {
                 kind,
                 name: name.to_string(),
             });
         }
-        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok(Version(rev.to_string()))
     }
 }
