@@ -125,7 +125,36 @@ fn watch(cp: &KubeControlPlane, seen: Arc<Mutex<Seen>>) -> Result<std::process::
     Ok(child)
 }
 
+/// Create Services `s{from}`..`s{to}`: `kubectl create -f` of Lists of 500, four at once.
 fn create_services(cp: &KubeControlPlane, dir: &Path, from: usize, to: usize) -> Result<()> {
+    let chunks: Vec<(usize, usize)> = (from..to)
+        .step_by(500)
+        .map(|a| (a, (a + 500).min(to)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let errors: Mutex<Vec<String>> = Mutex::new(vec![]);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(&(a, b)) = chunks.get(i) else { return };
+                if let Err(e) = create_chunk(cp, dir, a, b) {
+                    errors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(format!("{e:#}"));
+                }
+            });
+        }
+    });
+    let errors = errors.into_inner().unwrap_or_default();
+    if !errors.is_empty() {
+        bail!("creating Services: {}", errors.join("; "));
+    }
+    Ok(())
+}
+
+fn create_chunk(cp: &KubeControlPlane, dir: &Path, from: usize, to: usize) -> Result<()> {
     let items: Vec<Value> = (from..to)
         .map(|i| {
             json!({"apiVersion": "v1", "kind": "Service",
@@ -322,6 +351,8 @@ fn bench(o: Opts) -> Result<()> {
     let cp = KubeControlPlane::builder()
         .controller_manager(false)
         .service_cidr("10.96.0.0/16")
+        // Every LoadBalancer Service takes a NodePort; the default range holds 2768.
+        .apiserver_arg("--service-node-port-range=20000-40000")
         .start()
         .context("starting the control plane")?;
     eprintln!("control plane up in {:.1?}", t0.elapsed());

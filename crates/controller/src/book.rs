@@ -28,6 +28,9 @@ pub struct Book {
     pub claims: BTreeMap<String, Stored<Claim>>,
     /// Addresses of bindings that cannot be read: taken, never handed out.
     pub unreadable: BTreeSet<IpAddr>,
+    /// The addresses each Service holds (an index of `bindings`, kept by [`Book::load`] and
+    /// [`Book::apply`]), so a pass over 10,000 Services does not scan every binding for each.
+    held: BTreeMap<ServiceRef, BTreeSet<IpAddr>>,
 }
 
 /// One write to the ledger. `version: None` creates; otherwise a compare-and-swap on it.
@@ -174,7 +177,8 @@ impl Book {
             .filter(|p| p.use_ == PoolUse::Service)
             .collect();
         let in_service_pool = |ip: IpAddr| service_pools.iter().any(|p| p.subnet_of(ip).is_some());
-        Book {
+        let mut book = Book {
+            held: BTreeMap::new(),
             bindings: bindings
                 .into_iter()
                 .filter(|b| services_of(&b.value).is_some() || in_service_pool(b.value.address))
@@ -195,7 +199,37 @@ impl Book {
                 .filter(|b| b.kind == Kind::Binding)
                 .filter_map(|b| b.name.parse().ok())
                 .collect(),
+        };
+        let ips: Vec<IpAddr> = book.bindings.keys().copied().collect();
+        for ip in ips {
+            book.index(ip, true);
         }
+        book
+    }
+
+    /// Add (or remove) the binding at `ip` to (from) the per-Service index.
+    fn index(&mut self, ip: IpAddr, add: bool) {
+        let Some(s) = self.bindings.get(&ip).and_then(|b| services_of(&b.value)) else {
+            return;
+        };
+        for r in &s.services {
+            if add {
+                self.held.entry(r.clone()).or_default().insert(ip);
+            } else if let Some(set) = self.held.get_mut(r) {
+                set.remove(&ip);
+                if set.is_empty() {
+                    self.held.remove(r);
+                }
+            }
+        }
+    }
+
+    fn held_ips(&self, svc: &ServiceRef) -> impl Iterator<Item = (&IpAddr, &Stored<Binding>)> {
+        self.held
+            .get(svc)
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| self.bindings.get_key_value(ip))
     }
 
     /// Every held address the planner must respect: Services' (with what the sharing rule needs
@@ -241,7 +275,7 @@ impl Book {
     ) {
         let mut lb = vec![];
         let mut ext = vec![];
-        for (ip, b) in &self.bindings {
+        for (ip, b) in self.held_ips(svc) {
             if let Some(s) = services_of(&b.value) {
                 if s.services.contains(svc) {
                     let e = (*ip, b.value.pool.clone(), s.sharing_key.clone());
@@ -259,13 +293,7 @@ impl Book {
     /// Services named in bindings for which `alive` says no: deleted, or re-created (another
     /// UID). Their addresses are released.
     pub fn gone(&self, alive: &dyn Fn(&ServiceRef) -> bool) -> BTreeSet<ServiceRef> {
-        self.bindings
-            .values()
-            .filter_map(|b| services_of(&b.value))
-            .flat_map(|s| s.services.iter())
-            .filter(|s| !alive(s))
-            .cloned()
-            .collect()
+        self.held.keys().filter(|s| !alive(s)).cloned().collect()
     }
 
     /// The writes that make `svc` hold exactly `want`: joins and takes first (claim, then
@@ -352,7 +380,7 @@ impl Book {
             );
         }
         // Releases: every address the Service holds and no longer wants.
-        for (ip, b) in &self.bindings {
+        for (ip, b) in self.held_ips(svc) {
             let Some(s) = services_of(&b.value) else {
                 continue;
             };
@@ -438,6 +466,7 @@ impl Book {
             }
             Write::PutBinding { binding, .. } => {
                 if let Some(v) = version {
+                    self.index(binding.address, false);
                     self.bindings.insert(
                         binding.address,
                         Stored {
@@ -445,9 +474,11 @@ impl Book {
                             version: v,
                         },
                     );
+                    self.index(binding.address, true);
                 }
             }
             Write::DeleteBinding { address, .. } => {
+                self.index(*address, false);
                 self.bindings.remove(address);
             }
         }

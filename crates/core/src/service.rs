@@ -895,6 +895,19 @@ pub fn first_free(s: &SubnetSpec, holdings: &BTreeMap<IpAddr, Holding>) -> Optio
             if s.is_dynamic(ip) && !holdings.contains_key(&ip) {
                 return Some(ip);
             }
+            // Jump over the run of held addresses starting here (a full pool of 10,000 is
+            // walked once, not one lookup per address per Service).
+            let mut end = v;
+            for held in holdings.range(ip..).map(|(a, _)| crate::addr::to_u128(*a)) {
+                if held != end {
+                    break;
+                }
+                end = end.saturating_add(1);
+            }
+            if end > v {
+                v = end;
+                continue;
+            }
             match v.checked_add(1) {
                 Some(n) => v = n,
                 None => break,
