@@ -135,16 +135,24 @@ struct Job {
 
 /// Read every Service record of the ledger into a book.
 async fn load(ledger: &dyn Ledger, pools: &[PoolSpec]) -> Result<Book, LedgerError> {
+    let listed = list_records(ledger).await?;
+    Ok(book_of(listed, pools))
+}
+
+type Listed = (berth_ledger::Listing<Binding>, berth_ledger::Listing<Claim>);
+
+/// Bindings and claims, listed at once.
+async fn list_records(ledger: &dyn Ledger) -> Result<Listed, LedgerError> {
     let r = Records(ledger);
-    let bindings = r.list::<Binding>(Kind::Binding).await?;
-    let claims = r.list::<Claim>(Kind::Claim).await?;
+    futures::try_join!(
+        r.list::<Binding>(Kind::Binding),
+        r.list::<Claim>(Kind::Claim)
+    )
+}
+
+fn book_of((bindings, claims): Listed, pools: &[PoolSpec]) -> Book {
     let refs: Vec<&PoolSpec> = pools.iter().collect();
-    Ok(Book::load(
-        bindings.records,
-        claims.records,
-        &bindings.bad,
-        &refs,
-    ))
+    Book::load(bindings.records, claims.records, &bindings.bad, &refs)
 }
 
 /// What one write answered: the new version (none for a delete), or the error.
@@ -369,7 +377,11 @@ pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ServiceConfig) {
     let mut triggers = stream::select_all(streams);
     // Nothing is decided before every watch has listed once: a Service missing from a partial
     // list would look deleted.
+    // The ledger is read while the watches list (a restart at 10,000 addresses waits on both).
+    let mut listed: Option<Result<Listed, LedgerError>> = None;
     {
+        let listing = list_records(ledger.as_ref());
+        tokio::pin!(listing);
         let ready = async {
             let _ = svc_store.wait_until_ready().await;
             let _ = ns_store.wait_until_ready().await;
@@ -378,9 +390,11 @@ pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ServiceConfig) {
             }
         };
         tokio::pin!(ready);
-        loop {
+        let mut watches_ready = false;
+        while !(watches_ready && listed.is_some()) {
             tokio::select! {
-                _ = &mut ready => break,
+                _ = &mut ready, if !watches_ready => watches_ready = true,
+                l = &mut listing, if listed.is_none() => listed = Some(l),
                 t = triggers.next() => if t.is_none() { return },
             }
         }
@@ -397,6 +411,12 @@ pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ServiceConfig) {
         told: Told::default(),
         waiting: BTreeSet::new(),
     };
+    if let Some(Ok(l)) = listed {
+        match controller.pools.read(controller.ledger.as_ref()).await {
+            Ok(pools) => controller.book = Some(book_of(l, &pools)),
+            Err(e) => tracing::warn!(error = %e, "reading pools failed; the ledger is read again"),
+        }
+    }
     let mut dirty: BTreeSet<Key> = BTreeSet::new();
     let mut all = true;
     let mut resync = tokio::time::interval(controller.cfg.resync);
