@@ -940,21 +940,6 @@ fn lease_holder(cp: &KubeControlPlane) -> Option<String> {
         .map(String::from)
 }
 
-/// A log without ANSI colour sequences.
-fn plain_log(d: &Daemon) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in d.log().chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
-}
-
 fn leads_in_log(d: &Daemon) -> bool {
     plain_log(d)
         .lines()

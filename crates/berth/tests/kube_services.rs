@@ -237,21 +237,6 @@ fn spawn_controller_with(
     Daemon::spawn(&format!("controller-{id}"), cmd, Some(&log)).expect("spawning berth controller")
 }
 
-/// A log without ANSI colour sequences.
-fn plain_log(d: &Daemon) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in d.log().chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
-}
-
 fn wait_log(d: &Daemon, needle: &str, within: Duration) {
     let t = Instant::now();
     while !plain_log(d).contains(needle) {
@@ -909,18 +894,7 @@ fn services_get_addresses_that_stay_put() {
         !before.values().any(|v| *v == late),
         "{late:?} is another's"
     );
-    let audit = Command::new(BERTH)
-        .arg("audit")
-        .args(["--ledger", "kubernetes", "--kubeconfig"])
-        .arg(cp.kubeconfig())
-        .output()
-        .unwrap();
-    assert!(
-        audit.status.success(),
-        "audit: {}{}",
-        String::from_utf8_lossy(&audit.stdout),
-        String::from_utf8_lossy(&audit.stderr)
-    );
+    berth_cli_admin(&cp, &["audit"]);
     drop(a);
     drop(b);
     assert_no_forbidden(&cp);

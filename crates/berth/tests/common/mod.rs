@@ -471,3 +471,19 @@ pub fn assert_no_forbidden(cp: &berth_testbed::KubeControlPlane) {
         refused.join("\n")
     );
 }
+
+/// A daemon's log without ANSI colour sequences (tracing colours field names, so `leader=true`
+/// is not one string in the raw log).
+pub fn plain_log(d: &berth_testbed::Daemon) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in d.log().chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
