@@ -226,7 +226,7 @@ fn spawn_controller_with(
         .arg(kubeconfig)
         .args(["--interval", "500ms", "--lease-duration", "4s", "--id", id])
         .env("POD_NAMESPACE", BERTH_NAMESPACE)
-        .env("BERTH_LOG", "info");
+        .env("BERTH_LOG", "info,berth_controller::services=debug");
     let log = cp.dir().join(format!(
         "svc-controller-{id}-{}.log",
         std::time::SystemTime::now()
@@ -486,6 +486,27 @@ fn services_get_addresses_that_stay_put() {
 
     // A pool overlapping an older one is not ready: nothing is handed out from it, and it says
     // why (condition and Warning Event on the Pool).
+    // Creation times have whole seconds (pools created in the same second are ordered by
+    // name): create it in a later second than `public`.
+    let public = api(&cp, "GET", "/apis/berth.dev/v1alpha1/pools/public", None);
+    let created = public["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    loop {
+        let now = api(
+            &cp,
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "clock-"}}),
+            ),
+        );
+        if now["metadata"]["creationTimestamp"].as_str().unwrap() > created.as_str() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     pool(
         &cp,
         "dup",

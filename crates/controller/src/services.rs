@@ -28,6 +28,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a status write or an Event may take: a pass never hangs on one request.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The component name on Events.
 pub const COMPONENT: &str = "berth-controller";
 
@@ -220,11 +223,20 @@ async fn write_status(client: &Client, svc: &Service, addresses: &[IpAddr]) {
     };
     let (ns, name) = key_of(svc);
     let api: Api<Service> = Api::namespaced(client.clone(), &ns);
-    if let Err(e) = api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
+    // The client also serves the watches, so it has no read deadline of its own.
+    match tokio::time::timeout(
+        API_TIMEOUT,
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+    )
+    .await
     {
-        tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "could not write status.loadBalancer");
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "could not write status.loadBalancer")
+        }
+        Err(_) => {
+            tracing::warn!(service = %format!("{ns}/{name}"), "writing status.loadBalancer timed out")
+        }
     }
 }
 
@@ -557,6 +569,7 @@ impl ServiceController {
         everything: bool,
     ) -> Result<Outcomes, LedgerError> {
         let started = Instant::now();
+        tracing::debug!(changed = keys.len(), everything, "service pass starts");
         let pools = self.pools.read(self.ledger.as_ref()).await?;
         if self.book.is_none() {
             self.book = Some(load(self.ledger.as_ref(), &pools).await?);
@@ -803,11 +816,17 @@ impl ServiceController {
             .map(|(r, warning, reason, message)| {
                 let client = client.clone();
                 async move {
-                    if let Err(e) =
-                        berth_k8s::events::post(&client, r, warning, &reason, &message, COMPONENT)
-                            .await
+                    match tokio::time::timeout(
+                        API_TIMEOUT,
+                        berth_k8s::events::post(&client, r, warning, &reason, &message, COMPONENT),
+                    )
+                    .await
                     {
-                        tracing::warn!(error = %e, %reason, "could not post an Event on a Service");
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, %reason, "could not post an Event on a Service")
+                        }
+                        Err(_) => tracing::warn!(%reason, "posting an Event on a Service timed out"),
                     }
                 }
             })
@@ -850,6 +869,14 @@ impl ServiceController {
                 }
             }
         }
+        tracing::debug!(
+            planned = done.len(),
+            failed = failed.len(),
+            deferred = deferred.len(),
+            waiting = self.waiting.len(),
+            elapsed = ?started.elapsed(),
+            "service pass"
+        );
         metrics.service_passes.inc();
         metrics
             .service_pass_seconds
