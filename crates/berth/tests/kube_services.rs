@@ -18,7 +18,8 @@
 //! 5. sharing: two Services with one sharing key and disjoint ports hold one address; a third
 //!    with an overlapping port waits with a Warning;
 //! 6. externalIPs: allowed from an `externalIPs: true` pool, refused (Warning, never in the
-//!    ledger) outside one, in no pool, or when another Service holds it;
+//!    ledger) outside one, in no pool, or when another Service holds it; released at once when
+//!    removed from the Service, and then given to the one that waited for it;
 //! 7. exhaustion and recovery: the third Service of a two-address pool waits, and gets the address
 //!    as soon as a holder is deleted; a type change away from LoadBalancer releases at once; a
 //!    pool that shrinks keeps the address it no longer contains (Warnings on Service and Pool);
@@ -727,6 +728,23 @@ fn services_get_addresses_that_stay_put() {
         "198.18.102.2",
     );
     assert!(m.contains("default/extern"), "{m}");
+    // Removed from spec.externalIPs: released at once, and the other Service that named it
+    // gets it (it was waiting).
+    api(
+        &cp,
+        "PATCH",
+        "/api/v1/namespaces/default/services/extern",
+        Some(json!({"spec": {"externalIPs": null}})),
+    );
+    let t = Instant::now();
+    while service_bindings(&cp).get("198.18.102.2") != Some(&vec!["default/extern2".to_string()]) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "198.18.102.2 not moved to extern2: {:?}",
+            service_bindings(&cp)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // 7. Exhaustion and recovery; release by type change.
     let tiny = json!({"berth.dev/pool": "tiny"});

@@ -134,6 +134,9 @@ struct Job {
     addresses: Vec<IpAddr>,
     events: Vec<(bool, String, String)>,
     waiting: bool,
+    /// Retried when an address is released: it waits, or an externalIP of it is refused
+    /// (perhaps because another Service holds it).
+    retry: bool,
 }
 
 /// Read every Service record of the ledger into a book.
@@ -422,6 +425,7 @@ pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ServiceConfig) {
         book: None,
         told: Told::default(),
         waiting: BTreeSet::new(),
+        retry: BTreeSet::new(),
     };
     if let Some(Ok(l)) = listed {
         match controller.pools.read(controller.ledger.as_ref()).await {
@@ -453,7 +457,7 @@ pub async fn run(client: Client, ledger: Arc<dyn Ledger>, cfg: ServiceConfig) {
                         retry = Some(tokio::time::Instant::now() + Duration::from_millis(500));
                     }
                     if again.released {
-                        dirty.extend(controller.waiting.iter().cloned());
+                        dirty.extend(controller.retry.iter().cloned());
                     }
                 }
                 Err(e) => {
@@ -510,8 +514,10 @@ struct ServiceController {
     /// `None` until read, and after a failed write or a resync: read again from the ledger.
     book: Option<Book>,
     told: Told,
-    /// Services waiting for an address: retried when an address is released.
+    /// LoadBalancer Services waiting for an address (the metric).
     waiting: BTreeSet<Key>,
+    /// Services retried when an address is released (waiting, or an externalIP refused).
+    retry: BTreeSet<Key>,
 }
 
 impl ServiceController {
@@ -627,6 +633,7 @@ impl ServiceController {
             let mut events = vec![];
             let mut addresses = vec![];
             let mut waiting = false;
+            let mut refused = false;
             if let Some(svc) = &svc {
                 let ns_labels = self.namespace_labels(&key.0);
                 match svcs::ask(svc, &ns_labels) {
@@ -683,6 +690,7 @@ impl ServiceController {
                             let (ev, w) = plan_events(&plan, &external);
                             events.extend(ev);
                             waiting = w;
+                            refused = external.iter().any(|(_, r)| r.is_err());
                         }
                     }
                 }
@@ -724,6 +732,7 @@ impl ServiceController {
                         addresses: vec![],
                         events: vec![],
                         waiting: false,
+                        retry: false,
                     });
                 }
                 continue;
@@ -735,6 +744,7 @@ impl ServiceController {
                 addresses,
                 events,
                 waiting,
+                retry: waiting || refused,
             });
         }
         let ledger = self.ledger.clone();
@@ -780,6 +790,11 @@ impl ServiceController {
                 }
                 failed.insert(job.key.clone());
                 continue;
+            }
+            if job.retry {
+                self.retry.insert(job.key.clone());
+            } else {
+                self.retry.remove(&job.key);
             }
             if job.waiting {
                 self.waiting.insert(job.key.clone());
@@ -843,11 +858,10 @@ impl ServiceController {
                 .collect();
             self.told.0.retain(|uid, _| live.contains(uid));
         }
-        self.waiting.retain(|k| {
-            self.services
-                .get(&ObjectRef::new(&k.1).within(&k.0))
-                .is_some()
-        });
+        let services = &self.services;
+        let exists = |k: &Key| services.get(&ObjectRef::new(&k.1).within(&k.0)).is_some();
+        self.waiting.retain(exists);
+        self.retry.retain(exists);
         metrics.services_waiting.set(self.waiting.len() as i64);
         if let Some(book) = &self.book {
             let mut per_pool: BTreeMap<&str, i64> = BTreeMap::new();
