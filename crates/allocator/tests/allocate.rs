@@ -44,6 +44,7 @@ fn pool(dual: bool) -> PoolSpec {
         subnets,
         policy: Default::default(),
         service: Default::default(),
+        announcement: Default::default(),
     }
 }
 

@@ -225,6 +225,7 @@ fn pool(name: &str) -> PoolSpec {
         subnets: vec![s],
         policy: Default::default(),
         service: Default::default(),
+        announcement: Default::default(),
     }
 }
 

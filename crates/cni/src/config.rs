@@ -286,6 +286,7 @@ pub fn parse_config(bytes: &[u8]) -> Result<IpamConfig, CniError> {
             subnets: vec![],
             policy: Default::default(),
             service: Default::default(),
+            announcement: Default::default(),
         },
         None => {
             let pool = PoolSpec {
@@ -296,6 +297,7 @@ pub fn parse_config(bytes: &[u8]) -> Result<IpamConfig, CniError> {
                 subnets,
                 policy: crate::policy::parse_policy(&ipam)?,
                 service: Default::default(),
+                announcement: Default::default(),
             };
             pool.validate()?;
             pool

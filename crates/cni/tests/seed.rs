@@ -53,6 +53,7 @@ fn corrected_seed_parses_to_the_expected_pool() {
         subnets: vec![subnet],
         policy: Default::default(),
         service: Default::default(),
+        announcement: Default::default(),
     };
     assert_eq!(cfg.pool, want);
     assert_eq!(

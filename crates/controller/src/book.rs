@@ -526,6 +526,7 @@ mod tests {
             )],
             policy: Default::default(),
             service: Default::default(),
+            announcement: Default::default(),
         };
         let claims: Vec<Claim> = book.claims.values().map(|c| c.value.clone()).collect();
         let bindings: Vec<Binding> = book.bindings.values().map(|b| b.value.clone()).collect();

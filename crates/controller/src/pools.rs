@@ -117,6 +117,7 @@ mod tests {
             subnets: vec![SubnetSpec::new(cidr.parse().unwrap())],
             policy: Default::default(),
             service: Default::default(),
+            announcement: Default::default(),
         }
     }
 

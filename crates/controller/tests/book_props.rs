@@ -17,6 +17,7 @@ fn pool() -> PoolSpec {
         subnets: vec![SubnetSpec::new("198.18.100.0/28".parse().unwrap())],
         policy: Default::default(),
         service: Default::default(),
+        announcement: Default::default(),
     }
 }
 

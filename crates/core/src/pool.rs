@@ -95,11 +95,27 @@ pub struct PoolSpec {
     /// level of the spec as users write them; defaults for other uses.
     #[serde(flatten)]
     pub service: crate::service::ServiceSettings,
+    /// How the pool's addresses are announced (`announce`, `nodeSelector`, `l2`, …), at the top
+    /// level of the spec as users write them; not announced by default.
+    #[serde(flatten)]
+    pub announcement: crate::announce::Announcement,
 }
 
 /// Why a pool specification is unusable. Each variant names the field and value at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
+    /// An announcement setting that does not fit the pool.
+    #[error("pool {pool:?}: {field} {value}: {why}")]
+    Announce {
+        /// The pool.
+        pool: String,
+        /// The field (`announce`, `l2`, `bgp`, `interface`).
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong and what to do.
+        why: &'static str,
+    },
     /// A pool needs at least one subnet.
     #[error("pool {pool:?} has no subnet: give `subnet` or `ranges`")]
     NoSubnet {
@@ -405,6 +421,42 @@ impl PoolSpec {
                 }
             }
         }
+        self.validate_announcement()
+    }
+
+    /// `announce` and its settings: only pools whose addresses live outside pods' own
+    /// interfaces are announced, and settings for another mode than the chosen one are a
+    /// mistake worth naming (they would silently do nothing).
+    fn validate_announcement(&self) -> Result<(), PoolError> {
+        use crate::announce::AnnounceMode;
+        let a = &self.announcement;
+        let err = |field, value: String, why| PoolError::Announce {
+            pool: self.name.clone(),
+            field,
+            value,
+            why,
+        };
+        if a.announce != AnnounceMode::None && self.use_ == PoolUse::Pod {
+            return Err(err(
+                "announce",
+                format!("{:?}", a.announce).to_lowercase(),
+                "pod pools are reached through the pod network, not announced; use: service (or attachment) pools are",
+            ));
+        }
+        let mode = a.announce;
+        for (field, set, want) in [
+            ("l2", a.l2.is_some(), AnnounceMode::L2),
+            ("bgp", a.bgp.is_some(), AnnounceMode::Bgp),
+            ("interface", a.interface.is_some(), AnnounceMode::Interface),
+        ] {
+            if set && mode != want {
+                return Err(err(
+                    field,
+                    format!("is set while announce is {}", format!("{mode:?}").to_lowercase()),
+                    "settings of another mode do nothing: set announce to that mode, or remove them",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -428,5 +480,46 @@ impl PoolSpec {
     /// The subnet that contains `ip`, if any.
     pub fn subnet_of(&self, ip: IpAddr) -> Option<&SubnetSpec> {
         self.subnets.iter().find(|s| s.cidr.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::announce::{AnnounceMode, Announcement, L2Settings};
+
+    fn pool(use_: PoolUse, announcement: Announcement) -> PoolSpec {
+        PoolSpec {
+            name: "lan".into(),
+            use_,
+            subnets: vec![SubnetSpec::new("198.18.0.192/27".parse().unwrap())],
+            policy: Default::default(),
+            service: Default::default(),
+            announcement,
+        }
+    }
+
+    #[test]
+    fn announcement_settings_must_fit_the_pool() {
+        let l2 = Announcement {
+            announce: AnnounceMode::L2,
+            l2: Some(L2Settings::default()),
+            ..Default::default()
+        };
+        assert!(pool(PoolUse::Service, l2.clone()).validate().is_ok());
+        let e = pool(PoolUse::Pod, l2.clone()).validate().unwrap_err();
+        assert!(e.to_string().contains("announce l2"), "{e}");
+        let wrong = Announcement {
+            announce: AnnounceMode::Bgp,
+            ..l2
+        };
+        let e = pool(PoolUse::Service, wrong).validate().unwrap_err();
+        assert!(
+            e.to_string().contains("l2 is set while announce is bgp"),
+            "{e}"
+        );
+        assert!(pool(PoolUse::Pod, Announcement::default())
+            .validate()
+            .is_ok());
     }
 }

@@ -1097,6 +1097,7 @@ mod tests {
                 .collect(),
             policy: Default::default(),
             service: ServiceSettings::default(),
+            announcement: Default::default(),
         }
     }
 

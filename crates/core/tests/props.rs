@@ -150,7 +150,7 @@ proptest! {
     /// The audit finds a duplicated address and a binding outside its block, and nothing in a sound ledger.
     #[test]
     fn audit_detects_duplicates(s in subnet_strategy()) {
-        let pool = PoolSpec { name: "p".into(), use_: Default::default(), subnets: vec![s.clone()], policy: Default::default(), service: Default::default() };
+        let pool = PoolSpec { name: "p".into(), use_: Default::default(), subnets: vec![s.clone()], policy: Default::default(), service: Default::default(), announcement: Default::default() };
         let cidr = candidate_blocks(&s, "n").next().unwrap();
         let block = Block { pool: "p".into(), cidr, node: "n".into() };
         let ip = block.next_free(&s, |_| false, None);

@@ -76,6 +76,7 @@ fn build_pool(i: usize, g: &PoolGen) -> PoolSpec {
         subnets: vec![SubnetSpec::new(cidr)],
         policy: Default::default(),
         service: Default::default(),
+        announcement: Default::default(),
     };
     p.service.auto_assign = g.auto_assign;
     p.service.service_allocation.priority = g.priority;

@@ -217,6 +217,7 @@ mod tests {
             subnets: vec![v4, v6],
             policy: Default::default(),
             service: Default::default(),
+            announcement: Default::default(),
         }
     }
 

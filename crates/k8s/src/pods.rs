@@ -211,6 +211,7 @@ mod tests {
             subnets: vec![SubnetSpec::new("198.18.0.0/24".parse().unwrap())],
             policy: Default::default(),
             service: Default::default(),
+            announcement: Default::default(),
         }
     }
 

@@ -113,6 +113,7 @@ async fn records_are_readable_berth_objects() {
         )],
         policy: Default::default(),
         service: Default::default(),
+        announcement: Default::default(),
     };
     l.create(Kind::Pool, "pods", serde_json::to_vec(&pods).unwrap())
         .await
