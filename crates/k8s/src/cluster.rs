@@ -128,43 +128,61 @@ fn map_event<K, T>(
     }
 }
 
-/// Watches every Berth Block object and publishes all blocks after each change.
+/// Watches every object of `api`, reads each with `read`, and publishes `view` of all readable
+/// ones after each change that alters the view.
 ///
-/// Runs on the current tokio runtime until the receiver is dropped. RBAC: `get, list, watch` on
-/// `blocks.berth.dev`.
-pub fn watch_blocks(client: Client) -> Snapshot<Vec<Block>> {
-    let api: Api<DynamicObject> = Api::all_with(client, &ApiResource::erase::<BlockObject>(&()));
+/// Why one loop for every watch: the agent follows blocks, nodes, pools, bindings, Services and
+/// EndpointSlices the same way (a whole snapshot, `None` until the first complete list, the last
+/// snapshot kept while the API server is away, one bad object logged and left out); objects of
+/// namespaced kinds are keyed `namespace/name`. Runs on the current tokio runtime until the
+/// receiver is dropped.
+pub fn watch_view<K, T, P>(
+    api: Api<K>,
+    what: &'static str,
+    read: impl Fn(&K) -> Result<T, String> + Send + 'static,
+    view: impl Fn(&BTreeMap<String, T>) -> P + Send + 'static,
+) -> Snapshot<P>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    T: Clone + Send + 'static,
+    P: PartialEq + Send + Sync + 'static,
+{
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let stream = watcher(api, watcher::Config::default()).default_backoff();
         futures::pin_mut!(stream);
         let mut folder = Folder::new();
-        let mut published: Option<Vec<Block>> = None;
+        let mut published: Option<Arc<P>> = None;
         while let Some(ev) = stream.next().await {
             let ev = match ev {
                 Ok(ev) => ev,
                 Err(e) => {
-                    tracing::warn!(error = %e, "block watch error; re-listing");
+                    tracing::warn!(error = %e, kind = what, "watch error; re-listing");
                     continue;
                 }
             };
-            let ev = map_event(ev, |o: &DynamicObject| {
-                let name = o.metadata.name.clone().unwrap_or_default();
-                match block_of(o) {
-                    Ok(b) => (name, Some(b)),
+            let ev = map_event(ev, |o: &K| {
+                let meta = o.meta();
+                let name = match &meta.namespace {
+                    Some(ns) => format!("{ns}/{}", meta.name.clone().unwrap_or_default()),
+                    None => meta.name.clone().unwrap_or_default(),
+                };
+                match read(o) {
+                    Ok(v) => (name, Some(v)),
                     Err(e) => {
-                        tracing::warn!(object = %name, error = %e, "Block object cannot be read; left out of the pod routes");
+                        tracing::warn!(object = %name, kind = what, error = %e, "object cannot be read; left out");
                         (name, None)
                     }
                 }
             });
             if folder.apply(ev) {
-                let blocks: Vec<Block> = folder.current.values().cloned().collect();
-                if published.as_ref() == Some(&blocks) {
+                let v = view(&folder.current);
+                if published.as_deref() == Some(&v) {
                     continue;
                 }
-                published = Some(blocks.clone());
-                if tx.send(Some(Arc::new(blocks))).is_err() {
+                let v = Arc::new(v);
+                published = Some(v.clone());
+                if tx.send(Some(v)).is_err() {
                     return;
                 }
             }
@@ -173,42 +191,22 @@ pub fn watch_blocks(client: Client) -> Snapshot<Vec<Block>> {
     rx
 }
 
+/// Watches every Berth Block object and publishes all blocks after each change.
+///
+/// RBAC: `get, list, watch` on `blocks.berth.dev`.
+pub fn watch_blocks(client: Client) -> Snapshot<Vec<Block>> {
+    let api: Api<DynamicObject> = Api::all_with(client, &ApiResource::erase::<BlockObject>(&()));
+    watch_view(api, "Block", block_of, |m| m.values().cloned().collect())
+}
+
 /// Watches every Node and publishes each node's InternalIPs after each change that alters them.
 ///
-/// Only the addresses are kept, not the Node objects (whose status is large). Runs on the
-/// current tokio runtime until the receiver is dropped. RBAC: `get, list, watch` on `nodes`.
+/// Only the addresses are kept, not the Node objects (whose status is large); Nodes change
+/// every few seconds (heartbeats), and only address changes are published. RBAC: `get, list,
+/// watch` on `nodes`.
 pub fn watch_node_ips(client: Client) -> Snapshot<NodeIps> {
     let api: Api<Node> = Api::all(client);
-    let (tx, rx) = watch::channel(None);
-    tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
-        futures::pin_mut!(stream);
-        let mut folder = Folder::new();
-        let mut published: Option<NodeIps> = None;
-        while let Some(ev) = stream.next().await {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) => {
-                    tracing::warn!(error = %e, "node watch error; re-listing");
-                    continue;
-                }
-            };
-            let ev = map_event(ev, |n: &Node| {
-                (
-                    n.metadata.name.clone().unwrap_or_default(),
-                    Some(internal_ips(n)),
-                )
-            });
-            if folder.apply(ev) && published.as_ref() != Some(&folder.current) {
-                // Nodes change every few seconds (heartbeats); publish only address changes.
-                published = Some(folder.current.clone());
-                if tx.send(Some(Arc::new(folder.current.clone()))).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
+    watch_view(api, "Node", |n: &Node| Ok(internal_ips(n)), |m| m.clone())
 }
 
 #[cfg(test)]

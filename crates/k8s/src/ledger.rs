@@ -214,6 +214,15 @@ pub fn pool_of(obj: &DynamicObject) -> std::result::Result<berth_core::PoolSpec,
     serde_json::from_slice(&e.value).map_err(|err| format!("spec: {err}"))
 }
 
+/// The binding an AddressBinding object holds, or why it cannot be read.
+///
+/// Why public: the L2 announcer watches bindings (an address must be announced the moment the
+/// controller binds it, not at the next list), and reads them exactly as the ledger does.
+pub fn binding_of(obj: &DynamicObject) -> std::result::Result<berth_core::Binding, String> {
+    let e = entry(Kind::Binding, obj.clone());
+    serde_json::from_slice(&e.value).map_err(|err| format!("spec: {err}"))
+}
+
 #[async_trait]
 impl Ledger for KubeLedger {
     async fn get(&self, kind: Kind, name: &str) -> Result<Option<Entry>> {

@@ -10,6 +10,7 @@
 //! - [`events`]: Warning Events on Berth's own objects (a record Berth cannot read).
 
 pub mod annotations;
+pub mod announce;
 pub mod cluster;
 pub mod crd;
 pub mod events;
