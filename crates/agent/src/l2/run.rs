@@ -1,0 +1,605 @@
+//! The L2 announcer's loop on Kubernetes: follow the watched inputs, keep one
+//! [`Announcer`] running on the interface that holds this node's InternalIP, and tell users
+//! what it does (Events and a condition on their Services, metrics, `/status`).
+//!
+//! Membership comes from the API (the Nodes that L2 pools select); the failover path does not:
+//! the announcer heartbeats the other members directly on the LAN, so a dead node, a frozen
+//! agent and a cut link all look the same and none waits on the API server. A change of the
+//! membership (a node joins, leaves or changes its InternalIP) restarts the announcer with a
+//! graceful hand-over; a change of addresses or eligibility is applied in place.
+
+use super::plan::{plan, Inputs, Plan};
+use super::Notices;
+use berth_announce::election::Config as ElectionConfig;
+use berth_announce::metrics::Metrics;
+use berth_announce::runtime::{Announcer, Hold, Settings, Snapshot as Status};
+use berth_announce::transport::UdpTransport;
+use berth_announce::{BootClock, Clock, Election, Event, Reason, Timing};
+use berth_core::{Binding, PoolSpec};
+use berth_k8s::announce::{node_names, NodeFacts, ServiceFacts, ServiceKey};
+use berth_k8s::cluster::Snapshot;
+use berth_netlink::{Addresses, Links};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the announcer runs on this node.
+#[derive(Debug, Clone)]
+pub struct L2Config {
+    /// This node's name.
+    pub node: String,
+    /// The heartbeat port (UDP), the same on every node.
+    pub port: u16,
+    /// Heartbeat, fence and takeover timers, the same on every node.
+    pub timing: Timing,
+    /// An address on the LAN every member probes (two members only).
+    pub witness: Option<IpAddr>,
+}
+
+/// The watched inputs.
+pub struct L2Inputs {
+    /// Every Node's labels and InternalIPs.
+    pub nodes: Snapshot<BTreeMap<String, NodeFacts>>,
+    /// Every Pool.
+    pub pools: Snapshot<Vec<PoolSpec>>,
+    /// Every binding held by Services.
+    pub bindings: Snapshot<Vec<Binding>>,
+    /// Every Service's UID and traffic policy.
+    pub services: Snapshot<BTreeMap<ServiceKey, ServiceFacts>>,
+    /// Nodes with a ready endpoint, per Service.
+    pub endpoints: Snapshot<BTreeMap<ServiceKey, BTreeSet<String>>>,
+}
+
+/// What the agent's `/status`, `/readyz` and `berth announcements` show.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct L2View {
+    /// Why this node does not take part, when it does not.
+    pub not_member: Option<String>,
+    /// The announcing interface.
+    pub interface: Option<String>,
+    /// Members and their heartbeat addresses.
+    pub members: BTreeMap<String, IpAddr>,
+    /// Addresses planned: pool, Services, eligible nodes, why none may.
+    pub addresses: Vec<PlannedView>,
+    /// The announcer's own status (election, peers, leases).
+    pub announcer: Option<Status>,
+    /// `announce: interface` addresses this node holds, by interface.
+    pub interface_addresses: BTreeMap<String, BTreeSet<IpAddr>>,
+}
+
+/// One planned address, for the status view.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedView {
+    /// The address.
+    pub address: IpAddr,
+    /// Its pool.
+    pub pool: String,
+    /// The Services holding it, `namespace/name`.
+    pub services: Vec<String>,
+    /// Members that may announce it.
+    pub eligible: BTreeSet<String>,
+    /// Why none may, when none may.
+    pub why_none: Option<String>,
+}
+
+/// A handle on the running loop: its view, for the HTTP endpoints.
+#[derive(Clone, Default)]
+pub struct L2Handle {
+    view: Arc<Mutex<L2View>>,
+    announcer: Arc<Mutex<Option<Arc<Announcer>>>>,
+}
+
+impl L2Handle {
+    /// The current view, with the announcer's live status.
+    pub async fn view(&self) -> L2View {
+        let ann = self.announcer.lock().ok().and_then(|a| a.clone());
+        let mut v = self.view.lock().map(|v| v.clone()).unwrap_or_default();
+        if let Some(a) = ann {
+            v.announcer = tokio::time::timeout(Duration::from_secs(1), a.status())
+                .await
+                .ok()
+                .flatten();
+        }
+        v
+    }
+
+    /// Withdraws everything and hands over (SIGTERM).
+    pub async fn leave(&self) {
+        let ann = self.announcer.lock().ok().and_then(|mut a| a.take());
+        if let Some(a) = ann {
+            a.leave().await;
+        }
+    }
+}
+
+/// Where a running announcer reports: metrics, notices, and the plan its events are read
+/// against (which Services hold an address).
+struct Outlets {
+    metrics: Arc<Metrics>,
+    notices: Arc<dyn Notices>,
+    plan: Arc<Mutex<Plan>>,
+}
+
+struct Running {
+    ann: Arc<Announcer>,
+    peers: BTreeMap<String, SocketAddr>,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.forward.abort();
+    }
+}
+
+/// How long to wait after a change for more before acting (a Service and its binding, a pod and
+/// its EndpointSlice arrive close together).
+const COALESCE: Duration = Duration::from_millis(20);
+
+/// Runs the L2 announcer until the task is dropped.
+pub async fn run(
+    cfg: L2Config,
+    mut inputs: L2Inputs,
+    notices: Arc<dyn Notices>,
+    metrics: Arc<Metrics>,
+    handle: L2Handle,
+) {
+    let shared_plan: Arc<Mutex<Plan>> = Arc::default();
+    let outlets = Outlets {
+        metrics: metrics.clone(),
+        notices: notices.clone(),
+        plan: shared_plan.clone(),
+    };
+    let mut held: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+    let iface_kernel = match berth_netlink::Kernel::new() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::warn!(error = %e, "announce: interface is off: cannot reach the kernel");
+            None
+        }
+    };
+    let mut running: Option<Running> = None;
+    let mut said: Option<String> = None;
+    let mut none_said: BTreeMap<IpAddr, String> = BTreeMap::new();
+    loop {
+        if let Some(inp) = snapshot(&inputs) {
+            if let Some(k) = &iface_kernel {
+                let want = super::plan::interface_plan(&inp, &cfg.node);
+                hold_on_interfaces(k, &want, &mut held, &inp.pools).await;
+                if let Ok(mut v) = handle.view.lock() {
+                    v.interface_addresses = held.clone();
+                }
+            }
+            let (p, why) = decide(&cfg, &inp);
+            // Tell the Services whose address no node may announce, once per reason.
+            for (addr, planned) in &p.addresses {
+                match &planned.why_none {
+                    Some(w) if none_said.get(addr) != Some(w) => {
+                        none_said.insert(*addr, w.clone());
+                        for s in &planned.services {
+                            let uid = inp.services.get(s).map(|f| f.uid.clone());
+                            notices
+                                .notice(
+                                    s,
+                                    uid.as_deref(),
+                                    true,
+                                    "NoAnnouncer",
+                                    &format!("{addr} is not announced: {w}"),
+                                )
+                                .await;
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        none_said.remove(addr);
+                    }
+                }
+            }
+            none_said.retain(|a, _| p.addresses.contains_key(a));
+            if let Ok(mut sp) = shared_plan.lock() {
+                *sp = p.clone();
+            }
+            match why {
+                Some(w) => {
+                    if said.as_ref() != Some(&w) {
+                        tracing::info!(reason = %w, "not announcing L2 addresses from this node");
+                        said = Some(w.clone());
+                    }
+                    if let Some(r) = running.take() {
+                        r.ann.leave().await;
+                    }
+                    set_announcer(&handle, None);
+                    set_view(&handle, &p, Some(w), None);
+                }
+                None => {
+                    said = None;
+                    let peers: BTreeMap<String, SocketAddr> = p
+                        .members
+                        .iter()
+                        .filter(|(n, _)| **n != cfg.node)
+                        .map(|(n, ip)| (n.clone(), SocketAddr::new(*ip, cfg.port)))
+                        .collect();
+                    if running.as_ref().is_some_and(|r| r.peers != peers) {
+                        tracing::info!(peers = ?peers.keys().collect::<Vec<_>>(), "the L2 membership changed: handing over and restarting the announcer");
+                        if let Some(r) = running.take() {
+                            r.ann.leave().await;
+                        }
+                    }
+                    if running.is_none() {
+                        let own = p.members[&cfg.node];
+                        match start(&cfg, own, peers, &p, &inp.pools, &outlets).await {
+                            Ok((r, dev)) => {
+                                set_announcer(&handle, Some(r.ann.clone()));
+                                set_view(&handle, &p, None, Some(dev));
+                                running = Some(r);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot start the L2 announcer; retrying in 5 s");
+                                set_view(&handle, &p, Some(e), None);
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                                continue;
+                            }
+                        }
+                    } else {
+                        let dev = handle.view.lock().ok().and_then(|v| v.interface.clone());
+                        set_view(&handle, &p, None, dev);
+                    }
+                    if let Some(r) = &running {
+                        r.ann.set_addresses(p.eligibility()).await;
+                    }
+                }
+            }
+        }
+        if !changed(&mut inputs).await {
+            tracing::warn!("an L2 input watch ended; the announcer keeps its last plan");
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(COALESCE).await;
+    }
+}
+
+/// The inputs, once every watch has listed.
+fn snapshot(i: &L2Inputs) -> Option<Inputs> {
+    let nodes = i.nodes.borrow().clone()?;
+    let pools = i.pools.borrow().clone()?;
+    let bindings = i.bindings.borrow().clone()?;
+    let services = i.services.borrow().clone()?;
+    let endpoints = i.endpoints.borrow().clone()?;
+    let endpoints = endpoints
+        .iter()
+        .map(|(k, v)| (k.clone(), node_names(v, &nodes)))
+        .collect();
+    Some(Inputs {
+        nodes: (*nodes).clone(),
+        pools: (*pools).clone(),
+        bindings: (*bindings).clone(),
+        services: (*services).clone(),
+        endpoints,
+    })
+}
+
+/// The plan, and why this node does not take part (when it does not).
+fn decide(cfg: &L2Config, inp: &Inputs) -> (Plan, Option<String>) {
+    let Some(me) = inp.nodes.get(&cfg.node) else {
+        return (
+            Plan::default(),
+            Some(format!("there is no Node object named {}", cfg.node)),
+        );
+    };
+    let Some(first) = me.ips.first() else {
+        return (
+            Plan::default(),
+            Some(format!("Node {} reports no InternalIP", cfg.node)),
+        );
+    };
+    let p = plan(inp, first.is_ipv4());
+    if p.members.is_empty() {
+        return (p, Some("no Pool has announce: l2".into()));
+    }
+    if !p.is_member(&cfg.node) {
+        let why =
+            p.left_out.get(&cfg.node).cloned().unwrap_or_else(|| {
+                "no Pool with announce: l2 selects this node (nodeSelector)".into()
+            });
+        return (p, Some(why));
+    }
+    (p, None)
+}
+
+/// Waits until some input changed; `false` when a watch ended.
+async fn changed(i: &mut L2Inputs) -> bool {
+    tokio::select! {
+        r = i.nodes.changed() => r.is_ok(),
+        r = i.pools.changed() => r.is_ok(),
+        r = i.bindings.changed() => r.is_ok(),
+        r = i.services.changed() => r.is_ok(),
+        r = i.endpoints.changed() => r.is_ok(),
+    }
+}
+
+fn set_announcer(h: &L2Handle, a: Option<Arc<Announcer>>) {
+    if let Ok(mut g) = h.announcer.lock() {
+        *g = a;
+    }
+}
+
+fn set_view(h: &L2Handle, p: &Plan, not_member: Option<String>, interface: Option<String>) {
+    let held = h
+        .view
+        .lock()
+        .map(|v| v.interface_addresses.clone())
+        .unwrap_or_default();
+    let v = L2View {
+        interface_addresses: held,
+        not_member,
+        interface,
+        members: p.members.clone(),
+        addresses: p
+            .addresses
+            .iter()
+            .map(|(a, pl)| PlannedView {
+                address: *a,
+                pool: pl.pool.clone(),
+                services: pl
+                    .services
+                    .iter()
+                    .map(|(ns, n)| format!("{ns}/{n}"))
+                    .collect(),
+                eligible: pl.eligible.clone(),
+                why_none: pl.why_none.clone(),
+            })
+            .collect(),
+        announcer: None,
+    };
+    if let Ok(mut g) = h.view.lock() {
+        *g = v;
+    }
+}
+
+/// `announce: interface`: makes the Berth host addresses on each interface exactly `want`.
+/// Only addresses Berth added (IFA_PROTO) inside some pool's subnets are ever removed, so an
+/// operator's own addresses on `lo` are never touched. `held` is what this node holds after.
+async fn hold_on_interfaces(
+    kernel: &berth_netlink::Kernel,
+    want: &BTreeMap<String, BTreeSet<IpAddr>>,
+    held: &mut BTreeMap<String, BTreeSet<IpAddr>>,
+    pools: &[PoolSpec],
+) {
+    let in_pool = |a: IpAddr| {
+        pools
+            .iter()
+            .any(|p| p.subnets.iter().any(|s| s.cidr.contains(&a)))
+    };
+    let mut devs: BTreeSet<String> = want.keys().chain(held.keys()).cloned().collect();
+    devs.insert("lo".into());
+    for dev in devs {
+        let Ok(current) = kernel.addresses(&dev).await else {
+            if want.contains_key(&dev) {
+                tracing::warn!(interface = %dev, "announce: interface: the interface does not exist");
+            }
+            held.remove(&dev);
+            continue;
+        };
+        let ours: BTreeSet<IpAddr> = current
+            .iter()
+            .filter(|a| {
+                a.protocol == berth_netlink::BERTH_PROTOCOL
+                    && a.net.prefix_len() == a.net.max_prefix_len()
+                    && in_pool(a.net.addr())
+            })
+            .map(|a| a.net.addr())
+            .collect();
+        let empty = BTreeSet::new();
+        let target = want.get(&dev).unwrap_or(&empty);
+        for a in target.difference(&ours) {
+            let opts = berth_netlink::AddrOptions {
+                nodad: true,
+                noprefixroute: true,
+            };
+            match kernel.add_address(&dev, ipnet::IpNet::from(*a), opts).await {
+                Ok(()) => {
+                    tracing::info!(address = %a, interface = %dev, "holding the address on the interface (announce: interface)")
+                }
+                Err(e) => {
+                    tracing::warn!(address = %a, interface = %dev, error = %e, "cannot hold the address on the interface")
+                }
+            }
+        }
+        for a in ours.difference(target) {
+            match kernel.delete_address(&dev, ipnet::IpNet::from(*a)).await {
+                Ok(_) => {
+                    tracing::info!(address = %a, interface = %dev, "released the address from the interface (announce: interface)")
+                }
+                Err(e) => {
+                    tracing::warn!(address = %a, interface = %dev, error = %e, "cannot remove the address from the interface")
+                }
+            }
+        }
+        if target.is_empty() {
+            held.remove(&dev);
+        } else {
+            held.insert(dev.clone(), target.clone());
+        }
+    }
+}
+
+/// The interface that holds `own`, and its name checked against the pools' `l2.interfaces` /
+/// `l2.interfaceRegex` of the pools that select this node.
+async fn interface_of(
+    kernel: &berth_netlink::Kernel,
+    own: IpAddr,
+    plan: &Plan,
+    pools: &[PoolSpec],
+) -> Result<String, String> {
+    let links = kernel.links().await.map_err(|e| e.to_string())?;
+    let mut dev = None;
+    for l in links {
+        let addrs = kernel.addresses(&l.name).await.unwrap_or_default();
+        if addrs.iter().any(|a| a.net.addr() == own) {
+            dev = Some(l.name);
+            break;
+        }
+    }
+    let dev = dev.ok_or_else(|| format!("no interface holds this node's InternalIP {own}"))?;
+    let used: BTreeSet<&str> = plan.addresses.values().map(|p| p.pool.as_str()).collect();
+    for p in pools.iter().filter(|p| used.contains(p.name.as_str())) {
+        if let Some(l2) = &p.announcement.l2 {
+            if let Err(e) = super::interface_allowed(l2, &dev) {
+                return Err(format!("pool {}: {e}", p.name));
+            }
+        }
+    }
+    Ok(dev)
+}
+
+async fn start(
+    cfg: &L2Config,
+    own: IpAddr,
+    peers: BTreeMap<String, SocketAddr>,
+    plan: &Plan,
+    pools: &[PoolSpec],
+    out: &Outlets,
+) -> Result<(Running, String), String> {
+    let Outlets {
+        metrics,
+        notices,
+        plan: shared,
+    } = out;
+    let kernel = berth_netlink::Kernel::new().map_err(|e| e.to_string())?;
+    let dev = interface_of(&kernel, own, plan, pools).await?;
+    let link = kernel.link(&dev).await.map_err(|e| e.to_string())?;
+    let transport = UdpTransport::bind(SocketAddr::new(own, cfg.port), &dev)
+        .map_err(|e| format!("heartbeat socket {own}:{} on {dev}: {e}", cfg.port))?;
+    let clock: Arc<dyn Clock> = Arc::new(BootClock);
+    let ecfg = ElectionConfig {
+        me: cfg.node.clone(),
+        peers: peers.keys().cloned().collect(),
+        timing: cfg.timing,
+        witness: cfg.witness.is_some() && peers.len() == 1,
+        incarnation: berth_announce::standalone::incarnation(),
+        mac: link.mac.map(|m| m.0),
+        probe: true,
+    };
+    let mut election = Election::new(ecfg, clock.now()).map_err(|e| e.to_string())?;
+    election.set_addresses(plan.eligibility());
+    let mut settings = Settings::new(&dev, peers.clone());
+    settings.hold = Hold::Nowhere;
+    settings.witness = if peers.len() == 1 { cfg.witness } else { None };
+    let ann = Announcer::start(
+        kernel,
+        transport,
+        clock,
+        election,
+        settings,
+        metrics.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let ann = Arc::new(ann);
+    let forward = tokio::spawn(forward_events(
+        ann.subscribe(),
+        cfg.node.clone(),
+        dev.clone(),
+        notices.clone(),
+        shared.clone(),
+    ));
+    tracing::info!(node = %cfg.node, interface = %dev, address = %own, port = cfg.port,
+        peers = ?peers.keys().collect::<Vec<_>>(), heartbeat = ?cfg.timing.heartbeat,
+        fence = ?cfg.timing.fence, takeover = ?cfg.timing.takeover, "L2 announcer running");
+    Ok((
+        Running {
+            ann,
+            peers,
+            forward,
+        },
+        dev,
+    ))
+}
+
+/// Turns the announcer's events into Events and conditions on the Services concerned.
+async fn forward_events(
+    mut rx: tokio::sync::broadcast::Receiver<Event>,
+    node: String,
+    dev: String,
+    notices: Arc<dyn Notices>,
+    plan: Arc<Mutex<Plan>>,
+) {
+    loop {
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "L2 events were dropped (too many at once)");
+                continue;
+            }
+            Err(_) => return,
+        };
+        let (addr, warning, reason, message) = match &ev {
+            Event::Acquired { addr } => (
+                *addr,
+                false,
+                "Announcing",
+                format!("{addr} is announced from node {node} (ARP/NDP on {dev})"),
+            ),
+            Event::Withdrawn { addr, reason } => {
+                let (warn, why) = match reason {
+                    Reason::LostMajority => (true, "it no longer hears a majority of the nodes (a partition, or this node stalled); another node takes over"),
+                    Reason::LinkDown => (true, "its interface went down; another node takes over"),
+                    Reason::Moved => (false, "another node announces it now"),
+                    Reason::Leaving => (false, "the agent is stopping and hands over"),
+                    Reason::Removed => (false, "it is no longer to be announced"),
+                };
+                (
+                    *addr,
+                    warn,
+                    "AnnouncementWithdrawn",
+                    format!("node {node} stopped announcing {addr}: {why}"),
+                )
+            }
+            Event::Conflict { addr, mac } => (
+                *addr,
+                true,
+                "AddressConflict",
+                format!(
+                    "{addr} is answered on {dev} by {}, which is not a Berth node: not announced from {node}; probed again every 10 s. Find the host with that MAC and remove the address from it",
+                    berth_announce::election::format_mac(*mac)
+                ),
+            ),
+            Event::ConflictCleared { addr } => (
+                *addr,
+                false,
+                "AddressConflictCleared",
+                format!("no other host answers for {addr} any more"),
+            ),
+            Event::PeerDown { peer } => {
+                tracing::warn!(peer = %peer, "L2 peer unheard (down, frozen or cut off)");
+                continue;
+            }
+            Event::PeerUp { peer } => {
+                tracing::info!(peer = %peer, "L2 peer heard");
+                continue;
+            }
+            other => {
+                tracing::debug!(event = ?other, "L2 event");
+                continue;
+            }
+        };
+        tracing::info!(address = %addr, reason, "{message}");
+        let services = plan
+            .lock()
+            .ok()
+            .and_then(|p| p.addresses.get(&addr).map(|a| a.services.clone()))
+            .unwrap_or_default();
+        for s in &services {
+            // Events on their own (a retry while the API server is away must not hold up the
+            // condition writes); conditions in order.
+            let (n, svc, msg) = (notices.clone(), s.clone(), message.clone());
+            tokio::spawn(async move { n.notice(&svc, None, warning, reason, &msg).await });
+            match &ev {
+                Event::Acquired { .. } => notices.announced(s, addr, Some(&node)).await,
+                Event::Conflict { .. } => notices.conflict(s, addr, &message).await,
+                _ => {}
+            }
+        }
+    }
+}
