@@ -37,6 +37,23 @@ pub struct AgentArgs {
     /// Reconcile pod routes at least this often, besides following the watches.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub pod_routes_resync: Duration,
+    /// L2 announcement of Service addresses from `announce: l2` pools (on Kubernetes): `on`
+    /// takes part in the election when a pool selects this node; `off` never announces.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub l2: String,
+    /// UDP port the agents heartbeat each other on (the same on every node).
+    #[arg(long, default_value_t = berth_announce::standalone::DEFAULT_PORT)]
+    pub l2_port: u16,
+    /// Heartbeat interval; T_fence is 6 and T_takeover 8 heartbeats (the same on every node).
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub l2_heartbeat: Duration,
+    /// An address on the LAN both members probe when a pool has exactly two eligible nodes
+    /// (the gateway, say): the survivor of a failure then takes over; without it, neither does.
+    #[arg(long)]
+    pub l2_witness: Option<std::net::IpAddr>,
+    /// Serve Prometheus metrics, `/healthz`, `/readyz` and `/status` here (e.g. 0.0.0.0:9473).
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub ledger: LedgerArgs,
 }
@@ -109,7 +126,22 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let route_metrics = Arc::new(berth_agent::routes::RouteMetrics::default());
     let _routes = start_pod_routes(&args, &node, Arc::clone(&route_metrics)).await;
+    let l2 = start_l2(&args, &node).await;
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _http = match args.metrics {
+        Some(addr) => Some(
+            crate::agent_http::serve(
+                addr,
+                l2.as_ref().map(|l| l.handle.clone()),
+                l2.as_ref().map(|l| l.metrics.clone()),
+                serving.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let listener = berth_agent::bind(&args.socket)?;
+    serving.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(node = %node, socket = %args.socket.display(), ledger = %alloc.ledger().describe(), "berth agent serving");
     let result = tokio::select! {
         r = berth_agent::serve(listener, alloc, pods) => r.context("serving the agent socket"),
@@ -119,6 +151,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_file(&args.socket);
+    if let Some(l) = &l2 {
+        // Graceful hand-over: the successor takes over without waiting out T_takeover.
+        l.handle.leave().await;
+    }
     let m = route_metrics.snapshot();
     tracing::info!(
         pod_routes_added = m.added,
@@ -128,6 +164,76 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         "berth agent stopped"
     );
     result
+}
+
+/// The running L2 announcer: its handle (status, leave) and metrics; the task stops with it.
+struct L2Task {
+    handle: berth_agent::l2::L2Handle,
+    metrics: Arc<berth_announce::metrics::Metrics>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for L2Task {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the L2 announcer (`--l2 on`, on Kubernetes). Never fails the agent: without what it
+/// needs it says so and announces nothing.
+async fn start_l2(args: &AgentArgs, node: &str) -> Option<L2Task> {
+    use berth_agent::l2::{self, KubeNotices, L2Config, L2Handle, L2Inputs};
+    use berth_k8s::announce as watch;
+    if args.l2 == "off" {
+        tracing::info!("L2 announcement off (--l2 off)");
+        return None;
+    }
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if args.ledger.kubeconfig.is_none() && !in_cluster && !args.ledger.is_kubernetes() {
+        tracing::info!("no L2 announcement: Service addresses come from Kubernetes (pass --kubeconfig, or run in a pod)");
+        return None;
+    }
+    let timing = berth_announce::Timing::from_heartbeat(args.l2_heartbeat);
+    if let Err(e) = timing.validate(args.l2_witness.is_some()) {
+        tracing::error!(error = %e, "no L2 announcement: --l2-heartbeat");
+        return None;
+    }
+    let client = match berth_k8s::client(args.ledger.kubeconfig.as_deref()).await {
+        Ok((c, _)) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no L2 announcement: the cluster cannot be reached");
+            return None;
+        }
+    };
+    let slices = watch::endpoint_slice_resource(&client).await;
+    let inputs = L2Inputs {
+        nodes: watch::watch_nodes(client.clone()),
+        pools: watch::watch_pools(client.clone()),
+        bindings: watch::watch_service_bindings(client.clone()),
+        services: watch::watch_services(client.clone()),
+        endpoints: watch::watch_endpoint_nodes(client.clone(), slices),
+    };
+    let notices = Arc::new(KubeNotices::new(client, inputs.services.clone(), node));
+    let metrics = Arc::new(berth_announce::metrics::Metrics::new());
+    let handle = L2Handle::default();
+    let cfg = L2Config {
+        node: node.to_string(),
+        port: args.l2_port,
+        timing,
+        witness: args.l2_witness,
+    };
+    let task = tokio::spawn(l2::run(
+        cfg,
+        inputs,
+        notices,
+        metrics.clone(),
+        handle.clone(),
+    ));
+    Some(L2Task {
+        handle,
+        metrics,
+        task,
+    })
 }
 
 /// Aborts the pod-route task when the agent stops. Routes stay in the kernel: a restart

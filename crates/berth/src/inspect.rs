@@ -422,3 +422,133 @@ pub async fn services(args: InspectArgs) -> anyhow::Result<()> {
     table(out);
     Ok(())
 }
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AnnouncementRow {
+    address: String,
+    service: String,
+    pool: String,
+    mode: String,
+    /// The announcing node (L2); every eligible node for `bgp` and `interface`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    /// A conflict, or why nothing announces it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+/// `berth announcements`: every Service address in a pool that announces it, with the node
+/// announcing it and since when (from the Service's `berth.dev/Announced` condition, which the
+/// announcing agent writes), a conflict, or why nothing does (the latest NoAnnouncer Event).
+pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
+    use berth_agent::l2::kube::{read_entries, CONDITION};
+    use berth_core::announce::AnnounceMode;
+    let s = load(&args).await?;
+    let modes: std::collections::BTreeMap<&str, AnnounceMode> = s
+        .pools
+        .iter()
+        .map(|p| (p.name.as_str(), p.announcement.announce))
+        .collect();
+    let mut conditions: std::collections::BTreeMap<String, String> = Default::default();
+    let mut notes: std::collections::BTreeMap<String, String> = Default::default();
+    if args.ledger.is_kubernetes() || args.ledger.kubeconfig.is_some() {
+        let (client, _) = berth_k8s::client(args.ledger.kubeconfig.as_deref()).await?;
+        let list = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client.clone())
+            .list(&Default::default())
+            .await
+            .context("listing Services")?;
+        for svc in list.items {
+            let r = berth_k8s::services::service_ref(&svc);
+            let key = format!("{}/{}", r.namespace, r.name);
+            if let Some(c) = svc
+                .status
+                .as_ref()
+                .and_then(|st| st.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == CONDITION))
+            {
+                conditions.insert(key.clone(), c.message.clone());
+            }
+        }
+        let events = kube::Api::<k8s_openapi::api::core::v1::Event>::all(client)
+            .list(&kube::api::ListParams::default().fields("reason=NoAnnouncer"))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let mut events: Vec<_> = events.into_iter().collect();
+        events.sort_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0));
+        for e in events {
+            let o = &e.involved_object;
+            if let (Some(ns), Some(n), Some(m)) = (&o.namespace, &o.name, &e.message) {
+                notes.insert(format!("{ns}/{n}"), m.clone());
+            }
+        }
+    }
+    let mut rows = vec![];
+    for b in &s.bindings {
+        let Some(h) = b.holder.services() else {
+            continue;
+        };
+        let mode = modes
+            .get(b.pool.as_str())
+            .copied()
+            .unwrap_or(AnnounceMode::None);
+        if mode == AnnounceMode::None {
+            continue;
+        }
+        for r in &h.services {
+            let key = format!("{}/{}", r.namespace, r.name);
+            let entry = conditions
+                .get(&key)
+                .and_then(|m| read_entries(m).into_iter().find(|e| e.address == b.address));
+            let note = match &entry {
+                Some(e) => e.conflict.clone(),
+                None => notes
+                    .get(&key)
+                    .filter(|m| m.starts_with(&format!("{} ", b.address)))
+                    .cloned()
+                    .or_else(|| {
+                        (mode == AnnounceMode::L2).then(|| "no node announces it yet".into())
+                    }),
+            };
+            rows.push(AnnouncementRow {
+                address: b.address.to_string(),
+                service: key,
+                pool: b.pool.clone(),
+                mode: format!("{mode:?}").to_lowercase(),
+                node: entry.as_ref().map(|e| e.node.clone()),
+                since: entry.as_ref().map(|e| e.since.clone()),
+                note,
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.address.cmp(&b.address).then(a.service.cmp(&b.service)));
+    if args.json {
+        return json(&rows);
+    }
+    let dash = || "-".to_string();
+    let mut out = vec![vec![
+        "ADDRESS".into(),
+        "SERVICE".into(),
+        "POOL".into(),
+        "MODE".into(),
+        "NODE".into(),
+        "SINCE".into(),
+        "NOTE".into(),
+    ]];
+    for r in rows {
+        out.push(vec![
+            r.address,
+            r.service,
+            r.pool,
+            r.mode,
+            r.node.unwrap_or_else(dash),
+            r.since.unwrap_or_else(dash),
+            r.note.unwrap_or_else(dash),
+        ]);
+    }
+    table(out);
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! `berth`: one binary for every long-running role and the operator CLI.
 
 mod agent;
+mod agent_http;
 mod bgp;
 mod controller;
 mod inspect;
@@ -41,6 +42,9 @@ enum Command {
     /// List Services' addresses (LoadBalancer and externalIPs) with their pools, and on
     /// Kubernetes the LoadBalancer Services still waiting, with why.
     Services(inspect::InspectArgs),
+    /// List announced Service addresses: pool, mode, the node announcing each (L2) and since
+    /// when, conflicts, and why an address is announced nowhere.
+    Announcements(inspect::InspectArgs),
     /// List this node's pod routes with their block and node, and other nodes' blocks without one.
     Routes(routes::RoutesArgs),
     /// Check the ledger's invariants; exits 1 and prints each violation when one is broken.
@@ -107,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bindings(a) => inspect::bindings(a).await,
             Command::Audit(a) => inspect::audit(a).await,
             Command::Services(a) => inspect::services(a).await,
+            Command::Announcements(a) => inspect::announcements(a).await,
             Command::Routes(a) => routes::routes(a).await,
             Command::Lab(_)
             | Command::Crds
