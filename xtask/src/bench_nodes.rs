@@ -32,12 +32,14 @@ fn comm(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// The conflist of the host-local rounds: the same bridge, host-local as the IPAM.
+/// The conflist of the host-local rounds: the same bridge plugin with host-local as the IPAM,
+/// on a bridge of its own (`cni1`): the bridge plugin refuses a bridge that already holds
+/// another subnet's gateway address, which `cni0` does after a berth-ipam round.
 fn host_local_conflist() -> String {
     json!({
         "cniVersion": "1.0.0", "name": "hostlocal",
         "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+            {"type": "bridge", "bridge": "cni1", "isGateway": true, "ipMasq": true,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.18.200.0/24"}]],
                       "routes": [{"dst": "0.0.0.0/0"}]}},
             {"type": "portmap", "capabilities": {"portMappings": true}}
@@ -71,8 +73,8 @@ fn burst(lab: &Lab, ns: &str, node: &str, n: usize) -> anyhow::Result<Vec<Durati
     lab.kubectl(&["create", "-f", &f.path().display().to_string()])?;
     let mut running: BTreeMap<String, Duration> = BTreeMap::new();
     while running.len() < n {
-        if t0.elapsed() > Duration::from_secs(600) {
-            bail!("only {} of {n} pods Running after 600 s", running.len());
+        if t0.elapsed() > Duration::from_secs(180) {
+            bail!("only {} of {n} pods Running after 180 s", running.len());
         }
         let v = lab
             .request("GET", &format!("/api/v1/namespaces/{ns}/pods"), None)?
