@@ -72,6 +72,10 @@ pub fn mount_script(n: &NodeSpec) -> anyhow::Result<String> {
             shadows.push(a.to_path_buf());
         }
     }
+    // Every mount is `-n` (no utab): libmount would otherwise create `/run/mount` on the host
+    // (the namespace still sees the host's /run until its shadow is moved over it) and then
+    // fail the move over /run with "failed to update userspace mount table" (exit 16), which
+    // a machine whose /run/mount already exists never shows.
     let mut s = String::from("set -e\n");
     for a in &shadows {
         let stage = n
@@ -82,7 +86,7 @@ pub fn mount_script(n: &NodeSpec) -> anyhow::Result<String> {
         // A tmpfs made aside, filled with every entry of the original (bound, recursively,
         // while the original is still visible), then moved over it.
         s.push_str(&format!(
-            "mount -t tmpfs -o mode=755 berth-lab-shadow {}\n",
+            "mount -n -t tmpfs -o mode=755 berth-lab-shadow {}\n",
             sq(&stage)
         ));
         let mut entries: Vec<_> = std::fs::read_dir(a)
@@ -113,14 +117,14 @@ pub fn mount_script(n: &NodeSpec) -> anyhow::Result<String> {
             } else {
                 "--rbind"
             };
-            s.push_str(&format!("mount {flag} {} {}\n", sq(&orig), sq(&dst)));
+            s.push_str(&format!("mount -n {flag} {} {}\n", sq(&orig), sq(&dst)));
         }
-        s.push_str(&format!("mount --move {} {}\n", sq(&stage), sq(a)));
+        s.push_str(&format!("mount -n --move {} {}\n", sq(&stage), sq(a)));
     }
     for d in NODE_DIRS {
         s.push_str(&format!("mkdir -p {}\n", sq(Path::new(d))));
         s.push_str(&format!(
-            "mount --bind {} {}\n",
+            "mount -n --bind {} {}\n",
             sq(&n.backing(d)),
             sq(Path::new(d))
         ));
@@ -370,7 +374,7 @@ mod tests {
         let s = mount_script(&n).unwrap();
         for dir in NODE_DIRS {
             assert!(s.contains(&format!(
-                "mount --bind '{}' '{dir}'",
+                "mount -n --bind '{}' '{dir}'",
                 n.backing(dir).display()
             )));
             if !Path::new(dir).exists() {
@@ -381,7 +385,7 @@ mod tests {
                 }
                 if a != Path::new("/") {
                     let t = format!("' '{}'\n", a.display());
-                    assert!(s.contains("mount --move"), "{s}");
+                    assert!(s.contains("mount -n --move"), "{s}");
                     let at = s.find(&t).unwrap_or_else(|| panic!("{a:?} not shadowed"));
                     assert!(at < s.find(&format!("mkdir -p '{dir}'")).unwrap());
                 }
