@@ -708,3 +708,270 @@ fn a_fenced_node_gives_its_fixed_address_to_the_replacement() {
         t,
     );
 }
+
+/// `berth announcements --json` on the cluster: address → (service, node).
+fn announcements(lab: &Lab) -> Vec<Value> {
+    let out = Command::new(BERTH)
+        .args([
+            "announcements",
+            "--json",
+            "--ledger",
+            "kubernetes",
+            "--kubeconfig",
+        ])
+        .arg(lab.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "berth announcements: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The node `berth announcements` names for `addr`, once one does.
+fn announcer_of(lab: &Lab, addr: &str) -> Option<String> {
+    announcements(lab)
+        .into_iter()
+        .find(|a| a["address"] == addr)
+        .and_then(|a| a["node"].as_str().map(String::from))
+}
+
+/// The MAC of a node's LAN interface.
+fn lan_mac(node: &berth_lab::LabNode) -> String {
+    let v: Value =
+        serde_json::from_str(&node.exec("ip", &["-j", "link", "show", "eth0"]).unwrap()).unwrap();
+    v[0]["address"].as_str().unwrap().to_string()
+}
+
+/// The MAC the outside namespace has learned for `addr` (ARP), if any.
+fn outside_mac(lab: &Lab, addr: &str) -> Option<String> {
+    let out = lab
+        .netns("outside")
+        .command("ip")
+        .args(["-j", "neigh", "show", addr])
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v[0]["lladdr"].as_str().map(String::from)
+}
+
+/// Events of `reason` on the Service.
+fn service_events(lab: &Lab, ns: &str, svc: &str, reason: &str) -> Vec<String> {
+    let v = get(
+        lab,
+        &format!("/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name%3D{svc},reason%3D{reason}"),
+    );
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect()
+}
+
+/// Issue 11 on real nodes: a LoadBalancer Service from an `announce: l2` pool on the LAN is
+/// reached from the outside client through the one node that answers ARP for it; cutting that
+/// node's link moves it to another node (GARP), and the client is served again within the
+/// bound; with `externalTrafficPolicy: Local` only a node with an endpoint announces, and the
+/// announcement follows the pod to another node.
+#[test]
+fn an_l2_service_address_is_announced_by_one_node_and_fails_over() {
+    let (_g, lab) = shared();
+    let t = Instant::now();
+    let ns = TestNs::new(lab, "l2");
+    apply(
+        lab,
+        &json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Pool",
+            "metadata": {"name": "lan-l2"},
+            "spec": {"use": "service", "subnets": [{"cidr": "198.18.0.240/28"}],
+                     "announce": "l2"},
+        }),
+    );
+    apply(
+        lab,
+        &echo_deployment("web", &ns.name, 3, json!({}), json!({})),
+    );
+    wait_ready_pods(lab, &ns.name, "web", 3, Duration::from_secs(120));
+    apply(
+        lab,
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": ns.name,
+                         "annotations": {"berth.dev/pool": "lan-l2"}},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        }),
+    );
+    let vip = berth_testbed::wait_for(
+        "an EXTERNAL-IP from the L2 pool",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let s = get(lab, &format!("/api/v1/namespaces/{}/services/web", ns.name));
+            s["status"]["loadBalancer"]["ingress"][0]["ip"]
+                .as_str()
+                .map(String::from)
+        },
+    )
+    .unwrap();
+    assert!(
+        vip.starts_with("198.18.0.24") || vip.starts_with("198.18.0.25"),
+        "{vip}"
+    );
+    let outside = lab.netns("outside");
+    let url = format!("http://{vip}/");
+    let t_first = Instant::now();
+    berth_testbed::wait_for(
+        "the L2 address from outside",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || curl_json(outside.command("curl"), &url),
+    )
+    .unwrap();
+    eprintln!(
+        "[timing] LoadBalancer address reachable from outside {:.1?} after it was assigned",
+        t_first.elapsed()
+    );
+    let node = berth_testbed::wait_for(
+        "berth announcements naming the announcing node",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || announcer_of(lab, &vip),
+    )
+    .unwrap();
+    let macs: BTreeMap<String, String> = lab
+        .nodes()
+        .iter()
+        .map(|n| (n.name().to_string(), lan_mac(n)))
+        .collect();
+    assert_eq!(
+        outside_mac(lab, &vip).as_deref(),
+        Some(macs[&node].as_str()),
+        "the outside's ARP entry for {vip} is the announcing node {node}'s MAC"
+    );
+    let announcing = service_events(lab, &ns.name, "web", "Announcing");
+    assert!(
+        announcing
+            .iter()
+            .any(|m| m.contains(&node) && m.contains(&vip)),
+        "an Announcing Event names {node}: {announcing:?}"
+    );
+
+    // The announcing node's link goes down: another node takes over and sends GARP.
+    let idx = lab.nodes().iter().position(|n| n.name() == node).unwrap();
+    let cut = &lab.nodes()[idx];
+    cut.set_lan(false).unwrap();
+    let t_cut = Instant::now();
+    let back = berth_testbed::wait_for(
+        "the L2 address served again after the link cut",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || {
+            let mut c = outside.command("curl");
+            c.args(["--connect-timeout", "0.3"]);
+            curl_json(c, &url)
+        },
+    );
+    let outage = t_cut.elapsed();
+    let moved_to = announcer_of(lab, &vip);
+    let mac_after = outside_mac(lab, &vip);
+    cut.set_lan(true).unwrap();
+    assert!(
+        back.is_ok(),
+        "not served again within 20 s after cutting {node}'s link"
+    );
+    eprintln!("[timing] L2 failover after a link cut, as curl sees it: {outage:.1?}");
+    assert!(
+        outage < Duration::from_secs(5),
+        "served again only after {outage:?}"
+    );
+    let moved_to = moved_to.expect("a new announcer");
+    assert_ne!(moved_to, node, "the address moved off the cut node");
+    assert_eq!(mac_after.as_deref(), Some(macs[&moved_to].as_str()));
+    // The cut node reaches the API server over the LAN too (the kubernetes Service): it says
+    // it withdrew once its link is back.
+    let withdrawn = berth_testbed::wait_for(
+        "the cut node's AnnouncementWithdrawn Event",
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || {
+            let w = service_events(lab, &ns.name, "web", "AnnouncementWithdrawn");
+            w.iter()
+                .any(|m| m.contains(&node) && m.contains("interface went down"))
+                .then_some(w)
+        },
+    );
+    assert!(
+        withdrawn.is_ok(),
+        "the cut node says it withdrew because its link went down: {:?}",
+        service_events(lab, &ns.name, "web", "AnnouncementWithdrawn")
+    );
+
+    // externalTrafficPolicy Local: only the node with the pod announces; the announcement
+    // follows the pod.
+    lab.wait_ready().unwrap();
+    let names: Vec<String> = lab.nodes().iter().map(|n| n.name().to_string()).collect();
+    for target in [&names[0], &names[2]] {
+        let pin = json!({"nodeSelector": {"kubernetes.io/hostname": target}});
+        apply(lab, &echo_deployment("web", &ns.name, 1, pin, json!({})));
+        kubectl(
+            lab,
+            &[
+                "patch",
+                "service",
+                "web",
+                "-n",
+                &ns.name,
+                "-p",
+                r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+            ],
+        );
+        let alone = berth_testbed::wait_for(
+            "the Local Service's pod alone on its node",
+            Duration::from_secs(120),
+            Duration::from_millis(300),
+            || {
+                let p = ready_pods(lab, &ns.name, "web");
+                (p.len() == 1 && p.values().all(|(n, _, _, _)| n == target)).then_some(())
+            },
+        );
+        if let Err(e) = alone {
+            let pods = lab.kubectl(&["get", "pods", "-n", &ns.name, "-o", "wide"]);
+            let events = lab.kubectl(&["get", "events", "-n", &ns.name]);
+            panic!("{e:#}\npods: {pods:?}\nevents: {events:?}");
+        }
+        let who = berth_testbed::wait_for(
+            "the announcement on the node with the endpoint",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || announcer_of(lab, &vip).filter(|n| n == target),
+        );
+        assert_eq!(
+            who.ok().as_deref(),
+            Some(target.as_str()),
+            "{:?}",
+            announcements(lab)
+        );
+        let v = berth_testbed::wait_for(
+            "the Local Service from outside",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || curl_json(outside.command("curl"), &url),
+        )
+        .unwrap();
+        assert!(v["pod"].is_string());
+        assert_eq!(
+            outside_mac(lab, &vip).as_deref(),
+            Some(macs[target].as_str())
+        );
+    }
+    drop(ns);
+    kubectl(lab, &["delete", "pool", "lan-l2", "--wait=true"]);
+    timing(
+        "an_l2_service_address_is_announced_by_one_node_and_fails_over",
+        t,
+    );
+}

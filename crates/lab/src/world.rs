@@ -184,6 +184,49 @@ impl LabNode {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Takes the node's LAN link (`eth0`) down or up, as a cut cable or a switch port would.
+    ///
+    /// Why not a bare `ip link set`: the kernel flushes an interface's IPv4 routes when it goes
+    /// down and brings back only the connected prefix; on up this puts back the lab's own routes
+    /// (the ClusterIP range, the far segment), as a node's network manager would. Berth's pod
+    /// routes are the agent's to restore.
+    pub fn set_lan(&self, up: bool) -> Result<()> {
+        self.exec(
+            "ip",
+            &["link", "set", "eth0", if up { "up" } else { "down" }],
+        )?;
+        if up {
+            self.exec(
+                "ip",
+                &["route", "replace", addr::SERVICE_CIDR, "dev", "eth0"],
+            )?;
+            self.exec(
+                "ip",
+                &["route", "replace", addr::FAR_NET, "via", addr::ROUTER],
+            )?;
+            // The IPv6 prefix route comes back with the link a moment later.
+            let mut tries = 0;
+            while let Err(e) = self.exec(
+                "ip",
+                &[
+                    "-6",
+                    "route",
+                    "replace",
+                    addr::FAR_NET6,
+                    "via",
+                    addr::ROUTER6,
+                ],
+            ) {
+                tries += 1;
+                if tries > 50 {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
     /// The agent's socket as seen from the host. Why: tests ask the agent directly.
     pub fn agent_socket(&self) -> PathBuf {
         self.spec.backing("/run/berth").join("agent.sock")
@@ -713,6 +756,8 @@ impl Lab {
         ns.ip(["-6", "route", "add", addr::FAR_NET6, "via", addr::ROUTER6])?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
         ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        // A link cut (`set_lan`) keeps the node's IPv6 addresses, as IPv4 ones are kept.
+        ns.sysctl("net.ipv6.conf.eth0.keep_addr_on_down", "1")?;
         let cg = format!("{}/{name}", self.cg_root);
         let spec = NodeSpec {
             name: name.clone(),
@@ -745,7 +790,7 @@ impl Lab {
             let f = spec.dir.join("sysctl").join(key.replace('/', "."));
             write(&f, &format!("{val}\n"))?;
             script.push_str(&format!(
-                "mount --bind '{}' '/proc/sys/{key}'\n",
+                "mount -n --bind '{}' '/proc/sys/{key}'\n",
                 f.display()
             ));
         }
