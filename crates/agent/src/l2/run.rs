@@ -525,6 +525,7 @@ async fn forward_events(
     notices: Arc<dyn Notices>,
     plan: Arc<Mutex<Plan>>,
 ) {
+    let mut seen: BTreeMap<IpAddr, Vec<ServiceKey>> = BTreeMap::new();
     loop {
         let ev = match rx.recv().await {
             Ok(ev) => ev,
@@ -585,11 +586,29 @@ async fn forward_events(
             }
         };
         tracing::info!(address = %addr, reason, "{message}");
-        let services = plan
+        let planned = plan
             .lock()
             .ok()
             .and_then(|p| p.addresses.get(&addr).map(|a| a.services.clone()))
             .unwrap_or_default();
+        // An address withdrawn because it left the plan (released, its pool no longer
+        // announced) is no longer in it: its Services are the ones it was announced for.
+        let services = if planned.is_empty() {
+            seen.get(&addr).cloned().unwrap_or_default()
+        } else {
+            seen.insert(addr, planned.clone());
+            planned
+        };
+        let removed = matches!(
+            &ev,
+            Event::Withdrawn {
+                reason: Reason::Removed,
+                ..
+            }
+        );
+        if removed {
+            seen.remove(&addr);
+        }
         for s in &services {
             // Events on their own (a retry while the API server is away must not hold up the
             // condition writes); conditions in order.
@@ -598,8 +617,94 @@ async fn forward_events(
             match &ev {
                 Event::Acquired { .. } => notices.announced(s, addr, Some(&node)).await,
                 Event::Conflict { .. } => notices.conflict(s, addr, &message).await,
+                // Nobody takes over an address that left the plan: its entry goes, so the
+                // condition never names an announcement that ended.
+                _ if removed => notices.announced(s, addr, None).await,
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::plan::Planned;
+    use super::*;
+    use async_trait::async_trait;
+
+    /// Records the calls the forwarder makes.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Notices for Recorder {
+        async fn notice(&self, s: &ServiceKey, _: Option<&str>, _: bool, reason: &str, _: &str) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("event {}/{} {reason}", s.0, s.1));
+        }
+        async fn announced(&self, s: &ServiceKey, a: IpAddr, node: Option<&str>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("announced {}/{} {a} {node:?}", s.0, s.1));
+        }
+        async fn conflict(&self, s: &ServiceKey, a: IpAddr, _: &str) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("conflict {}/{} {a}", s.0, s.1));
+        }
+    }
+
+    /// An address released while its Service stays: the Service hears of the withdrawal and
+    /// its condition entry is cleared, although the plan no longer names the address.
+    #[tokio::test]
+    async fn a_released_address_is_cleared_from_its_service() {
+        let addr: IpAddr = "198.18.0.240".parse().unwrap();
+        let svc: ServiceKey = ("ns".to_string(), "web".to_string());
+        let mut p = Plan::default();
+        p.addresses.insert(
+            addr,
+            Planned {
+                pool: "lan".into(),
+                services: vec![svc.clone()],
+                eligible: BTreeSet::new(),
+                why_none: None,
+            },
+        );
+        let plan = Arc::new(Mutex::new(p));
+        let rec = Arc::new(Recorder::default());
+        let (tx, rx) = tokio::sync::broadcast::channel(16);
+        let task = tokio::spawn(forward_events(
+            rx,
+            "n1".into(),
+            "eth0".into(),
+            rec.clone(),
+            plan.clone(),
+        ));
+        tx.send(Event::Acquired { addr }).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        plan.lock().unwrap().addresses.clear();
+        tx.send(Event::Withdrawn {
+            addr,
+            reason: Reason::Removed,
+        })
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(tx);
+        task.await.unwrap();
+        let calls = rec.0.lock().unwrap().clone();
+        assert!(
+            calls.contains(&"event ns/web AnnouncementWithdrawn".to_string()),
+            "{calls:?}"
+        );
+        let pos = |c: &str| calls.iter().position(|x| x == c);
+        let (set, cleared) = (
+            pos("announced ns/web 198.18.0.240 Some(\"n1\")"),
+            pos("announced ns/web 198.18.0.240 None"),
+        );
+        assert!(set.is_some() && cleared > set, "{calls:?}");
     }
 }
