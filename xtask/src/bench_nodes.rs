@@ -164,6 +164,25 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .into_iter()
         .find(|h| h.controllers.split(',').any(|c| c == "memory"))
         .context("no memory hierarchy")?;
+    // Berth's own processes run in pods (the agent DaemonSet, the controller Deployment): found
+    // by name and subcommand among every node's processes.
+    for n in lab.nodes() {
+        for pid in berth_lab::cgroup::pids_below(&mem.mount.join(n.cgroup.trim_start_matches('/')))
+        {
+            if comm(pid) != "berth" {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let sub = cmdline
+                .split(|b| *b == 0)
+                .nth(1)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .unwrap_or_default();
+            let e = comp.entry(format!("berth {sub} (pod)")).or_default();
+            e.0 += rss_kib(pid);
+            e.1 += 1;
+        }
+    }
     println!("\n| component | processes | RSS total | RSS each |\n|---|---:|---:|---:|");
     for (c, (kib, n)) in &comp {
         println!(
