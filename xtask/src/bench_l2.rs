@@ -491,8 +491,10 @@ fn partition_table(vs: &[Variant], md: &mut String) -> Result<()> {
             let mut lab = VipLab::new(n, n == 2)?;
             lab.start_all(&v.announcer, false)?;
             let p = lab.prober(false, Duration::from_millis(2))?;
-            let a = lab.wait_announcer(&p, Duration::from_secs(20))?;
-            settle(&lab, &p, Duration::from_secs(2))?;
+            lab.wait_announcer(&p, Duration::from_secs(20))?;
+            // The announcer once the election has settled (Berth's first announcer hands the
+            // address to the rendezvous owner once every member is heard).
+            let a = lab.wait_settled(&p, Duration::from_secs(2))?;
             let mut arp = ArpWatch::start(
                 &lab.client,
                 "eth0",
