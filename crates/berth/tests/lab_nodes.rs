@@ -240,25 +240,24 @@ fn in_pod_cidr(ip: &str) -> bool {
     u32::from(a) & 0xffff_c000 == u32::from(net)
 }
 
-/// `berth bindings --json` on the cluster's ledger (the Kubernetes ledger, through the relay).
-fn bindings(lab: &Lab) -> Vec<Value> {
+/// `berth SUB --json` on the cluster's ledger (the Kubernetes ledger, through the relay).
+fn berth_json(lab: &Lab, sub: &str) -> Vec<Value> {
     let out = Command::new(BERTH)
-        .args([
-            "bindings",
-            "--json",
-            "--ledger",
-            "kubernetes",
-            "--kubeconfig",
-        ])
+        .args([sub, "--json", "--ledger", "kubernetes", "--kubeconfig"])
         .arg(lab.kubeconfig())
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "berth bindings: {}",
+        "berth {sub}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `berth bindings --json` on the cluster's ledger.
+fn bindings(lab: &Lab) -> Vec<Value> {
+    berth_json(lab, "bindings")
 }
 
 fn assert_audit_clean(lab: &Lab) {
@@ -711,23 +710,7 @@ fn a_fenced_node_gives_its_fixed_address_to_the_replacement() {
 
 /// `berth announcements --json` on the cluster: address → (service, node).
 fn announcements(lab: &Lab) -> Vec<Value> {
-    let out = Command::new(BERTH)
-        .args([
-            "announcements",
-            "--json",
-            "--ledger",
-            "kubernetes",
-            "--kubeconfig",
-        ])
-        .arg(lab.kubeconfig())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "berth announcements: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    berth_json(lab, "announcements")
 }
 
 /// The node `berth announcements` names for `addr`, once one does.
@@ -929,9 +912,13 @@ fn an_l2_service_address_is_announced_by_one_node_and_fails_over() {
                 r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
             ],
         );
+        // A precondition, not the assertion: the bound is generous because a node whose link
+        // was cut just before has once taken minutes to start a pod (see the issue notes);
+        // the time it took is printed so that it stays visible.
+        let t_pod = Instant::now();
         let alone = berth_testbed::wait_for(
             "the Local Service's pod alone on its node",
-            Duration::from_secs(120),
+            Duration::from_secs(300),
             Duration::from_millis(300),
             || {
                 let p = ready_pods(lab, &ns.name, "web");
@@ -941,8 +928,23 @@ fn an_l2_service_address_is_announced_by_one_node_and_fails_over() {
         if let Err(e) = alone {
             let pods = lab.kubectl(&["get", "pods", "-n", &ns.name, "-o", "wide"]);
             let events = lab.kubectl(&["get", "events", "-n", &ns.name]);
-            panic!("{e:#}\npods: {pods:?}\nevents: {events:?}");
+            let agents = lab.kubectl(&[
+                "logs",
+                "-n",
+                "berth-system",
+                "-l",
+                "app.kubernetes.io/name=berth-agent",
+                "--prefix",
+                "--tail=40",
+            ]);
+            panic!(
+                "{e:#}\ncut node: {node}\npods: {pods:?}\nevents: {events:?}\nagents: {agents:?}"
+            );
         }
+        eprintln!(
+            "[timing] ETP Local: the pod pinned to {target} alone and Ready after {:.1?} (the cut node was {node})",
+            t_pod.elapsed()
+        );
         let who = berth_testbed::wait_for(
             "the announcement on the node with the endpoint",
             Duration::from_secs(30),
