@@ -177,17 +177,16 @@ pub async fn run(
                 match &planned.why_none {
                     Some(w) if none_said.get(addr) != Some(w) => {
                         none_said.insert(*addr, w.clone());
+                        // Posted on their own, as the announcer's Events are: a retry while
+                        // the API server is away must not hold up the plan.
                         for s in &planned.services {
                             let uid = inp.services.get(s).map(|f| f.uid.clone());
-                            notices
-                                .notice(
-                                    s,
-                                    uid.as_deref(),
-                                    true,
-                                    "NoAnnouncer",
-                                    &format!("{addr} is not announced: {w}"),
-                                )
-                                .await;
+                            let (n, svc) = (notices.clone(), s.clone());
+                            let msg = format!("{addr} is not announced: {w}");
+                            tokio::spawn(async move {
+                                n.notice(&svc, uid.as_deref(), true, "NoAnnouncer", &msg)
+                                    .await
+                            });
                         }
                     }
                     Some(_) => {}
