@@ -219,6 +219,17 @@ fn a_partitioned_announcer_stops_answering_before_the_successor_starts() {
         .map(|x| x.at)
         .fold(f64::MAX, f64::min);
     assert!(first_new < f64::MAX, "nobody took over\n{}", dump(&lab));
+    // The watch itself works: the old announcer answered the requests (every 10 ms) before it
+    // was fenced, and the successor answers them after it took over, not just now and then.
+    let old_after_cut = ans
+        .iter()
+        .filter(|x| x.mac == old_mac && x.at >= t0)
+        .count();
+    let new_answers = ans.iter().filter(|x| x.at >= first_new).count();
+    assert!(
+        old_after_cut >= 5 && new_answers >= 100,
+        "the ARP watch saw {old_after_cut} answers from the old announcer after the cut and {new_answers} from the successor"
+    );
     assert!(
         last_old < first_new,
         "the old announcer answered at {last_old} after the new at {first_new}"

@@ -297,39 +297,174 @@ pub struct ArpAnswer {
     pub mac: String,
 }
 
-/// Broadcast ARP requests for one address from a client every `interval`, and a capture of
-/// every ARP reply for it (tcpdump on the client).
+/// Broadcast ARP requests for one address from a client every `interval` (from a raw socket
+/// of the test's own), and a capture of every ARP reply for it (tcpdump on the client).
 ///
 /// Why: the LAN's view of split brain: if two nodes answer in the same window, two MACs show
 /// up; the kernel's own answers (an orphaned address) show up too.
 pub struct ArpWatch {
     tcpdump: Daemon,
-    arping: Daemon,
+    requester: Option<ArpRequester>,
     ip: IpAddr,
+}
+
+/// Broadcasts an ARP request for one address every `interval` from a raw packet socket in a
+/// namespace, until stopped.
+///
+/// Why: iputils' `arping` refuses intervals under a second (`-i 0.01` exits at once), and
+/// the client's kernel asks only when its neighbour entry goes stale, so neither shows
+/// within milliseconds which nodes answer for an address.
+struct ArpRequester {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ArpRequester {
+    fn start(
+        ns: &Netns,
+        dev: &str,
+        target: std::net::Ipv4Addr,
+        interval: Duration,
+    ) -> Result<Self> {
+        let mac = ns
+            .link(dev)?
+            .and_then(|l| l["address"].as_str().map(str::to_string))
+            .ok_or_else(|| anyhow!("{} has no {dev}", ns.name()))?;
+        let mac: Vec<u8> = mac
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<std::result::Result<_, _>>()
+            .with_context(|| format!("MAC {mac:?} of {dev}"))?;
+        let src: std::net::Ipv4Addr = ns
+            .addr_list(dev)?
+            .iter()
+            .find_map(|a| a.split('/').next()?.parse().ok())
+            .ok_or_else(|| anyhow!("{dev} in {} has no IPv4 address", ns.name()))?;
+        let frame = arp_request_frame(&mac, src, target);
+        let dev_c = std::ffi::CString::new(dev)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let path = ns.path();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let opened = (|| -> Result<File> {
+                let nsf = File::open(&path)?;
+                // SAFETY: setns on this thread only, with an fd we own.
+                if unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+                // SAFETY: plain socket(2); the fd is owned by the File below.
+                let fd = unsafe {
+                    libc::socket(
+                        libc::AF_PACKET,
+                        libc::SOCK_RAW,
+                        (libc::ETH_P_ARP as u16).to_be() as i32,
+                    )
+                };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+                // SAFETY: fd was just created and is owned by nobody else.
+                let sock = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                // SAFETY: dev_c is a valid C string.
+                let index = unsafe { libc::if_nametoindex(dev_c.as_ptr()) };
+                if index == 0 {
+                    bail!("no interface {dev_c:?}");
+                }
+                // SAFETY: a zeroed sockaddr_ll is valid; the fields that matter are set.
+                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+                sll.sll_ifindex = index as i32;
+                // SAFETY: sll is a valid sockaddr_ll of the size given.
+                let r = unsafe {
+                    libc::bind(
+                        fd,
+                        &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                if r != 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+                Ok(sock)
+            })();
+            let sock = match opened {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            while !flag.load(Ordering::Relaxed) {
+                // SAFETY: frame outlives the call; the socket is bound, so send(2) suffices.
+                unsafe {
+                    libc::send(
+                        sock.as_raw_fd(),
+                        frame.as_ptr() as *const libc::c_void,
+                        frame.len(),
+                        0,
+                    )
+                };
+                std::thread::sleep(interval);
+            }
+        });
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow!("the ARP requester thread died"))??;
+        Ok(ArpRequester {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ArpRequester {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A broadcast Ethernet/ARP request "who has `target`? tell `src`" from `mac`.
+fn arp_request_frame(mac: &[u8], src: std::net::Ipv4Addr, target: std::net::Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(mac);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f.resize(60, 0);
+    f
 }
 
 impl ArpWatch {
     /// Starts watching `ip` from `client` on `dev`.
     pub fn start(client: &Netns, dev: &str, ip: IpAddr, interval: Duration) -> Result<ArpWatch> {
         check_test_addr(&ip.to_string())?;
-        if !ip.is_ipv4() {
-            bail!("ArpWatch watches IPv4 (ARP) addresses; {ip} is IPv6");
-        }
         let tcpdump = client.spawn("tcpdump", ["-l", "-n", "-e", "-tt", "-i", dev, "arp"], None)?;
         // Let tcpdump open its socket before the first request.
         let t0 = Instant::now();
         while !tcpdump.log().contains("listening on") && t0.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let secs = format!("{:.3}", interval.as_secs_f64());
-        let arping = client.spawn(
-            "arping",
-            ["-b", "-i", &secs, "-I", dev, &ip.to_string()],
-            None,
-        )?;
+        let IpAddr::V4(target) = ip else {
+            bail!("ArpWatch watches IPv4 (ARP) addresses; {ip} is IPv6");
+        };
+        let requester = Some(ArpRequester::start(client, dev, target, interval)?);
         Ok(ArpWatch {
             tcpdump,
-            arping,
+            requester,
             ip,
         })
     }
@@ -407,7 +542,9 @@ impl ArpWatch {
 
     /// Stops capturing; the answers stay readable.
     pub fn stop(&mut self) {
-        self.arping.kill();
+        if let Some(mut r) = self.requester.take() {
+            r.stop();
+        }
         std::thread::sleep(Duration::from_millis(50));
         self.tcpdump.terminate(Duration::from_secs(1));
     }
