@@ -125,8 +125,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None
     };
     let route_metrics = Arc::new(berth_agent::routes::RouteMetrics::default());
-    let _routes = start_pod_routes(&args, &node, Arc::clone(&route_metrics)).await;
-    let l2 = start_l2(&args, &node).await;
+    let nodes = SharedNodes::default();
+    let _routes = start_pod_routes(&args, &node, Arc::clone(&route_metrics), &nodes).await;
+    let l2 = start_l2(&args, &node, &nodes).await;
     let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _http = match args.metrics {
         Some(addr) => Some(
@@ -166,6 +167,28 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     result
 }
 
+/// One watch of every Node (labels and InternalIPs), started by whichever of the pod routes
+/// and the L2 announcer needs it first, and shared by both.
+///
+/// Why: Nodes change every few seconds (heartbeats) and every agent watches all of them; two
+/// watches would double what the API server sends to every node.
+#[derive(Default)]
+struct SharedNodes(std::sync::Mutex<Option<NodeSnapshot>>);
+
+/// Every Node's labels and InternalIPs.
+type NodeSnapshot = berth_k8s::cluster::Snapshot<
+    std::collections::BTreeMap<String, berth_k8s::announce::NodeFacts>,
+>;
+
+impl SharedNodes {
+    /// The shared watch, started on `client` if it is not running yet.
+    fn get(&self, client: &kube::Client) -> NodeSnapshot {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| berth_k8s::announce::watch_nodes(client.clone()))
+            .clone()
+    }
+}
+
 /// The running L2 announcer: its handle (status, leave) and metrics; the task stops with it.
 struct L2Task {
     handle: berth_agent::l2::L2Handle,
@@ -181,7 +204,7 @@ impl Drop for L2Task {
 
 /// Starts the L2 announcer (`--l2 on`, on Kubernetes). Never fails the agent: without what it
 /// needs it says so and announces nothing.
-async fn start_l2(args: &AgentArgs, node: &str) -> Option<L2Task> {
+async fn start_l2(args: &AgentArgs, node: &str, shared: &SharedNodes) -> Option<L2Task> {
     use berth_agent::l2::{self, KubeNotices, L2Config, L2Handle, L2Inputs};
     use berth_k8s::announce as watch;
     if args.l2 == "off" {
@@ -207,7 +230,7 @@ async fn start_l2(args: &AgentArgs, node: &str) -> Option<L2Task> {
     };
     let slices = watch::endpoint_slice_resource(&client).await;
     let inputs = L2Inputs {
-        nodes: watch::watch_nodes(client.clone()),
+        nodes: shared.get(&client),
         pools: watch::watch_pools(client.clone()),
         bindings: watch::watch_service_bindings(client.clone()),
         services: watch::watch_services(client.clone()),
@@ -254,6 +277,7 @@ async fn start_pod_routes(
     args: &AgentArgs,
     node: &str,
     metrics: Arc<berth_agent::routes::RouteMetrics>,
+    shared: &SharedNodes,
 ) -> RouteTask {
     use berth_agent::routes::{self, PodRoutes, RouteConfig, RouteInputs};
     let kernel = match berth_netlink::Kernel::new() {
@@ -288,7 +312,7 @@ async fn start_pod_routes(
         };
         RouteInputs {
             blocks: berth_k8s::cluster::watch_blocks(client.clone()),
-            node_ips: berth_k8s::cluster::watch_node_ips(client),
+            node_ips: berth_k8s::announce::node_ips(shared.get(&client)),
         }
     } else {
         match args.ledger.spec() {
@@ -325,7 +349,7 @@ async fn start_pod_routes(
                 let (c, blocks_prefix) = etcd.watch_parts(berth_ledger::Kind::Block);
                 RouteInputs {
                     blocks: routes::etcd::watch_blocks(c, blocks_prefix),
-                    node_ips: berth_k8s::cluster::watch_node_ips(client),
+                    node_ips: berth_k8s::announce::node_ips(shared.get(&client)),
                 }
             }
             _ => {

@@ -59,6 +59,16 @@ pub fn watch_nodes(client: Client) -> Snapshot<BTreeMap<String, NodeFacts>> {
     )
 }
 
+/// The nodes' InternalIPs, from the Node snapshot [`watch_nodes`] publishes (see
+/// [`crate::cluster::derive`]).
+pub fn node_ips(nodes: Snapshot<BTreeMap<String, NodeFacts>>) -> Snapshot<crate::cluster::NodeIps> {
+    crate::cluster::derive(nodes, |m| {
+        m.iter()
+            .map(|(name, facts)| (name.clone(), facts.ips.clone()))
+            .collect()
+    })
+}
+
 /// Every readable Pool.
 ///
 /// RBAC: `list, watch` on `pools.berth.dev`.

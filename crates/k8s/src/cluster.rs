@@ -199,20 +199,62 @@ pub fn watch_blocks(client: Client) -> Snapshot<Vec<Block>> {
     watch_view(api, "Block", block_of, |m| m.values().cloned().collect())
 }
 
-/// Watches every Node and publishes each node's InternalIPs after each change that alters them.
+/// A snapshot computed from another: `f` of each published value, published only when it
+/// changes, `None` while the source is.
 ///
-/// Only the addresses are kept, not the Node objects (whose status is large); Nodes change
-/// every few seconds (heartbeats), and only address changes are published. RBAC: `get, list,
-/// watch` on `nodes`.
-pub fn watch_node_ips(client: Client) -> Snapshot<NodeIps> {
-    let api: Api<Node> = Api::all(client);
-    watch_view(api, "Node", |n: &Node| Ok(internal_ips(n)), |m| m.clone())
+/// Why: one watch of an object kind can serve several consumers that need different views
+/// of it (the agent's pod routes want the nodes' InternalIPs, its announcer labels too), so
+/// the API server sends each change once per agent, not once per consumer.
+pub fn derive<T, P>(mut src: Snapshot<T>, f: impl Fn(&T) -> P + Send + 'static) -> Snapshot<P>
+where
+    T: Send + Sync + 'static,
+    P: PartialEq + Send + Sync + 'static,
+{
+    let first = src.borrow_and_update().as_deref().map(&f).map(Arc::new);
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = src.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+            let v = src.borrow_and_update().as_deref().map(&f);
+            let same = tx.borrow().as_deref() == v.as_ref();
+            if !same && tx.send(v.map(Arc::new)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+
+    #[tokio::test]
+    async fn a_derived_snapshot_follows_its_source_and_publishes_only_changes() {
+        let (tx, rx) = watch::channel::<Option<Arc<BTreeMap<String, u32>>>>(None);
+        let mut d = derive(rx, |m| m.values().sum::<u32>());
+        assert!(d.borrow().is_none(), "None while the source is");
+        tx.send(Some(Arc::new(BTreeMap::from([
+            ("a".into(), 1),
+            ("b".into(), 2),
+        ]))))
+        .unwrap();
+        d.changed().await.unwrap();
+        assert_eq!(d.borrow_and_update().as_deref(), Some(&3));
+        // The same sum from other values: not a change.
+        tx.send(Some(Arc::new(BTreeMap::from([("a".into(), 3)]))))
+            .unwrap();
+        tx.send(Some(Arc::new(BTreeMap::from([("a".into(), 4)]))))
+            .unwrap();
+        d.changed().await.unwrap();
+        assert_eq!(d.borrow_and_update().as_deref(), Some(&4));
+        drop(tx);
+        assert!(d.changed().await.is_err(), "ends with its source");
+    }
 
     #[test]
     fn internal_ips_in_order_other_types_and_garbage_left_out() {
