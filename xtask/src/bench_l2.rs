@@ -195,7 +195,7 @@ fn variants(berth: &Path) -> Vec<Variant> {
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     require_root();
-    require_tools(&["ip", "tcpdump", "arping", "nft", "keepalived"]);
+    require_tools(&["ip", "tcpdump", "nft", "keepalived"]);
     let bins = match &o.bins {
         Some(b) => b.clone(),
         None => release_bins()?,

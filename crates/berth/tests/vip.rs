@@ -23,7 +23,7 @@ const OUTAGE_LIMIT: Duration = Duration::from_millis(1000);
 
 fn setup() {
     require_root();
-    require_tools(&["ip", "tcpdump", "arping", "nft"]);
+    require_tools(&["ip", "tcpdump", "nft"]);
 }
 
 fn berth() -> Announcer {

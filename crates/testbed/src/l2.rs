@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,6 +20,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use berth_lab::check_test_addr;
 use berth_lab::Daemon;
 use berth_lab::{Fabric, Netns};
+use berth_netlink::packet::{ArpOp, ArpPacket};
+use berth_netlink::Mac;
 
 /// Seconds since the Unix epoch, as tcpdump's `-tt` prints them.
 ///
@@ -304,7 +306,7 @@ pub struct ArpAnswer {
 /// up; the kernel's own answers (an orphaned address) show up too.
 pub struct ArpWatch {
     tcpdump: Daemon,
-    requester: Option<ArpRequester>,
+    requester: ArpRequester,
     ip: IpAddr,
 }
 
@@ -326,79 +328,33 @@ impl ArpRequester {
         target: std::net::Ipv4Addr,
         interval: Duration,
     ) -> Result<Self> {
-        let mac = ns
+        let mac: Mac = ns
             .link(dev)?
             .and_then(|l| l["address"].as_str().map(str::to_string))
-            .ok_or_else(|| anyhow!("{} has no {dev}", ns.name()))?;
-        let mac: Vec<u8> = mac
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16))
-            .collect::<std::result::Result<_, _>>()
-            .with_context(|| format!("MAC {mac:?} of {dev}"))?;
+            .ok_or_else(|| anyhow!("{} has no {dev}", ns.name()))?
+            .parse()?;
         let src: std::net::Ipv4Addr = ns
             .addr_list(dev)?
             .iter()
             .find_map(|a| a.split('/').next()?.parse().ok())
             .ok_or_else(|| anyhow!("{dev} in {} has no IPv4 address", ns.name()))?;
-        let frame = arp_request_frame(&mac, src, target);
+        let frame = ArpPacket {
+            eth_dst: Mac::BROADCAST,
+            eth_src: mac,
+            op: ArpOp::Request,
+            sha: mac,
+            spa: src,
+            tha: Mac::ZERO,
+            tpa: target,
+        }
+        .encode();
+        // The socket belongs to the namespace it is opened in; the thread sending on it
+        // need not be there.
         let dev_c = std::ffi::CString::new(dev)?;
+        let sock = in_netns(ns, move || arp_socket(&dev_c))??;
         let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let path = ns.path();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let opened = (|| -> Result<File> {
-                let nsf = File::open(&path)?;
-                // SAFETY: setns on this thread only, with an fd we own.
-                if unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error().into());
-                }
-                // SAFETY: plain socket(2); the fd is owned by the File below.
-                let fd = unsafe {
-                    libc::socket(
-                        libc::AF_PACKET,
-                        libc::SOCK_RAW,
-                        (libc::ETH_P_ARP as u16).to_be() as i32,
-                    )
-                };
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error().into());
-                }
-                // SAFETY: fd was just created and is owned by nobody else.
-                let sock = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                // SAFETY: dev_c is a valid C string.
-                let index = unsafe { libc::if_nametoindex(dev_c.as_ptr()) };
-                if index == 0 {
-                    bail!("no interface {dev_c:?}");
-                }
-                // SAFETY: a zeroed sockaddr_ll is valid; the fields that matter are set.
-                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                sll.sll_family = libc::AF_PACKET as u16;
-                sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
-                sll.sll_ifindex = index as i32;
-                // SAFETY: sll is a valid sockaddr_ll of the size given.
-                let r = unsafe {
-                    libc::bind(
-                        fd,
-                        &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    )
-                };
-                if r != 0 {
-                    return Err(std::io::Error::last_os_error().into());
-                }
-                Ok(sock)
-            })();
-            let sock = match opened {
-                Ok(s) => {
-                    let _ = ready_tx.send(Ok(()));
-                    s
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
             while !flag.load(Ordering::Relaxed) {
                 // SAFETY: frame outlives the call; the socket is bound, so send(2) suffices.
                 unsafe {
@@ -412,9 +368,6 @@ impl ArpRequester {
                 std::thread::sleep(interval);
             }
         });
-        ready_rx
-            .recv()
-            .map_err(|_| anyhow!("the ARP requester thread died"))??;
         Ok(ArpRequester {
             stop,
             thread: Some(thread),
@@ -435,17 +388,43 @@ impl Drop for ArpRequester {
     }
 }
 
-/// A broadcast Ethernet/ARP request "who has `target`? tell `src`" from `mac`.
-fn arp_request_frame(mac: &[u8], src: std::net::Ipv4Addr, target: std::net::Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(mac);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-    f.extend_from_slice(mac);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&target.octets());
-    f.resize(60, 0);
-    f
+/// An AF_PACKET socket for ARP frames bound to `dev` in the calling thread's namespace.
+fn arp_socket(dev: &std::ffi::CStr) -> Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned by the OwnedFd below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            (libc::ETH_P_ARP as u16).to_be() as i32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening an AF_PACKET socket");
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: dev is a valid C string.
+    let index = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+    if index == 0 {
+        bail!("no interface {dev:?}");
+    }
+    // SAFETY: a zeroed sockaddr_ll is valid; the fields that matter are set.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+    sll.sll_ifindex = index as i32;
+    // SAFETY: sll is a valid sockaddr_ll of the size given.
+    let r = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("binding to {dev:?}"));
+    }
+    Ok(sock)
 }
 
 impl ArpWatch {
@@ -461,7 +440,7 @@ impl ArpWatch {
         let IpAddr::V4(target) = ip else {
             bail!("ArpWatch watches IPv4 (ARP) addresses; {ip} is IPv6");
         };
-        let requester = Some(ArpRequester::start(client, dev, target, interval)?);
+        let requester = ArpRequester::start(client, dev, target, interval)?;
         Ok(ArpWatch {
             tcpdump,
             requester,
@@ -542,9 +521,7 @@ impl ArpWatch {
 
     /// Stops capturing; the answers stay readable.
     pub fn stop(&mut self) {
-        if let Some(mut r) = self.requester.take() {
-            r.stop();
-        }
+        self.requester.stop();
         std::thread::sleep(Duration::from_millis(50));
         self.tcpdump.terminate(Duration::from_secs(1));
     }
