@@ -56,6 +56,60 @@ impl KubePods {
     }
 }
 
+impl KubePods {
+    /// The pod from the API server when the watch has not shown it (or not this UID) within
+    /// the wait: the watch is behind, which must not fail the pod.
+    async fn read_behind_watch(
+        &self,
+        ns: &str,
+        name: &str,
+        args: &CniArgs,
+    ) -> Result<std::sync::Arc<k8s_openapi::api::core::v1::Pod>, CniError> {
+        let later = |why: String| {
+            CniError::new(
+                CniError::TRY_AGAIN_LATER,
+                format!(
+                    "pod {ns}/{name} is not in the berth agent's watch of this node after {:?}, and {why}: try again",
+                    self.wait
+                ),
+            )
+        };
+        let (got, watch_error) =
+            match tokio::time::timeout(FETCH_LIMIT, self.cache.fetch(ns, name)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(later(format!(
+                        "the API server did not answer a read of it within {FETCH_LIMIT:?}"
+                    )))
+                }
+            };
+        let behind = watch_error
+            .map(|e| format!(" (last watch error: {e})"))
+            .unwrap_or_default();
+        match got {
+            Ok(Some(p)) if args.pod_uid.is_none() || p.metadata.uid == args.pod_uid => {
+                tracing::warn!(pod = %format!("{ns}/{name}"), wait = ?self.wait,
+                    "pod not in the watch yet; read it from the API server{behind}");
+                Ok(p)
+            }
+            Ok(Some(p)) => Err(later(format!(
+                "the API server has it with UID {} where the runtime asks for {}{behind}",
+                p.metadata.uid.as_deref().unwrap_or("?"),
+                args.pod_uid.as_deref().unwrap_or("?")
+            ))),
+            Ok(None) => Err(later(format!(
+                "the API server has no such pod on this node{behind}"
+            ))),
+            Err(e) => Err(later(format!(
+                "reading it from the API server failed: {e}{behind}"
+            ))),
+        }
+    }
+}
+
+/// How long a CNI ADD waits for the API server when the watch has not shown its pod.
+const FETCH_LIMIT: Duration = Duration::from_secs(3);
+
 #[async_trait]
 impl PodSource for KubePods {
     fn fenced(&self) -> Option<String> {
@@ -100,14 +154,9 @@ impl PodSource for KubePods {
                 other => break other,
             }
         };
-        let Some(pod) = pod else {
-            return Err(CniError::new(
-                CniError::TRY_AGAIN_LATER,
-                format!(
-                    "pod {ns}/{name} is not in the berth agent's watch of this node yet (waited {:?}): try again",
-                    self.wait
-                ),
-            ));
+        let pod = match pod {
+            Some(p) => p,
+            None => self.read_behind_watch(ns, name, args).await?,
         };
         match berth_k8s::pods::ask(&pod, &cfg.network, &cfg.pool) {
             Ok(a) => Ok(PodAsk {

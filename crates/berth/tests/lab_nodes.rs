@@ -228,10 +228,28 @@ fn wait_ready_pods(
             let events = lab
                 .kubectl(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
                 .unwrap_or_default();
-            panic!("{n} Ready pods of {ns}/{app} not there after {timeout:?} (have {}):\n{all}\n{events}", p.len());
+            panic!(
+                "{n} Ready pods of {ns}/{app} not there after {timeout:?} (have {}):\n{all}\n{events}\nagents:\n{}",
+                p.len(),
+                agent_logs(lab)
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The last lines of every agent's log, for a failure's message.
+fn agent_logs(lab: &Lab) -> String {
+    lab.kubectl(&[
+        "logs",
+        "-n",
+        "berth-system",
+        "-l",
+        "app.kubernetes.io/name=berth-agent",
+        "--prefix",
+        "--tail=40",
+    ])
+    .unwrap_or_else(|e| format!("(no agent logs: {e:#})"))
 }
 
 fn in_pod_cidr(ip: &str) -> bool {
@@ -414,6 +432,13 @@ fn a_cluster_of_three_real_nodes_runs_berth_from_deploy() {
 fn six_pods_over_three_nodes_get_berth_addresses() {
     let (_g, lab) = shared();
     let t = Instant::now();
+    // The agent may read a pod its watch has not shown yet, and nothing it is not pointed at.
+    let agent_may = |verb: &str, what: &str| {
+        let who = "--as=system:serviceaccount:berth-system:berth-agent";
+        matches!(lab.kubectl(&["auth", "can-i", verb, what, "-A", who]), Ok(o) if o.trim() == "yes")
+    };
+    assert!(agent_may("get", "pods") && agent_may("watch", "pods"));
+    assert!(!agent_may("delete", "pods") && !agent_may("get", "secrets"));
     let ns = TestNs::new(lab, "six");
     let spread = json!({"topologySpreadConstraints": [{
         "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
@@ -928,17 +953,9 @@ fn an_l2_service_address_is_announced_by_one_node_and_fails_over() {
         if let Err(e) = alone {
             let pods = lab.kubectl(&["get", "pods", "-n", &ns.name, "-o", "wide"]);
             let events = lab.kubectl(&["get", "events", "-n", &ns.name]);
-            let agents = lab.kubectl(&[
-                "logs",
-                "-n",
-                "berth-system",
-                "-l",
-                "app.kubernetes.io/name=berth-agent",
-                "--prefix",
-                "--tail=40",
-            ]);
             panic!(
-                "{e:#}\ncut node: {node}\npods: {pods:?}\nevents: {events:?}\nagents: {agents:?}"
+                "{e:#}\ncut node: {node}\npods: {pods:?}\nevents: {events:?}\nagents:\n{}",
+                agent_logs(lab)
             );
         }
         eprintln!(

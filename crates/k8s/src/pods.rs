@@ -19,6 +19,7 @@ pub struct PodCache {
     store: Store<Pod>,
     client: Client,
     node: String,
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl PodCache {
@@ -32,11 +33,14 @@ impl PodCache {
             .default_backoff()
             .reflect(writer)
             .applied_objects();
+        let last_error = Arc::new(std::sync::Mutex::new(None));
+        let errors = Arc::clone(&last_error);
         tokio::spawn(async move {
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
                 if let Err(e) = ev {
                     tracing::warn!(error = %e, "pod watch error; retrying");
+                    *errors.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 }
             }
         });
@@ -44,7 +48,47 @@ impl PodCache {
             store,
             client,
             node: node.to_string(),
+            last_error,
         }
+    }
+
+    /// A cache whose watch never runs: it stays empty, so every lookup goes to [`Self::fetch`].
+    ///
+    /// Why: a watch that has fallen behind cannot be produced on demand against a real API
+    /// server; this is that watch at its worst, for tests of the path that must not fail then.
+    pub fn detached(client: Client, node: &str) -> Self {
+        let (store, _writer) = reflector::store();
+        PodCache {
+            store,
+            client,
+            node: node.to_string(),
+            last_error: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    /// The pod read from the API server, for a CNI ADD whose pod the watch has not delivered
+    /// within its wait.
+    ///
+    /// Why: a watch that is behind (an API server under load, a re-list after an error) must
+    /// not fail pod creation on its own; one read on that rare path costs less than a sandbox
+    /// the kubelet retries every ten seconds. The most recent watch error, if any, is returned
+    /// with the result so the caller can say why the watch was behind.
+    pub async fn fetch(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> (Result<Option<Arc<Pod>>, kube::Error>, Option<String>) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let got = api.get_opt(name).await.map(|p| {
+            p.filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&self.node))
+                .map(Arc::new)
+        });
+        let err = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (got, err)
     }
 
     /// The pod, waiting up to `wait` for the watch to deliver it (a fresh pod's CNI ADD can
