@@ -54,6 +54,8 @@ pub struct Metrics {
     pub heartbeats_received: Family<PeerLabel, Counter>,
     /// Heartbeats sent.
     pub heartbeats_sent: Counter,
+    /// Heartbeats also sent through the witness (two members with a witness).
+    pub heartbeats_relayed: Counter,
     /// Heartbeats that could not be sent (link down…).
     pub heartbeat_send_errors: Counter,
     /// Datagrams ignored: not a heartbeat, another cluster, an unconfigured sender.
@@ -100,6 +102,7 @@ impl Metrics {
             peer_last_heard: Family::default(),
             heartbeats_received: Family::default(),
             heartbeats_sent: Counter::default(),
+            heartbeats_relayed: Counter::default(),
             heartbeat_send_errors: Counter::default(),
             heartbeats_ignored: Counter::default(),
             quorum: Gauge::default(),
@@ -147,6 +150,11 @@ impl Metrics {
                 "heartbeats_sent",
                 "Heartbeats sent",
                 m.heartbeats_sent.clone(),
+            );
+            r.register(
+                "heartbeats_relayed",
+                "Heartbeats also sent through the witness, for a router there to forward",
+                m.heartbeats_relayed.clone(),
             );
             r.register(
                 "heartbeat_send_errors",

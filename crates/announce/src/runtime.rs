@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_netlink::{AddrOptions, Addresses, ArpNdp, ErrorKind, LinkEvent, LinkWatch, Links};
+use berth_netlink::{AddrOptions, Addresses, ArpNdp, ErrorKind, LinkEvent, LinkWatch, Links, Mac};
 use ipnet::IpNet;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -56,6 +56,12 @@ pub struct Settings {
     pub peers: BTreeMap<String, SocketAddr>,
     /// The witness's address (two members only).
     pub witness: Option<IpAddr>,
+    /// This node's heartbeat address, to send every heartbeat a second time through the
+    /// witness (a frame to the witness's MAC, which a router forwards to the peer); `None`:
+    /// direct heartbeats only. Why: with only the direct path between the two nodes cut,
+    /// both still hear the witness, and without a second path each would think the other
+    /// dead and both would announce.
+    pub relay_from: Option<SocketAddr>,
     /// How long one conflict probe listens (three probes are spread over it).
     pub probe_wait: Duration,
     /// How often an address this node does not announce is probed again.
@@ -75,6 +81,7 @@ impl Settings {
             hold: Hold::On("lo".into()),
             peers,
             witness: None,
+            relay_from: None,
             probe_wait: Duration::from_millis(300),
             reprobe: Duration::from_secs(60),
             conflict_retry: Duration::from_secs(10),
@@ -186,7 +193,7 @@ impl Announcer {
         let (plan_tx, plan_rx) = watch::channel(BTreeSet::new());
         let (macs_tx, macs_rx) = watch::channel(BTreeSet::new());
         let (probe_tx, probe_rx) = mpsc::channel(64);
-        let (witness_tx, witness_rx) = mpsc::channel(16);
+        let (witness_tx, witness_rx) = mpsc::channel::<(Stamp, Mac)>(16);
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(realize(
@@ -233,6 +240,7 @@ impl Announcer {
             macs: macs_tx,
             link: Some(watch),
             witness_rx,
+            witness_mac: None,
             probe_rx,
             ctl: ctl_rx,
         };
@@ -296,7 +304,9 @@ struct Loop<K: Kernel, T: Transport> {
     plan: watch::Sender<BTreeSet<IpAddr>>,
     macs: watch::Sender<BTreeSet<[u8; 6]>>,
     link: Option<LinkWatch>,
-    witness_rx: mpsc::Receiver<Stamp>,
+    witness_rx: mpsc::Receiver<(Stamp, Mac)>,
+    /// The MAC that last answered a witness probe: where relayed heartbeats go.
+    witness_mac: Option<Mac>,
     probe_rx: mpsc::Receiver<(IpAddr, Option<[u8; 6]>)>,
     ctl: mpsc::Receiver<Ctl>,
 }
@@ -331,7 +341,10 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
-                Some(w) = self.witness_rx.recv() => self.election.on_witness(w),
+                Some((w, mac)) = self.witness_rx.recv() => {
+                    self.witness_mac = Some(mac);
+                    self.election.on_witness(w);
+                }
                 Some((a, m)) = self.probe_rx.recv() => self.election.on_probe(a, m),
                 _ = tokio::time::sleep(sleep) => {}
             }
@@ -363,7 +376,8 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
             let Some(to) = self.settings.peers.get(&peer).copied() else {
                 continue;
             };
-            match self.transport.send(to, &hb.encode()).await {
+            let bytes = hb.encode();
+            match self.transport.send(to, &bytes).await {
                 Ok(()) => {
                     self.metrics.heartbeats_sent.inc();
                 }
@@ -372,11 +386,37 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
                     tracing::debug!(peer, error = %e, "heartbeat not sent");
                 }
             };
+            self.relay(&peer, to, &bytes).await;
         }
         for ev in out.events {
             self.metrics.record(&ev);
             log_event(&ev);
             let _ = self.events.send(ev);
+        }
+    }
+
+    /// The heartbeat's second copy, through the witness (see [`Settings::relay_from`]). The
+    /// peer takes whichever copy arrives first; the other is a duplicate by its sequence.
+    async fn relay(&self, peer: &str, to: SocketAddr, bytes: &[u8]) {
+        let (Some(_), Some(from), Some(via)) = (
+            self.settings.witness,
+            self.settings.relay_from,
+            self.witness_mac,
+        ) else {
+            return;
+        };
+        match self
+            .kernel
+            .send_udp_via(&self.settings.interface, via, from, to, bytes)
+            .await
+        {
+            Ok(()) => {
+                self.metrics.heartbeats_relayed.inc();
+            }
+            Err(e) => {
+                self.metrics.heartbeat_send_errors.inc();
+                tracing::debug!(peer, error = %e, "heartbeat through the witness not sent");
+            }
         }
     }
 
@@ -709,14 +749,14 @@ async fn witness_prober<K: Kernel>(
     every: Duration,
     clock: Arc<dyn Clock>,
     macs: watch::Receiver<BTreeSet<[u8; 6]>>,
-    out: mpsc::Sender<Stamp>,
+    out: mpsc::Sender<(Stamp, Mac)>,
 ) {
     loop {
         let start = tokio::time::Instant::now();
         let sent = clock.now();
         match kernel.probe(&dev, witness, every).await {
             Ok(Some(m)) if !macs.borrow().contains(&m.0) => {
-                if out.send(sent).await.is_err() {
+                if out.send((sent, m)).await.is_err() {
                     return;
                 }
             }

@@ -39,6 +39,7 @@ struct File {
     port: Option<u16>,
     address: Option<IpAddr>,
     witness: Option<IpAddr>,
+    witness_relay: Option<bool>,
     metrics: Option<String>,
     probe: Option<bool>,
     probe_wait: Option<String>,
@@ -80,6 +81,9 @@ pub struct VipConfig {
     pub address: Option<IpAddr>,
     /// The witness (two nodes).
     pub witness: Option<IpAddr>,
+    /// Heartbeats also go through the witness (`witness_relay`, default on): a router there
+    /// forwards them, so a cut of the direct path between the two nodes alone is survived.
+    pub witness_relay: bool,
     /// The HTTP address (`None`: off).
     pub metrics: Option<SocketAddr>,
     /// Conflict probes before the first announcement.
@@ -318,6 +322,7 @@ impl VipConfig {
             port,
             address: f.address,
             witness: f.witness,
+            witness_relay: f.witness_relay.unwrap_or(true),
             metrics,
             probe: f.probe.unwrap_or(true),
             probe_wait,
@@ -537,6 +542,7 @@ pub async fn run(cfg: VipConfig) -> Result<(), VipError> {
     election.set_addresses(cfg.vips.iter().map(|v| (v.addr(), Eligible::All)).collect());
     let mut settings = Settings::new(&cfg.interface, cfg.peers.clone());
     settings.witness = cfg.witness;
+    settings.relay_from = cfg.witness_relay.then_some(SocketAddr::new(own, cfg.port));
     settings.hold = cfg.hold.clone();
     settings.probe_wait = cfg.probe_wait;
     let metrics = Arc::new(Metrics::new());

@@ -107,6 +107,7 @@ impl World {
         let mut s = Settings::new("eth0", peers);
         if self.witness {
             s.witness = Some(gateway());
+            s.relay_from = Some(SocketAddr::new(node.ip, PORT));
         }
         s.probe_wait = Duration::from_millis(100);
         let ep = self.net.endpoint(SocketAddr::new(node.ip, PORT));
@@ -491,6 +492,61 @@ async fn two_nodes_with_a_witness_fail_over_and_without_it_do_not() {
     assert!(w.answering().is_empty(), "no majority, no takeover");
     let st = w.nodes[s].ann.as_ref().unwrap().status().await.unwrap();
     assert!(!st.status.quorum);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_witness_every_heartbeat_also_goes_through_it() {
+    let (w, _) = settled(2, true).await;
+    for n in &w.nodes {
+        n.kernel.take_calls();
+    }
+    w.run(Duration::from_secs(1)).await;
+    let hb = Timing::default().heartbeat;
+    for (i, n) in w.nodes.iter().enumerate() {
+        let peer = SocketAddr::new(w.nodes[1 - i].ip, PORT);
+        let relayed: Vec<Call> = n
+            .kernel
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::SendUdpVia { .. }))
+            .collect();
+        // One copy per heartbeat (and per answer to one), to the witness's MAC, for the peer.
+        assert!(
+            relayed.len() as u32 >= 1000 / hb.as_millis() as u32 - 1,
+            "{}: {} relayed in 1 s",
+            n.name,
+            relayed.len()
+        );
+        for c in relayed {
+            let Call::SendUdpVia {
+                dev,
+                via,
+                from,
+                to,
+                len,
+            } = c
+            else {
+                unreachable!()
+            };
+            assert_eq!(
+                (dev.as_str(), via, from, to),
+                (
+                    "eth0",
+                    Mac([2, 0, 0, 0, 0, 1]),
+                    SocketAddr::new(n.ip, PORT),
+                    peer
+                )
+            );
+            assert!(len > 0);
+        }
+    }
+    // Without a witness nothing is relayed.
+    let (w, _) = settled(3, false).await;
+    assert!(w.nodes.iter().all(|n| !n
+        .kernel
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::SendUdpVia { .. }))));
 }
 
 #[tokio::test(start_paused = true)]

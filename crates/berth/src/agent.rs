@@ -51,6 +51,11 @@ pub struct AgentArgs {
     /// (the gateway, say): the survivor of a failure then takes over; without it, neither does.
     #[arg(long)]
     pub l2_witness: Option<std::net::IpAddr>,
+    /// Send every heartbeat a second time through the witness (a frame to its MAC, which a
+    /// router forwards to the peer), so a cut of only the direct path between the two nodes
+    /// is not taken for a dead peer by both. `false` where the witness does not route.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub l2_witness_relay: bool,
     /// Serve Prometheus metrics, `/healthz`, `/readyz` and `/status` here (e.g. 0.0.0.0:9473).
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
@@ -244,6 +249,7 @@ async fn start_l2(args: &AgentArgs, node: &str, shared: &SharedNodes) -> Option<
         port: args.l2_port,
         timing,
         witness: args.l2_witness,
+        witness_relay: args.l2_witness_relay,
     };
     let task = tokio::spawn(l2::run(
         cfg,

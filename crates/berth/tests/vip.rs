@@ -344,6 +344,54 @@ fn two_nodes_with_a_witness_fail_over_and_a_node_cut_from_both_never_answers() {
     );
 }
 
+/// `berth_announce_<name>` from node `i`'s metrics.
+fn counter(lab: &VipLab, i: usize, name: &str) -> f64 {
+    let m = lab.nodes[i]
+        .exec("curl", ["-s", "http://127.0.0.1:9475/metrics"])
+        .unwrap();
+    let key = format!("berth_announce_{name}_total ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in\n{m}"))
+}
+
+#[test]
+fn two_nodes_cut_from_each_other_only_keep_one_announcer_through_the_witness() {
+    let (lab, p, a) = lab(2, true, false);
+    let s = 1 - a;
+    let mut arp = ArpWatch::start(&lab.client, "eth0", vip(), Duration::from_millis(10)).unwrap();
+    let old_mac = lab.mac(a).unwrap();
+    arp.wait_answer(&old_mac, Duration::from_secs(5)).unwrap();
+    let relayed = counter(&lab, s, "heartbeats_relayed");
+    // Both still reach the gateway (the witness); only the path between the two nodes is cut.
+    // Each hears the witness and, through it, its peer: no takeover, one MAC, no outage.
+    let t0 = epoch();
+    lab.isolate(a, false).unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    arp.stop();
+    let end = epoch();
+    let answers = arp.answers();
+    let during = answers.iter().filter(|x| x.at >= t0).count();
+    assert!(
+        during >= 100,
+        "the ARP watch saw {during} answers after the cut"
+    );
+    assert_eq!(
+        arp.macs_between(t0, end),
+        [old_mac].into(),
+        "only the announcer answers\n{}",
+        dump(&lab)
+    );
+    let o = p.outage_after(t0).map(|o| o.duration()).unwrap_or_default();
+    assert!(o < Duration::from_millis(100), "outage {o:?}");
+    assert!(
+        counter(&lab, s, "heartbeats_relayed") > relayed + 10.0,
+        "the survivor's heartbeats went through the witness"
+    );
+    lab.fabric.uncut().unwrap();
+}
+
 #[test]
 fn an_ipv6_vip_fails_over_too() {
     setup();

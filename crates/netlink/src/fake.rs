@@ -144,6 +144,13 @@ pub enum Call {
         dev: String,
         ip: IpAddr,
     },
+    SendUdpVia {
+        dev: String,
+        via: Mac,
+        from: std::net::SocketAddr,
+        to: std::net::SocketAddr,
+        len: usize,
+    },
     Probe {
         dev: String,
         ip: IpAddr,
@@ -196,6 +203,7 @@ impl Call {
             Call::Watch => "watch",
             Call::SendGarp { .. } => "send_garp",
             Call::SendUnsolicitedNa { .. } => "send_unsolicited_na",
+            Call::SendUdpVia { .. } => "send_udp_via",
             Call::Probe { .. } => "probe",
             Call::Answer { .. } => "answer",
             Call::Answered { .. } => "answered",
@@ -991,6 +999,33 @@ impl ArpNdp for FakeKernel {
         }
         mac_of(&g, "sending unsolicited NA", &subject, dev)?;
         gate_check(&g, "sending unsolicited NA", &subject, ip)
+    }
+
+    async fn send_udp_via(
+        &self,
+        dev: &str,
+        via: Mac,
+        from: std::net::SocketAddr,
+        to: std::net::SocketAddr,
+        payload: &[u8],
+    ) -> Result<()> {
+        let g = self.begin(Call::SendUdpVia {
+            dev: dev.into(),
+            via,
+            from,
+            to,
+            len: payload.len(),
+        })?;
+        let op = "sending UDP through a router";
+        let subject = format!("{from} to {to} via {via} on {dev}");
+        if from.is_ipv4() != to.is_ipv4() {
+            return Err(fake_err(
+                op,
+                subject,
+                ErrorKind::Invalid("the addresses' families differ".into()),
+            ));
+        }
+        mac_of(&g, op, &subject, dev).map(|_| ())
     }
 
     async fn probe(&self, dev: &str, ip: IpAddr, wait: Duration) -> Result<Option<Mac>> {

@@ -85,10 +85,10 @@ impl Kernel {
         index: u32,
         ethertype: u16,
         frame: &[u8],
-        ip: IpAddr,
+        gated: Option<IpAddr>,
     ) -> Result<()> {
         let gate = self.inner.gate.clone();
-        let allowed = move || gate.allows(ip);
+        let allowed = move || gated.is_none_or(|ip| gate.allows(ip));
         let gated = || self.error(op, subject, ErrorKind::Gated);
         let key = (index, ethertype);
         let cached = self
@@ -161,8 +161,16 @@ impl ArpNdp for Kernel {
         };
         let (index, mac) = self.dev_mac(OP, &subject, dev).await?;
         let frame = packet::garp(mac, v4, form).encode();
-        self.send_frame(OP, &subject, dev, index, packet::ETH_P_ARP, &frame, ip)
-            .await
+        self.send_frame(
+            OP,
+            &subject,
+            dev,
+            index,
+            packet::ETH_P_ARP,
+            &frame,
+            Some(ip),
+        )
+        .await
     }
 
     async fn send_unsolicited_na(&self, dev: &str, ip: IpAddr) -> Result<()> {
@@ -173,7 +181,45 @@ impl ArpNdp for Kernel {
         };
         let (index, mac) = self.dev_mac(OP, &subject, dev).await?;
         let frame = packet::unsolicited_na(mac, v6).encode();
-        self.send_frame(OP, &subject, dev, index, packet::ETH_P_IPV6, &frame, ip)
+        self.send_frame(
+            OP,
+            &subject,
+            dev,
+            index,
+            packet::ETH_P_IPV6,
+            &frame,
+            Some(ip),
+        )
+        .await
+    }
+
+    async fn send_udp_via(
+        &self,
+        dev: &str,
+        via: Mac,
+        from: std::net::SocketAddr,
+        to: std::net::SocketAddr,
+        payload: &[u8],
+    ) -> Result<()> {
+        const OP: &str = "sending UDP through a router";
+        let subject = format!("{from} to {to} via {via} on {dev}");
+        let (index, mac) = self.dev_mac(OP, &subject, dev).await?;
+        // Network control, as the heartbeat socket marks its own datagrams.
+        let frame = packet::udp_via(mac, via, from, to, 0xc0, payload).ok_or_else(|| {
+            self.error(
+                OP,
+                &subject,
+                ErrorKind::Invalid(
+                    "the addresses' families differ, or the datagram is too long".into(),
+                ),
+            )
+        })?;
+        let ethertype = if to.is_ipv4() {
+            packet::ETH_P_IP
+        } else {
+            packet::ETH_P_IPV6
+        };
+        self.send_frame(OP, &subject, dev, index, ethertype, &frame, None)
             .await
     }
 

@@ -7,7 +7,7 @@
 //! checksum, option lengths), so forged or truncated frames are dropped, never trusted.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::types::{GarpForm, Mac};
 
@@ -15,6 +15,11 @@ use crate::types::{GarpForm, Mac};
 pub const ETH_P_ARP: u16 = 0x0806;
 /// EtherType of IPv6.
 pub const ETH_P_IPV6: u16 = 0x86dd;
+/// EtherType of IPv4.
+pub const ETH_P_IP: u16 = 0x0800;
+const IPV4_HDR: usize = 20;
+const UDP_HDR: usize = 8;
+const UDP: u8 = 17;
 /// Shortest Ethernet frame without FCS; shorter frames are padded.
 const MIN_FRAME: usize = 60;
 const ETH_HDR: usize = 14;
@@ -468,6 +473,101 @@ pub fn ndp_answer(pkt: &NdpPacket, ips: &BTreeSet<IpAddr>, own: Mac) -> Option<N
     na_reply(own, pkt)
 }
 
+/// An Ethernet frame carrying one UDP datagram from `from` to `to`, sent to the link-layer
+/// address `via` (a router, which forwards it to `to`), with traffic class / TOS `tos` and
+/// a hop limit of 64. `None` when the addresses' families differ or the datagram is too long.
+///
+/// Why: a heartbeat that also travels through the two-node witness (the LAN's router) still
+/// arrives when the direct path between the two nodes alone is cut; the kernel's routing
+/// would always send it straight to the on-link peer.
+pub fn udp_via(
+    src: Mac,
+    via: Mac,
+    from: SocketAddr,
+    to: SocketAddr,
+    tos: u8,
+    payload: &[u8],
+) -> Option<Vec<u8>> {
+    let udp_len = u16::try_from(UDP_HDR + payload.len()).ok()?;
+    let mut udp = Vec::with_capacity(usize::from(udp_len));
+    udp.extend_from_slice(&from.port().to_be_bytes());
+    udp.extend_from_slice(&to.port().to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut f = Vec::with_capacity(ETH_HDR + IPV6_HDR + udp.len());
+    f.extend_from_slice(&via.0);
+    f.extend_from_slice(&src.0);
+    match (from.ip(), to.ip()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let total = u16::try_from(IPV4_HDR + udp.len()).ok()?;
+            let sum = inet_checksum(&[
+                &a.octets(),
+                &b.octets(),
+                &[0, UDP],
+                &udp_len.to_be_bytes(),
+                &udp,
+            ]);
+            // 0 means "no checksum" in IPv4 UDP; a computed 0 is sent as its complement.
+            let sum = if sum == 0 { 0xffff } else { sum };
+            udp[6..8].copy_from_slice(&sum.to_be_bytes());
+            f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+            let mut ip = [0u8; IPV4_HDR];
+            ip[0] = 0x45;
+            ip[1] = tos;
+            ip[2..4].copy_from_slice(&total.to_be_bytes());
+            ip[6] = 0x40; // don't fragment
+            ip[8] = 64;
+            ip[9] = UDP;
+            ip[12..16].copy_from_slice(&a.octets());
+            ip[16..20].copy_from_slice(&b.octets());
+            let hs = inet_checksum(&[&ip]);
+            ip[10..12].copy_from_slice(&hs.to_be_bytes());
+            f.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let sum = inet_checksum(&[
+                &a.octets(),
+                &b.octets(),
+                &u32::from(udp_len).to_be_bytes(),
+                &[0, 0, 0, UDP],
+                &udp,
+            ]);
+            let sum = if sum == 0 { 0xffff } else { sum };
+            udp[6..8].copy_from_slice(&sum.to_be_bytes());
+            f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+            f.push(0x60 | (tos >> 4));
+            f.extend_from_slice(&[tos << 4, 0, 0]);
+            f.extend_from_slice(&udp_len.to_be_bytes());
+            f.extend_from_slice(&[UDP, 64]);
+            f.extend_from_slice(&a.octets());
+            f.extend_from_slice(&b.octets());
+        }
+        _ => return None,
+    }
+    f.extend_from_slice(&udp);
+    Some(f)
+}
+
+/// The Internet checksum (RFC 1071) over `parts` laid end to end; every part but the last
+/// has an even length.
+fn inet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for p in parts {
+        let mut chunks = p.chunks_exact(2);
+        for c in &mut chunks {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            sum += u32::from(*last) << 8;
+        }
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// The ICMPv6 checksum of `msg` (with its checksum field as it is) under the pseudo-header.
 /// Over a message whose checksum field is filled in, the result is 0 when it is correct.
 pub fn icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, msg: &[u8]) -> u16 {
@@ -689,6 +789,46 @@ mod tests {
         let mut p = dad_ns(A, ip);
         p.dst = ALL_NODES;
         assert!(NdpPacket::decode(&p.encode()).is_none());
+    }
+
+    #[test]
+    fn udp_via_frames_are_valid_ipv4_and_ipv6() {
+        let (src, via) = (Mac([2, 0, 0, 0, 0, 1]), Mac([2, 0, 0, 0, 0, 0xfe]));
+        let from: SocketAddr = "198.18.0.11:7946".parse().unwrap();
+        let to: SocketAddr = "198.18.0.12:7946".parse().unwrap();
+        let f = udp_via(src, via, from, to, 0xc0, b"hello").unwrap();
+        assert_eq!(&f[0..6], &via.0);
+        assert_eq!(&f[6..12], &src.0);
+        assert_eq!(be16(&f, 12), Some(ETH_P_IP));
+        let ip = &f[ETH_HDR..ETH_HDR + IPV4_HDR];
+        assert_eq!((ip[0], ip[1], ip[8], ip[9]), (0x45, 0xc0, 64, UDP));
+        assert_eq!(
+            usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+            f.len() - ETH_HDR
+        );
+        assert_eq!(inet_checksum(&[ip]), 0, "IPv4 header checksum");
+        let udp = &f[ETH_HDR + IPV4_HDR..];
+        assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), 7946);
+        assert_eq!(&udp[8..], b"hello");
+        let pseudo = inet_checksum(&[&ip[12..16], &ip[16..20], &[0, UDP], &udp[4..6], udp]);
+        assert_eq!(pseudo, 0, "UDP checksum");
+
+        let from: SocketAddr = "[2001:db8::11]:7946".parse().unwrap();
+        let to: SocketAddr = "[2001:db8::12]:7000".parse().unwrap();
+        let f = udp_via(src, via, from, to, 0xc0, b"odd").unwrap();
+        assert_eq!(be16(&f, 12), Some(ETH_P_IPV6));
+        let ip = &f[ETH_HDR..ETH_HDR + IPV6_HDR];
+        assert_eq!((ip[0], ip[1] & 0xf0, ip[6], ip[7]), (0x6c, 0, UDP, 64));
+        let udp = &f[ETH_HDR + IPV6_HDR..];
+        assert_eq!(usize::from(u16::from_be_bytes([ip[4], ip[5]])), udp.len());
+        let len = (udp.len() as u32).to_be_bytes();
+        assert_eq!(
+            inet_checksum(&[&ip[8..24], &ip[24..40], &len, &[0, 0, 0, UDP], udp]),
+            0
+        );
+        assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 7000);
+
+        assert!(udp_via(src, via, "198.18.0.1:1".parse().unwrap(), to, 0, b"").is_none());
     }
 
     #[test]

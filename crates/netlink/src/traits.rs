@@ -178,6 +178,19 @@ pub trait ArpNdp: Send + Sync {
     /// The addresses currently answered for on `dev`.
     async fn answered(&self, dev: &str) -> Result<BTreeSet<IpAddr>>;
 
+    /// Sends one UDP datagram from `from` to `to` on `dev` as a frame to the link-layer address
+    /// `via` (a router on the LAN, which forwards it to `to`). Never gated: it announces no
+    /// address. Why: heartbeats through the two-node witness, so a cut of only the direct path
+    /// between two nodes does not look like a dead peer to both.
+    async fn send_udp_via(
+        &self,
+        dev: &str,
+        via: Mac,
+        from: std::net::SocketAddr,
+        to: std::net::SocketAddr,
+        payload: &[u8],
+    ) -> Result<()>;
+
     /// Announces `ip` from `dev`: for IPv4 a gratuitous ARP request and reply, for IPv6 an
     /// unsolicited NA. Why: what a takeover sends, one call for either family.
     async fn announce(&self, dev: &str, ip: IpAddr) -> Result<()> {

@@ -624,7 +624,7 @@ pub enum Announcer {
 }
 
 /// A LAN for L2 failover: `n` nodes (198.18.0.11…) on a bridge, a client (198.18.0.100), an
-/// optional gateway (198.18.0.1, the witness), a UDP echo on every node answering with its
+/// optional gateway (198.18.0.1, the witness, forwarding as a router does), a UDP echo on every node answering with its
 /// name, and the VIP 198.18.0.200 (and 2001:db8::200) announced by Berth or keepalived.
 ///
 /// Why: the tests and `cargo xtask bench l2` run the very same world, side by side.
@@ -676,6 +676,10 @@ impl VipLab {
             fabric.node_with_port("client", &["198.18.0.100/24", "2001:db8::100/64"])?;
         let (gateway, gateway_port) = if gateway {
             let (g, p) = fabric.node_with_port("gw", &["198.18.0.1/24", "2001:db8::1/64"])?;
+            // A gateway routes: it forwards what is sent to it for another host of the LAN
+            // (the announcers' heartbeats relayed through the witness).
+            g.sysctl("net.ipv4.ip_forward", "1")?;
+            g.sysctl("net.ipv6.conf.all.forwarding", "1")?;
             (Some(g), Some(p))
         } else {
             (None, None)
@@ -731,7 +735,11 @@ impl VipLab {
             "node = \"n{}\"\ninterface = \"eth0\"\nmetrics = \"127.0.0.1:{LAB_METRICS_PORT}\"\n{extra}\n",
             i + 1
         );
-        if self.gateway.is_some() && !extra.contains("witness") {
+        if self.gateway.is_some()
+            && !extra
+                .lines()
+                .any(|l| l.trim_start().starts_with("witness ="))
+        {
             s.push_str("witness = \"198.18.0.1\"\n");
         }
         for j in 0..self.nodes.len() {

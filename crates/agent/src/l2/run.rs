@@ -35,6 +35,8 @@ pub struct L2Config {
     pub timing: Timing,
     /// An address on the LAN every member probes (two members only).
     pub witness: Option<IpAddr>,
+    /// Heartbeats also go through the witness, for a router there to forward (two members).
+    pub witness_relay: bool,
 }
 
 /// The watched inputs.
@@ -485,6 +487,7 @@ async fn start(
     let mut settings = Settings::new(&dev, peers.clone());
     settings.hold = Hold::Nowhere;
     settings.witness = if peers.len() == 1 { cfg.witness } else { None };
+    settings.relay_from = cfg.witness_relay.then_some(SocketAddr::new(own, cfg.port));
     let ann = Announcer::start(
         kernel,
         transport,
