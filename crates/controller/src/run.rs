@@ -475,9 +475,7 @@ pub async fn update_pool_status(client: &Client, ledger: &dyn Ledger) -> Result<
     });
     let problems =
         berth_core::service::pool_problems(&pools.iter().map(|p| &p.value).collect::<Vec<_>>());
-    let now = k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
+    let now = berth_k8s::condition_now();
     let all_bindings: Vec<&Binding> = bindings.iter().map(|b| &b.value).collect();
     let mut updated = 0;
     for p in &pools {

@@ -50,10 +50,32 @@ pub async fn config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config
     }
 }
 
+/// Now, as Kubernetes writes a condition's `lastTransitionTime`: RFC 3339 in UTC, whole seconds.
+///
+/// Why: the controller's Pool conditions and the agent's Service conditions must read alike.
+pub fn condition_now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 /// A client from a configuration, and the server URL for messages.
 pub fn client_from(config: kube::Config) -> Result<(kube::Client, String), LedgerError> {
     let server = config.cluster_url.to_string();
     let client = kube::Client::try_from(config)
         .map_err(|e| LedgerError::Config(format!("Kubernetes client for {server}: {e}")))?;
     Ok((client, server))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn condition_time_is_rfc3339_utc_in_whole_seconds() {
+        let t = super::condition_now();
+        assert_eq!(t.len(), "2026-12-03T13:20:00Z".len(), "{t}");
+        assert!(t.ends_with('Z') && !t.contains('.'), "{t}");
+        let parsed: k8s_openapi::jiff::Timestamp = t.parse().unwrap();
+        let drift = k8s_openapi::jiff::Timestamp::now().as_second() - parsed.as_second();
+        assert!((0..=2).contains(&drift), "{t}");
+    }
 }

@@ -134,10 +134,7 @@ impl KubeNotices {
 }
 
 fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
+    berth_k8s::condition_now()
 }
 
 /// The entries of an `Announced` message (`ADDR from NODE since TIME; …`), by address.
