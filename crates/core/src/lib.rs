@@ -7,6 +7,7 @@
 pub mod addr;
 pub mod announce;
 pub mod audit;
+pub mod bgp;
 pub mod binding;
 pub mod block;
 pub mod claim;

@@ -90,6 +90,96 @@ impl Condition {
     }
 }
 
+/// A router the nodes peer with (`kubectl get bgppeers`): Berth's BGPPeer, shaped after
+/// MetalLB's and Calico's. Users write it; the agents of the nodes it selects report their
+/// sessions in its status.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "BGPPeer",
+    plural = "bgppeers",
+    shortname = "bpeer",
+    status = "BgpPeerStatus",
+    printcolumn = r#"{"name":"Peer","type":"string","jsonPath":".spec.peerAddress"}"#,
+    printcolumn = r#"{"name":"Peer ASN","type":"integer","jsonPath":".spec.peerASN"}"#,
+    printcolumn = r#"{"name":"My ASN","type":"integer","jsonPath":".spec.myASN"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct BgpPeerRecord {
+    /// The peer.
+    #[serde(flatten)]
+    pub peer: berth_core::bgp::PeerSpec,
+}
+
+/// What Berth reports about a BGPPeer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct BgpPeerStatus {
+    /// `Accepted` (the spec is valid and its Secret readable; when False, no node opens the
+    /// session, and the message names the field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// One entry per node peering with this router, each written by that node's agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub sessions: Vec<BgpSessionStatus>,
+}
+
+/// One node's session with the peer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpSessionStatus {
+    /// The node.
+    pub node: String,
+    /// The session's state (`Established`, `Active`, `Connect`, `OpenSent`, `Idle`, …).
+    pub state: String,
+    /// Since when it is in that state (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Prefixes this node advertises on the session.
+    #[serde(default)]
+    pub prefixes_sent: u64,
+    /// Prefixes the router sent (Berth accepts none into the kernel; counted for operators).
+    #[serde(default)]
+    pub prefixes_received: u64,
+    /// Why the session is not established, when it is not (a missing Secret, the router's
+    /// NOTIFICATION, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Cluster-wide BGP settings (`kubectl get bgpconfigurations`); the one named `default` is
+/// read. Why a resource and not agent flags: every agent must advertise the same ClusterIP
+/// ranges and pod blocks, and a change must reach them without a rollout.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "BGPConfiguration",
+    plural = "bgpconfigurations",
+    shortname = "bbgp",
+    status = "BgpConfigurationStatus",
+    printcolumn = r#"{"name":"My ASN","type":"integer","jsonPath":".spec.myASN"}"#,
+    printcolumn = r#"{"name":"Pod blocks","type":"boolean","jsonPath":".spec.advertisePodBlocks"}"#,
+    printcolumn = r#"{"name":"ClusterIPs","type":"string","jsonPath":".spec.serviceClusterIPRanges"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct BgpConfigurationRecord {
+    /// The settings.
+    #[serde(flatten)]
+    pub config: berth_core::bgp::BgpConfigSpec,
+}
+
+/// What Berth reports about the BGP configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct BgpConfigurationStatus {
+    /// `Accepted` (valid; when False, the message names the field and the agents keep the
+    /// last accepted settings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
 /// A node's block of a pod pool (`kubectl get blocks.berth.dev`).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
 #[kube(
@@ -169,6 +259,8 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
         Block::crd(),
         Claim::crd(),
         AddressBinding::crd(),
+        BGPPeer::crd(),
+        BGPConfiguration::crd(),
     ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);
@@ -192,6 +284,8 @@ pub async fn install(
         Block::crd(),
         Claim::crd(),
         AddressBinding::crd(),
+        BGPPeer::crd(),
+        BGPConfiguration::crd(),
     ];
     for crd in &crds {
         let name = crd.metadata.name.clone().unwrap_or_default();
@@ -225,4 +319,28 @@ pub async fn install(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bgp_objects_as_users_write_them_decode() {
+        let obj = serde_json::json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "BGPPeer",
+            "metadata": {"name": "router-a"},
+            "spec": {"peerAddress": "198.18.1.1", "peerASN": 64512},
+            "status": {"sessions": [{"node": "n1", "state": "Established", "prefixesSent": 3}]}
+        });
+        let p: BGPPeer = serde_json::from_value(obj.clone()).unwrap();
+        assert_eq!(p.spec.peer.peer_asn, 64512);
+        assert_eq!(p.status.unwrap().sessions[0].prefixes_received, 0);
+        let c: BGPConfiguration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "BGPConfiguration",
+            "metadata": {"name": "default"}, "spec": {"myASN": 64513}
+        }))
+        .unwrap();
+        assert_eq!(c.spec.config.my_asn, Some(64513));
+    }
 }

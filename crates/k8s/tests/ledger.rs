@@ -248,6 +248,15 @@ fn the_api_server_refuses_what_berth_cannot_decode() {
                      "ranges": [{"start": "198.18.0.10", "end": "198.18.0.250"}],
                      "excludes": ["198.18.0.64/30"], "routes": [{"dst": "0.0.0.0/0"}]}]
     });
+    let peer = json!({
+        "peerAddress": "198.18.1.1", "peerASN": 64512, "myASN": 64513,
+        "sourceAddress": "198.18.0.11", "passwordSecretRef": {"name": "router"},
+        "bfd": {"minRxMillis": 50, "minTxMillis": 50, "multiplier": 3},
+        "gracefulRestart": {"restartTimeSeconds": 120}, "families": ["ipv4"],
+        "nodeSelector": {"matchLabels": {"rack": "a"}}
+    });
+    let bgp = json!({"myASN": 64513, "advertisePodBlocks": true,
+                     "serviceClusterIPRanges": ["10.96.0.0/12"]});
     // (plural, kind, a good spec, [(what, a change that makes it bad)]): `null` removes a field.
     type Cases = Vec<(&'static str, Value)>;
     let table: Vec<(&str, &str, Value, Cases)> = vec![
@@ -351,6 +360,42 @@ fn the_api_server_refuses_what_berth_cannot_decode() {
                 ),
             ],
         ),
+        (
+            "bgppeers",
+            "BGPPeer",
+            peer.clone(),
+            vec![
+                (
+                    "peerAddress not an address",
+                    json!({"peerAddress": "router-a"}),
+                ),
+                ("peerAddress missing", json!({"peerAddress": null})),
+                ("peerASN missing", json!({"peerASN": null})),
+                ("peerASN negative", json!({"peerASN": -1})),
+                ("peerASN a string", json!({"peerASN": "64512"})),
+                (
+                    "sourceAddress not an address",
+                    json!({"sourceAddress": "eth0"}),
+                ),
+                ("unknown family", json!({"families": ["ipv5"]})),
+                (
+                    "secret without name",
+                    json!({"passwordSecretRef": {"key": "k"}}),
+                ),
+            ],
+        ),
+        (
+            "bgpconfigurations",
+            "BGPConfiguration",
+            bgp.clone(),
+            vec![
+                (
+                    "range not a CIDR",
+                    json!({"serviceClusterIPRanges": ["10.96.0.0"]}),
+                ),
+                ("myASN a string", json!({"myASN": "x"})),
+            ],
+        ),
     ];
     let decodes = |kind: &str, spec: &Value| -> bool {
         let mut s = spec.clone();
@@ -359,6 +404,10 @@ fn the_api_server_refuses_what_berth_cannot_decode() {
             "AddressBinding" => serde_json::from_value::<berth_core::Binding>(s).is_ok(),
             "Block" => serde_json::from_value::<berth_core::Block>(s).is_ok(),
             "Claim" => serde_json::from_value::<berth_core::Claim>(s).is_ok(),
+            "BGPPeer" => serde_json::from_value::<berth_core::bgp::PeerSpec>(s).is_ok(),
+            "BGPConfiguration" => {
+                serde_json::from_value::<berth_core::bgp::BgpConfigSpec>(s).is_ok()
+            }
             _ => serde_json::from_value::<berth_core::PoolSpec>(s).is_ok(),
         }
     };
