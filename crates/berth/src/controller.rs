@@ -40,6 +40,10 @@ pub struct ControllerArgs {
     /// implementation does.
     #[arg(long)]
     pub no_services: bool,
+    /// Do not check BGPPeers and BGPConfigurations (their `Accepted` condition): for clusters
+    /// without Berth's BGP CRDs.
+    #[arg(long)]
+    pub no_bgp: bool,
     /// How often the Service controller re-reads the ledger and passes over every Service (the
     /// backstop for records changed by hand; changes are acted on at once through watches).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -94,6 +98,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             ..Default::default()
         }),
+        bgp: !args.no_bgp,
         metrics,
     };
     berth_controller::run_until(client, ledger, cfg, async move {

@@ -5,6 +5,7 @@
 //! release is a compare-and-swap on the version read, and anything uncertain is kept: a lookup that
 //! failed, a record newer than the pod list, a pod that a fresh GET still finds.
 
+pub mod bgp;
 pub mod book;
 pub mod decide;
 pub mod lease;

@@ -29,6 +29,8 @@ pub struct ControllerConfig {
     pub pool_status: bool,
     /// Run the Service controller (LoadBalancer addresses, externalIPs) while leading.
     pub services: Option<crate::services::ServiceConfig>,
+    /// Keep the `Accepted` condition of BGPPeers and BGPConfigurations while leading.
+    pub bgp: bool,
     /// Where leadership is published (the Service controller publishes into its own config's).
     pub metrics: Arc<crate::metrics::ControllerMetrics>,
 }
@@ -584,6 +586,8 @@ pub async fn run_until(
     // The Service controller, running while this replica leads; aborted when it stops leading
     // (every write it makes is a compare-and-swap, so one cut short is harmless).
     let mut services: Option<tokio::task::JoinHandle<()>> = None;
+    // The BGP objects' conditions, likewise while leading.
+    let mut bgp: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(stop);
     loop {
         let now = match elector.try_acquire_or_renew().await {
@@ -604,6 +608,18 @@ pub async fn run_until(
         if services.as_ref().is_some_and(|h| h.is_finished()) {
             tracing::warn!("the service controller stopped; starting it again");
             services = None;
+        }
+        if bgp.as_ref().is_some_and(|h| h.is_finished()) {
+            tracing::warn!("the BGP object checker stopped; starting it again");
+            bgp = None;
+        }
+        match (now, &bgp) {
+            (true, None) if cfg.bgp => bgp = Some(tokio::spawn(crate::bgp::run(client.clone()))),
+            (false, Some(h)) => {
+                h.abort();
+                bgp = None;
+            }
+            _ => {}
         }
         match (now, &services, &cfg.services) {
             (true, None, Some(sc)) => {
@@ -644,6 +660,9 @@ pub async fn run_until(
         }
     }
     if let Some(h) = services.take() {
+        h.abort();
+    }
+    if let Some(h) = bgp.take() {
         h.abort();
     }
     match tokio::time::timeout(RELEASE_TIMEOUT, elector.release()).await {
