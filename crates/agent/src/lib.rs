@@ -4,6 +4,7 @@
 //! the other nodes' blocks via their InternalIPs ([`routes`]).
 
 pub mod admin;
+pub mod bgp;
 pub mod l2;
 pub mod pods;
 pub mod routes;
