@@ -203,8 +203,11 @@ fn a_partitioned_announcer_stops_answering_before_the_successor_starts() {
     let mut arp = ArpWatch::start(&lab.client, "eth0", vip(), Duration::from_millis(10)).unwrap();
     let old_mac = lab.mac(a).unwrap();
     arp.wait_answer(&old_mac, Duration::from_secs(5)).unwrap();
-    let t0 = epoch();
+    // `t_cmd` before the cut command (`nft`), `t0` once it returned: the cut took effect in
+    // between, so bounds are measured from `t0` and counts from `t_cmd`.
+    let t_cmd = epoch();
     lab.isolate(a, false).unwrap();
+    let t0 = epoch();
     std::thread::sleep(Duration::from_millis(2500));
     arp.stop();
     let ans = arp.answers();
@@ -215,7 +218,7 @@ fn a_partitioned_announcer_stops_answering_before_the_successor_starts() {
         .fold(0.0, f64::max);
     let first_new = ans
         .iter()
-        .filter(|x| x.mac != old_mac && x.at > t0)
+        .filter(|x| x.mac != old_mac && x.at > t_cmd)
         .map(|x| x.at)
         .fold(f64::MAX, f64::min);
     assert!(first_new < f64::MAX, "nobody took over\n{}", dump(&lab));
@@ -223,7 +226,7 @@ fn a_partitioned_announcer_stops_answering_before_the_successor_starts() {
     // was fenced, and the successor answers them after it took over, not just now and then.
     let old_after_cut = ans
         .iter()
-        .filter(|x| x.mac == old_mac && x.at >= t0)
+        .filter(|x| x.mac == old_mac && x.at >= t_cmd)
         .count();
     let new_answers = ans.iter().filter(|x| x.at >= first_new).count();
     assert!(
@@ -240,9 +243,9 @@ fn a_partitioned_announcer_stops_answering_before_the_successor_starts() {
         "answered {:.3} s after the cut",
         last_old - t0
     );
-    let (most, macs) = arp.max_macs_in_window(t0 - 1.0, Duration::from_millis(5));
+    let (most, macs) = arp.max_macs_in_window(t_cmd - 1.0, Duration::from_millis(5));
     assert!(most <= 1, "two MACs answered one request: {macs:?}");
-    assert_eq!(arp.switches(t0 - 1.0), 1, "one handover");
+    assert_eq!(arp.switches(t_cmd - 1.0), 1, "one handover");
     // The client still reaches the cut-off node (it is a partition, not a dead node).
     lab.client.ping(&format!("198.18.0.{}", 11 + a), 2).unwrap();
     lab.fabric.uncut().unwrap();
