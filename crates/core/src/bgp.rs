@@ -254,19 +254,6 @@ fn check_asn(field: &'static str, asn: u32) -> Result<(), BgpError> {
     ))
 }
 
-/// Whether `s` is a valid DNS-1123 subdomain (an object name).
-fn object_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
 impl PeerSpec {
     /// The router's port.
     pub fn port(&self) -> u16 {
@@ -419,7 +406,7 @@ impl PeerSpec {
             }
         }
         if let Some(r) = &self.password_secret_ref {
-            if !object_name(&r.name) {
+            if !crate::names::is_dns_subdomain(&r.name) {
                 return Err(BgpError::invalid(
                     "passwordSecretRef.name",
                     format!("{:?}", r.name),

@@ -11,6 +11,7 @@ pub mod bgp;
 pub mod binding;
 pub mod block;
 pub mod claim;
+pub mod names;
 pub mod policy;
 pub mod pool;
 #[cfg(feature = "schema")]

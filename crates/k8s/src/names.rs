@@ -35,24 +35,11 @@ pub fn object_name(name: &str) -> String {
 /// it, so the Pool a user writes (`metadata.name: public`) is the pool `public`; every other name
 /// is mapped by [`object_name`] and kept in `spec.key`.
 pub fn object_name_of(kind: Kind, name: &str) -> String {
-    if kind == Kind::Pool && is_dns_subdomain(name) {
+    if kind == Kind::Pool && berth_core::names::is_dns_subdomain(name) {
         name.to_string()
     } else {
         object_name(name)
     }
-}
-
-/// A DNS-1123 subdomain, as object names of cluster-scoped custom resources must be.
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
