@@ -72,6 +72,100 @@ pub struct BgpSettings {
     pub aggregation_length_v6: Option<u8>,
 }
 
+/// Well-known communities by name (RFC 1997, RFC 3765, RFC 7999, RFC 8326).
+const WELL_KNOWN: [(&str, u32); 6] = [
+    ("no-export", 0xFFFF_FF01),
+    ("no-advertise", 0xFFFF_FF02),
+    ("no-export-subconfed", 0xFFFF_FF03),
+    ("no-peer", 0xFFFF_FF04),
+    ("blackhole", 0xFFFF_029A),
+    ("graceful-shutdown", 0xFFFF_0000),
+];
+
+/// A BGP setting of a pool that cannot be used: the field, its value, and what to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpSettingError {
+    /// The field (`bgp.communities`, …).
+    pub field: &'static str,
+    /// The value.
+    pub value: String,
+    /// What to write instead.
+    pub why: &'static str,
+}
+
+impl BgpSettings {
+    /// The standard communities as 32-bit values (`ASN:VALUE` is `ASN << 16 | VALUE`).
+    pub fn community_values(&self) -> Result<Vec<u32>, BgpSettingError> {
+        self.communities
+            .iter()
+            .map(|c| {
+                let named = WELL_KNOWN
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(c.trim()))
+                    .map(|(_, v)| *v);
+                named
+                    .or_else(|| {
+                        let (a, b) = c.split_once(':')?;
+                        let a: u16 = a.trim().parse().ok()?;
+                        let b: u16 = b.trim().parse().ok()?;
+                        Some((u32::from(a) << 16) | u32::from(b))
+                    })
+                    .ok_or_else(|| BgpSettingError {
+                        field: "bgp.communities",
+                        value: format!("{c:?}"),
+                        why: "write ASN:VALUE with both parts 0-65535 (e.g. \"64512:100\") or a well-known name (no-export, no-advertise, no-export-subconfed, no-peer, blackhole, graceful-shutdown)",
+                    })
+            })
+            .collect()
+    }
+
+    /// The large communities as (global, local 1, local 2).
+    pub fn large_community_values(&self) -> Result<Vec<[u32; 3]>, BgpSettingError> {
+        self.large_communities
+            .iter()
+            .map(|c| {
+                let parts: Vec<Option<u32>> = c.split(':').map(|p| p.trim().parse().ok()).collect();
+                match parts.as_slice() {
+                    [Some(a), Some(b), Some(d)] => Ok([*a, *b, *d]),
+                    _ => Err(BgpSettingError {
+                        field: "bgp.largeCommunities",
+                        value: format!("{c:?}"),
+                        why: "write GLOBAL:LOCAL1:LOCAL2, each 0-4294967295 (e.g. \"64512:1:2\")",
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), BgpSettingError> {
+        self.community_values()?;
+        self.large_community_values()?;
+        if let Some(l) = self.aggregation_length.filter(|l| *l > 32) {
+            return Err(BgpSettingError {
+                field: "bgp.aggregationLength",
+                value: l.to_string(),
+                why: "an IPv4 prefix length is 0-32 (32: each address on its own)",
+            });
+        }
+        if let Some(l) = self.aggregation_length_v6.filter(|l| *l > 128) {
+            return Err(BgpSettingError {
+                field: "bgp.aggregationLengthV6",
+                value: l.to_string(),
+                why: "an IPv6 prefix length is 0-128 (128: each address on its own)",
+            });
+        }
+        if self.peers.iter().any(|p| p.is_empty()) {
+            return Err(BgpSettingError {
+                field: "bgp.peers",
+                value: "\"\"".into(),
+                why: "name BGPPeer objects, or leave peers out for every peer of the node",
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Interface-mode settings of a pool (`spec.interface`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

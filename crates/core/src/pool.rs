@@ -457,6 +457,9 @@ impl PoolSpec {
                 ));
             }
         }
+        if let Some(b) = &a.bgp {
+            b.validate().map_err(|e| err(e.field, e.value, e.why))?;
+        }
         Ok(())
     }
 
@@ -521,5 +524,81 @@ mod tests {
         assert!(pool(PoolUse::Pod, Announcement::default())
             .validate()
             .is_ok());
+    }
+
+    #[test]
+    fn bgp_settings_are_checked_with_the_pool() {
+        use crate::announce::BgpSettings;
+        let bgp = |b: BgpSettings| Announcement {
+            announce: AnnounceMode::Bgp,
+            bgp: Some(b),
+            ..Default::default()
+        };
+        let good = BgpSettings {
+            communities: vec!["64512:100".into(), "no-export".into()],
+            large_communities: vec!["64512:1:2".into()],
+            aggregation_length: Some(28),
+            ..Default::default()
+        };
+        assert!(pool(PoolUse::Service, bgp(good.clone())).validate().is_ok());
+        assert_eq!(
+            good.community_values().unwrap(),
+            vec![(64512 << 16) | 100, 0xFFFF_FF01]
+        );
+        assert_eq!(good.large_community_values().unwrap(), vec![[64512, 1, 2]]);
+        for (b, field, value) in [
+            (
+                BgpSettings {
+                    communities: vec!["64512:70000".into()],
+                    ..Default::default()
+                },
+                "bgp.communities",
+                "\"64512:70000\"",
+            ),
+            (
+                BgpSettings {
+                    communities: vec!["no-exprt".into()],
+                    ..Default::default()
+                },
+                "bgp.communities",
+                "\"no-exprt\"",
+            ),
+            (
+                BgpSettings {
+                    large_communities: vec!["1:2".into()],
+                    ..Default::default()
+                },
+                "bgp.largeCommunities",
+                "\"1:2\"",
+            ),
+            (
+                BgpSettings {
+                    aggregation_length: Some(33),
+                    ..Default::default()
+                },
+                "bgp.aggregationLength",
+                "33",
+            ),
+            (
+                BgpSettings {
+                    aggregation_length_v6: Some(129),
+                    ..Default::default()
+                },
+                "bgp.aggregationLengthV6",
+                "129",
+            ),
+            (
+                BgpSettings {
+                    peers: vec![String::new()],
+                    ..Default::default()
+                },
+                "bgp.peers",
+                "\"\"",
+            ),
+        ] {
+            let e = pool(PoolUse::Service, bgp(b)).validate().unwrap_err();
+            let m = e.to_string();
+            assert!(m.contains(&format!("{field} {value}")), "{m}");
+        }
     }
 }
