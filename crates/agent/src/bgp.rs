@@ -80,10 +80,10 @@ pub struct Route {
     pub origin: Origin,
     /// The peers (object names) it goes to.
     pub peers: BTreeSet<String>,
-    /// Standard communities as written (`ASN:VALUE` or a well-known name).
-    pub communities: Vec<String>,
-    /// Large communities as written.
-    pub large_communities: Vec<String>,
+    /// Standard communities (`ASN << 16 | VALUE`).
+    pub communities: Vec<u32>,
+    /// Large communities.
+    pub large_communities: Vec<[u32; 3]>,
     /// LOCAL_PREF for iBGP peers.
     pub local_pref: Option<u32>,
 }
@@ -97,6 +97,9 @@ pub struct Plan {
     pub routes: BTreeMap<IpNet, Route>,
     /// Peers that select this node but that it does not open, with why (for an Event).
     pub refused: BTreeMap<String, String>,
+    /// `announce: bgp` pools whose `bgp` settings cannot be used, with why (the controller
+    /// marks them `Ready=False`; nothing of theirs is advertised).
+    pub bad_pools: BTreeMap<String, String>,
 }
 
 /// The prefix an address is advertised as: the address itself, or the aggregate of the
@@ -117,6 +120,9 @@ fn family(net: &IpNet) -> AddressFamily {
         IpNet::V6(_) => AddressFamily::Ipv6,
     }
 }
+
+/// A pool's standard and large communities, parsed.
+type Communities = (Vec<u32>, Vec<[u32; 3]>);
 
 /// Computes the plan of node `me`.
 pub fn plan(inputs: &Inputs, me: &str) -> Plan {
@@ -198,18 +204,37 @@ pub fn plan(inputs: &Inputs, me: &str) -> Plan {
     };
     let mut routes: BTreeMap<IpNet, Route> = BTreeMap::new();
     // Service addresses of announce: bgp pools this node may announce.
-    let pools: BTreeMap<&str, &PoolSpec> = inputs
+    let mut pools: BTreeMap<&str, (&PoolSpec, Communities)> = BTreeMap::new();
+    for p in inputs
         .pools
         .iter()
         .filter(|p| p.announcement.announce == AnnounceMode::Bgp)
         .filter(|p| p.announcement.node_eligible(&inputs.labels))
-        .map(|p| (p.name.as_str(), p))
-        .collect();
+    {
+        let settings = p.announcement.bgp.clone().unwrap_or_default();
+        let parsed = settings.validate().and_then(|()| {
+            Ok((
+                settings.community_values()?,
+                settings.large_community_values()?,
+            ))
+        });
+        match parsed {
+            Ok(c) => {
+                pools.insert(p.name.as_str(), (p, c));
+            }
+            Err(e) => {
+                out.bad_pools.insert(
+                    p.name.clone(),
+                    format!("{} {}: {}", e.field, e.value, e.why),
+                );
+            }
+        }
+    }
     for b in &inputs.bindings {
         let Holder::Services(h) = &b.holder else {
             continue;
         };
-        let Some(pool) = pools.get(b.pool.as_str()) else {
+        let Some((pool, (communities, large))) = pools.get(b.pool.as_str()) else {
             continue;
         };
         if h.external_ip && !cluster.external_ips() {
@@ -242,8 +267,8 @@ pub fn plan(inputs: &Inputs, me: &str) -> Plan {
                 services: vec![],
             },
             peers: BTreeSet::new(),
-            communities: bgp.map(|b| b.communities.clone()).unwrap_or_default(),
-            large_communities: bgp.map(|b| b.large_communities.clone()).unwrap_or_default(),
+            communities: communities.clone(),
+            large_communities: large.clone(),
             local_pref: bgp.and_then(|b| b.local_pref),
         });
         route.peers.extend(peers);
@@ -274,6 +299,60 @@ pub fn plan(inputs: &Inputs, me: &str) -> Plan {
         plain(*r, Origin::ClusterIps);
     }
     out.routes = routes;
+    out
+}
+
+/// The speaker's configuration of one planned session: the peer's spec, its password read from
+/// its Secret (`None` when it has none), and the peer's name as its group, so that routes can
+/// target it by name.
+pub fn speaker_peer(
+    name: &str,
+    session: &Session,
+    password: Option<String>,
+) -> berth_bgp::PeerConfig {
+    let s = &session.spec;
+    let mut c = berth_bgp::PeerConfig::new(s.peer_address, s.peer_asn);
+    c.port = s.port();
+    c.hold_time = s.hold_time();
+    c.password = password;
+    c.ttl = s.ebgp_multihop;
+    c.local_address = s.source_address;
+    c.groups = vec![name.to_string()];
+    c.bfd = s.bfd.as_ref().map(|b| {
+        let (rx, tx, mult) = b.timers();
+        berth_bgp::BfdConfig {
+            min_rx: std::time::Duration::from_millis(u64::from(rx)),
+            min_tx: std::time::Duration::from_millis(u64::from(tx)),
+            multiplier: mult,
+        }
+    });
+    c
+}
+
+/// The speaker's routes for `plan`: each route once per peer it goes to (by the peer's group,
+/// see [`speaker_peer`]), with its attributes.
+pub fn speaker_routes(
+    plan: &Plan,
+) -> Vec<(berth_bgp::Target, berth_bgp::Prefix, berth_bgp::RouteAttrs)> {
+    let mut out = Vec::new();
+    for (net, r) in &plan.routes {
+        let Some(prefix) = berth_bgp::Prefix::new(net.addr(), net.prefix_len()) else {
+            continue;
+        };
+        let attrs = berth_bgp::RouteAttrs {
+            local_pref: r.local_pref,
+            communities: r.communities.clone(),
+            large_communities: r.large_communities.clone(),
+            ..Default::default()
+        };
+        for peer in &r.peers {
+            out.push((
+                berth_bgp::Target::Group(peer.clone()),
+                prefix,
+                attrs.clone(),
+            ));
+        }
+    }
     out
 }
 
@@ -446,7 +525,7 @@ mod tests {
         let p = plan(&i, "n1");
         let r = &p.routes[&net("198.18.100.0/28")];
         assert_eq!(r.peers, ["edge".to_string()].into());
-        assert_eq!(r.communities, ["64512:100"]);
+        assert_eq!(r.communities, [(64512 << 16) | 100]);
         assert_eq!(r.local_pref, Some(200));
         // By name instead.
         i.pools = vec![pool("lb", json!({"bgp": {"peers": ["tor-a"]}}))];
@@ -507,6 +586,60 @@ mod tests {
         i.peers.retain(|p| p.name != "v6");
         let p = plan(&i, "n1");
         assert!(p.sessions.is_empty() && p.routes.is_empty());
+    }
+
+    #[test]
+    fn a_pool_with_unusable_bgp_settings_advertises_nothing_and_says_why() {
+        let mut i = inputs();
+        i.pools = vec![pool("lb", json!({"bgp": {"communities": ["64512:70000"]}}))];
+        let p = plan(&i, "n1");
+        assert!(p.routes.is_empty());
+        assert!(
+            p.bad_pools["lb"].contains("bgp.communities \"64512:70000\""),
+            "{:?}",
+            p.bad_pools
+        );
+    }
+
+    #[test]
+    fn the_speaker_gets_each_session_and_route_by_peer_name() {
+        let mut i = inputs();
+        i.peers[0] = peer(
+            "tor-a",
+            json!({"peerAddress": "198.18.1.1", "peerASN": 64512, "peerPort": 1179,
+                   "holdTimeSeconds": 9, "ebgpMultihop": 3, "sourceAddress": "198.18.0.11",
+                   "bfd": {"minRxMillis": 50}}),
+        );
+        i.pools = vec![pool(
+            "lb",
+            json!({"bgp": {"communities": ["no-export"], "largeCommunities": ["1:2:3"]}}),
+        )];
+        let p = plan(&i, "n1");
+        let c = speaker_peer("tor-a", &p.sessions["tor-a"], Some("s3cret".into()));
+        assert_eq!(c.address, "198.18.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (c.port, c.remote_as, c.hold_time, c.ttl),
+            (1179, 64512, 9, Some(3))
+        );
+        assert_eq!(c.local_address, Some("198.18.0.11".parse().unwrap()));
+        assert_eq!(c.password.as_deref(), Some("s3cret"));
+        assert_eq!(c.groups, ["tor-a"]);
+        let bfd = c.bfd.unwrap();
+        assert_eq!(
+            (
+                bfd.min_rx.as_millis(),
+                bfd.min_tx.as_millis(),
+                bfd.multiplier
+            ),
+            (50, 300, 3)
+        );
+        let routes = speaker_routes(&p);
+        assert_eq!(routes.len(), 1);
+        let (target, prefix, attrs) = &routes[0];
+        assert_eq!(*target, berth_bgp::Target::Group("tor-a".into()));
+        assert_eq!(prefix.to_string(), "198.18.100.5/32");
+        assert_eq!(attrs.communities, [0xFFFF_FF01]);
+        assert_eq!(attrs.large_communities, [[1, 2, 3]]);
     }
 
     proptest! {
