@@ -242,12 +242,7 @@ pub fn plan(inputs: &Inputs, me: &str) -> Plan {
         }
         // externalTrafficPolicy: Local: only with a ready endpoint here of every Local
         // Service holding it, so the router's ECMP set follows the endpoints.
-        let local_ok = h.services.iter().all(|s| {
-            let key = (s.namespace.clone(), s.name.clone());
-            !inputs.services.get(&key).is_some_and(|f| f.local)
-                || inputs.endpoints.get(&key).is_some_and(|n| n.contains(me))
-        });
-        if !local_ok {
+        if !berth_k8s::announce::local_endpoints_here(h, &inputs.services, &inputs.endpoints, me) {
             continue;
         }
         let bgp = pool.announcement.bgp.as_ref();

@@ -54,9 +54,7 @@ impl KubePods {
             wait,
         }
     }
-}
 
-impl KubePods {
     /// The pod from the API server when the watch has not shown it (or not this UID) within
     /// the wait: the watch is behind, which must not fail the pod.
     async fn read_behind_watch(

@@ -398,11 +398,8 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
     /// The heartbeat's second copy, through the witness (see [`Settings::relay_from`]). The
     /// peer takes whichever copy arrives first; the other is a duplicate by its sequence.
     async fn relay(&self, peer: &str, to: SocketAddr, bytes: &[u8]) {
-        let (Some(_), Some(from), Some(via)) = (
-            self.settings.witness,
-            self.settings.relay_from,
-            self.witness_mac,
-        ) else {
+        // A witness MAC is only ever learnt when there is a witness.
+        let (Some(from), Some(via)) = (self.settings.relay_from, self.witness_mac) else {
             return;
         };
         match self

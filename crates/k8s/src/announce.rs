@@ -42,6 +42,24 @@ pub struct ServiceFacts {
     pub local: bool,
 }
 
+/// Whether `node` may carry an address held by `holders` under `externalTrafficPolicy`:
+/// every Service holding it that is Local has a ready endpoint on `node` (sharers of an
+/// address have the same pods).
+///
+/// Why one function: the interface mode, the BGP plan and any later mode must agree on it.
+pub fn local_endpoints_here(
+    holders: &berth_core::ServiceHolders,
+    services: &BTreeMap<ServiceKey, ServiceFacts>,
+    endpoints: &BTreeMap<ServiceKey, BTreeSet<String>>,
+    node: &str,
+) -> bool {
+    holders.services.iter().all(|s| {
+        let key = (s.namespace.clone(), s.name.clone());
+        !services.get(&key).is_some_and(|f| f.local)
+            || endpoints.get(&key).is_some_and(|n| n.contains(node))
+    })
+}
+
 /// Every Node's labels and InternalIPs, published when either changes (not on heartbeats).
 ///
 /// RBAC: `list, watch` on `nodes`.

@@ -184,12 +184,7 @@ pub fn interface_plan(inputs: &Inputs, me: &str) -> BTreeMap<String, BTreeSet<Ip
         if !a.node_eligible(&node.labels) {
             continue;
         }
-        let local_ok = h.services.iter().all(|s| {
-            let key = (s.namespace.clone(), s.name.clone());
-            !inputs.services.get(&key).is_some_and(|f| f.local)
-                || inputs.endpoints.get(&key).is_some_and(|n| n.contains(me))
-        });
-        if !local_ok {
+        if !berth_k8s::announce::local_endpoints_here(h, &inputs.services, &inputs.endpoints, me) {
             continue;
         }
         let dev = a
