@@ -987,39 +987,7 @@ fn an_l2_service_address_is_announced_by_one_node_and_fails_over() {
             Some(macs[target].as_str())
         );
     }
-    let ns_name = ns.name.clone();
     drop(ns);
-    // The Service is gone with its namespace: the controller releases its address. The pool
-    // goes only then, so no other test's audit sees a binding of a pool that no longer exists.
-    // 180 s: a release has once taken more than a minute here (it may wait for the Service
-    // controller's 60 s resync; see the notes of stop 18); the time it took is printed.
-    let t_release = Instant::now();
-    let released = berth_testbed::wait_for(
-        "the deleted Service's address released",
-        Duration::from_secs(180),
-        Duration::from_millis(300),
-        || (!bindings(lab).iter().any(|b| b["pool"] == "lan-l2")).then_some(()),
-    );
-    if let Err(e) = released {
-        let ns_now = lab.kubectl(&["get", "namespace", &ns_name, "-o", "yaml"]);
-        let svc = lab.kubectl(&["get", "services", "-A", "-o", "wide"]);
-        let ctl = lab.kubectl(&[
-            "logs",
-            "-n",
-            "berth-system",
-            "-l",
-            "app.kubernetes.io/name=berth-controller",
-            "--tail=60",
-        ]);
-        panic!(
-            "{e:#}\nbindings: {:?}\nnamespace: {ns_now:?}\nservices: {svc:?}\ncontroller: {ctl:?}",
-            bindings(lab)
-        );
-    }
-    eprintln!(
-        "[timing] the deleted Service's address released {:.1?} after its namespace was gone",
-        t_release.elapsed()
-    );
     kubectl(lab, &["delete", "pool", "lan-l2", "--wait=true"]);
     timing(
         "an_l2_service_address_is_announced_by_one_node_and_fails_over",
