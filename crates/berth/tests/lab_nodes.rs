@@ -987,7 +987,82 @@ fn an_l2_service_address_is_announced_by_one_node_and_fails_over() {
             Some(macs[target].as_str())
         );
     }
+    // The leading controller's node loses its link for a second. That drops the NAT mappings
+    // of the node's masqueraded connections (the kernel does so when the interface goes
+    // down), among them the controller's watches through the kubernetes Service: the API
+    // server's next packet on each is answered with a reset that the controller never sees.
+    // Before TCP keepalive (berth_k8s::client) the controller then missed the deletion below
+    // for minutes, until its watch's read deadline (295 s).
+    let leader = kubectl(
+        lab,
+        &[
+            "get",
+            "lease",
+            "berth-controller",
+            "-n",
+            "berth-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    );
+    let pod = leader.trim().rsplit_once('-').map(|(p, _)| p).unwrap_or("");
+    let leader_node = kubectl(
+        lab,
+        &[
+            "get",
+            "pod",
+            pod,
+            "-n",
+            "berth-system",
+            "-o",
+            "jsonpath={.spec.nodeName}",
+        ],
+    );
+    let flap = lab
+        .nodes()
+        .iter()
+        .find(|n| n.name() == leader_node.trim())
+        .unwrap_or_else(|| panic!("the leader {leader:?} runs on no lab node ({leader_node:?})"));
+    flap.set_lan(false).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    flap.set_lan(true).unwrap();
+    let ns_name = ns.name.clone();
     drop(ns);
+    // The Service is gone with its namespace: the controller releases its address within
+    // seconds (the bound: keepalive's 10 s idle plus the watch's resumption). The pool goes
+    // only then, so no other test's audit sees a binding of a pool that no longer exists. The
+    // time it took is printed.
+    let t_release = Instant::now();
+    let released = berth_testbed::wait_for(
+        "the deleted Service's address released",
+        Duration::from_secs(45),
+        Duration::from_millis(300),
+        || (!bindings(lab).iter().any(|b| b["pool"] == "lan-l2")).then_some(()),
+    );
+    if let Err(e) = released {
+        let ns_now = lab.kubectl(&["get", "namespace", &ns_name, "-o", "yaml"]);
+        let svc = lab.kubectl(&["get", "services", "-A", "-o", "wide"]);
+        let ctl = lab.kubectl(&[
+            "logs",
+            "-n",
+            "berth-system",
+            "-l",
+            "app.kubernetes.io/name=berth-controller",
+            "--prefix",
+            "--timestamps",
+            "--tail=200",
+        ]);
+        let lease = lab.kubectl(&["get", "leases", "-n", "berth-system", "-o", "yaml"]);
+        panic!(
+            "{e:#}\nbindings: {:?}\nclaims: {:?}\nnamespace: {ns_now:?}\nservices: {svc:?}\nleases: {lease:?}\ncontroller: {ctl:?}",
+            bindings(lab),
+            lab.kubectl(&["get", "claims", "-A", "-o", "yaml"])
+        );
+    }
+    eprintln!(
+        "[timing] the deleted Service's address released {:.1?} after its namespace was gone",
+        t_release.elapsed()
+    );
     kubectl(lab, &["delete", "pool", "lan-l2", "--wait=true"]);
     timing(
         "an_l2_service_address_is_announced_by_one_node_and_fails_over",

@@ -7,10 +7,12 @@
 //!   `resourceVersion`, so no single object is contended by every allocation.
 //! - [`cluster`]: cluster-wide watches of every node's blocks and InternalIPs (the routed pod
 //!   network's inputs).
+//! - [`client`]: the API client, kube's connection stack with TCP keepalive.
 //! - [`events`]: Warning Events on Berth's own objects (a record Berth cannot read).
 
 pub mod annotations;
 pub mod announce;
+pub mod client;
 pub mod cluster;
 pub mod crd;
 pub mod events;
@@ -62,7 +64,7 @@ pub fn condition_now() -> String {
 /// A client from a configuration, and the server URL for messages.
 pub fn client_from(config: kube::Config) -> Result<(kube::Client, String), LedgerError> {
     let server = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config)
+    let client = client::build(config)
         .map_err(|e| LedgerError::Config(format!("Kubernetes client for {server}: {e}")))?;
     Ok((client, server))
 }
