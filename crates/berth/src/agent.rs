@@ -56,6 +56,13 @@ pub struct AgentArgs {
     /// is not taken for a dead peer by both. `false` where the witness does not route.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub l2_witness_relay: bool,
+    /// BGP from this node (on Kubernetes): `on` peers with the BGPPeers that select this node
+    /// and advertises what the pools and the BGPConfiguration say; `off` never peers.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub bgp: String,
+    /// The namespace whose Secrets hold the BGP peers' passwords (Berth's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "berth-system")]
+    pub bgp_secrets_namespace: String,
     /// Serve Prometheus metrics, `/healthz`, `/readyz` and `/status` here (e.g. 0.0.0.0:9473).
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
@@ -132,7 +139,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let route_metrics = Arc::new(berth_agent::routes::RouteMetrics::default());
     let nodes = SharedNodes::default();
     let _routes = start_pod_routes(&args, &node, Arc::clone(&route_metrics), &nodes).await;
-    let l2 = start_l2(&args, &node, &nodes).await;
+    let announce = SharedAnnounce::default();
+    let l2 = start_l2(&args, &node, &nodes, &announce).await;
+    let bgp = start_bgp(&args, &node, &nodes, &announce).await;
     let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _http = match args.metrics {
         Some(addr) => Some(
@@ -140,6 +149,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 addr,
                 l2.as_ref().map(|l| l.handle.clone()),
                 l2.as_ref().map(|l| l.metrics.clone()),
+                bgp.as_ref().map(|b| (b.handle.clone(), b.metrics.clone())),
                 serving.clone(),
             )
             .await?,
@@ -160,6 +170,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(l) = &l2 {
         // Graceful hand-over: the successor takes over without waiting out T_takeover.
         l.handle.leave().await;
+    }
+    if let Some(b) = &bgp {
+        // A clean stop withdraws first (a crash keeps the routes through graceful restart).
+        b.handle.leave().await;
     }
     let m = route_metrics.snapshot();
     tracing::info!(
@@ -195,6 +209,118 @@ impl SharedNodes {
 }
 
 /// The running L2 announcer: its handle (status, leave) and metrics; the task stops with it.
+/// The Service-side watches the L2 announcer and the BGP speaker both follow, started once.
+#[derive(Default)]
+struct SharedAnnounce(std::sync::Mutex<Option<AnnounceWatches>>);
+
+#[derive(Clone)]
+struct AnnounceWatches {
+    pools: berth_k8s::cluster::Snapshot<Vec<berth_core::PoolSpec>>,
+    bindings: berth_k8s::cluster::Snapshot<Vec<berth_core::Binding>>,
+    services: berth_k8s::cluster::Snapshot<
+        std::collections::BTreeMap<
+            berth_k8s::announce::ServiceKey,
+            berth_k8s::announce::ServiceFacts,
+        >,
+    >,
+    endpoints: berth_k8s::cluster::Snapshot<
+        std::collections::BTreeMap<
+            berth_k8s::announce::ServiceKey,
+            std::collections::BTreeSet<String>,
+        >,
+    >,
+}
+
+impl SharedAnnounce {
+    async fn get(&self, client: &kube::Client) -> AnnounceWatches {
+        if let Some(w) = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return w;
+        }
+        use berth_k8s::announce as watch;
+        let slices = watch::endpoint_slice_resource(client).await;
+        let w = AnnounceWatches {
+            pools: watch::watch_pools(client.clone()),
+            bindings: watch::watch_service_bindings(client.clone()),
+            services: watch::watch_services(client.clone()),
+            endpoints: watch::watch_endpoint_nodes(client.clone(), slices),
+        };
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.clone());
+        w
+    }
+}
+
+struct BgpTask {
+    handle: berth_agent::bgp::BgpHandle,
+    metrics: Arc<berth_agent::bgp::BgpMetrics>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BgpTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn start_bgp(
+    args: &AgentArgs,
+    node: &str,
+    shared: &SharedNodes,
+    announce: &SharedAnnounce,
+) -> Option<BgpTask> {
+    use berth_agent::bgp::{self, BgpConfig, BgpHandle, BgpInputs, BgpMetrics, KubeOutlets};
+    if args.bgp == "off" {
+        tracing::info!("BGP off (--bgp off)");
+        return None;
+    }
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if args.ledger.kubeconfig.is_none() && !in_cluster && !args.ledger.is_kubernetes() {
+        tracing::info!("no BGP: its peers and routes come from Kubernetes (pass --kubeconfig, or run in a pod)");
+        return None;
+    }
+    let client = match berth_k8s::client(args.ledger.kubeconfig.as_deref()).await {
+        Ok((c, _)) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no BGP: the cluster cannot be reached");
+            return None;
+        }
+    };
+    let w = announce.get(&client).await;
+    let blocks = if args.ledger.is_kubernetes() {
+        Some(berth_k8s::cluster::watch_blocks(client.clone()))
+    } else {
+        tracing::info!("BGP: pod blocks are advertised on the Kubernetes ledger only");
+        None
+    };
+    let inputs = BgpInputs {
+        nodes: shared.get(&client),
+        peers: berth_k8s::bgp::watch_peers(client.clone()),
+        cluster: berth_k8s::bgp::watch_configuration(client.clone()),
+        pools: w.pools,
+        bindings: w.bindings,
+        services: w.services,
+        endpoints: w.endpoints,
+        blocks,
+    };
+    let outlets = Arc::new(KubeOutlets::new(client, &args.bgp_secrets_namespace, node));
+    let metrics = Arc::new(BgpMetrics::new());
+    let handle = BgpHandle::default();
+    let cfg = BgpConfig {
+        node: node.to_string(),
+    };
+    let task = tokio::spawn(bgp::run::run(
+        cfg,
+        inputs,
+        outlets,
+        metrics.clone(),
+        handle.clone(),
+    ));
+    Some(BgpTask {
+        handle,
+        metrics,
+        task,
+    })
+}
+
 struct L2Task {
     handle: berth_agent::l2::L2Handle,
     metrics: Arc<berth_announce::metrics::Metrics>,
@@ -209,9 +335,13 @@ impl Drop for L2Task {
 
 /// Starts the L2 announcer (`--l2 on`, on Kubernetes). Never fails the agent: without what it
 /// needs it says so and announces nothing.
-async fn start_l2(args: &AgentArgs, node: &str, shared: &SharedNodes) -> Option<L2Task> {
+async fn start_l2(
+    args: &AgentArgs,
+    node: &str,
+    shared: &SharedNodes,
+    announce: &SharedAnnounce,
+) -> Option<L2Task> {
     use berth_agent::l2::{self, KubeNotices, L2Config, L2Handle, L2Inputs};
-    use berth_k8s::announce as watch;
     if args.l2 == "off" {
         tracing::info!("L2 announcement off (--l2 off)");
         return None;
@@ -233,13 +363,13 @@ async fn start_l2(args: &AgentArgs, node: &str, shared: &SharedNodes) -> Option<
             return None;
         }
     };
-    let slices = watch::endpoint_slice_resource(&client).await;
+    let w = announce.get(&client).await;
     let inputs = L2Inputs {
         nodes: shared.get(&client),
-        pools: watch::watch_pools(client.clone()),
-        bindings: watch::watch_service_bindings(client.clone()),
-        services: watch::watch_services(client.clone()),
-        endpoints: watch::watch_endpoint_nodes(client.clone(), slices),
+        pools: w.pools,
+        bindings: w.bindings,
+        services: w.services,
+        endpoints: w.endpoints,
     };
     let notices = Arc::new(KubeNotices::new(client, inputs.services.clone(), node));
     let metrics = Arc::new(berth_announce::metrics::Metrics::new());

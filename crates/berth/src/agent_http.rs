@@ -1,8 +1,9 @@
 //! The agent's HTTP endpoints (`--metrics ADDR`): Prometheus metrics, `/healthz` and `/readyz`
 //! for the DaemonSet's probes, and `/status` (the L2 announcer's view) for `berth
-//! announcements`.
+//! announcements`, and `/bgp` (the BGP speaker's sessions and routes).
 
 use async_trait::async_trait;
+use berth_agent::bgp::{BgpHandle, BgpMetrics};
 use berth_agent::l2::L2Handle;
 use berth_announce::http::{self, Handler, Reply};
 use berth_announce::metrics::Metrics;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 struct Endpoints {
     l2: Option<L2Handle>,
     metrics: Option<Arc<Metrics>>,
+    bgp: Option<(BgpHandle, Arc<BgpMetrics>)>,
     serving: Arc<AtomicBool>,
 }
 
@@ -20,14 +22,38 @@ struct Endpoints {
 impl Handler for Endpoints {
     async fn get(&self, path: &str) -> Reply {
         match path {
-            "/metrics" => (
-                200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics
-                    .as_ref()
-                    .map(|m| m.encode())
-                    .unwrap_or_else(|| "# EOF\n".into()),
-            ),
+            "/metrics" => {
+                // Two registries, one exposition: each one's "# EOF" line is dropped and one
+                // ends the whole.
+                let mut out = String::new();
+                for text in [
+                    self.metrics.as_ref().map(|m| m.encode()),
+                    self.bgp.as_ref().map(|(_, m)| m.encode()),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    out.push_str(text.strip_suffix("# EOF\n").unwrap_or(&text));
+                }
+                out.push_str("# EOF\n");
+                (
+                    200,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    out,
+                )
+            }
+            "/bgp" => match &self.bgp {
+                Some((h, _)) => (
+                    200,
+                    "application/json",
+                    serde_json::to_string_pretty(&h.view()).unwrap_or_default(),
+                ),
+                None => (
+                    200,
+                    "application/json",
+                    "{\"off\": \"BGP is off on this agent\"}".into(),
+                ),
+            },
             "/healthz" => (200, "text/plain", "ok\n".into()),
             "/readyz" => {
                 if !self.serving.load(Ordering::Relaxed) {
@@ -66,7 +92,7 @@ impl Handler for Endpoints {
             _ => (
                 404,
                 "text/plain",
-                "try /metrics /healthz /readyz /status\n".into(),
+                "try /metrics /healthz /readyz /status /bgp\n".into(),
             ),
         }
     }
@@ -77,15 +103,17 @@ pub async fn serve(
     addr: SocketAddr,
     l2: Option<L2Handle>,
     metrics: Option<Arc<Metrics>>,
+    bgp: Option<(BgpHandle, Arc<BgpMetrics>)>,
     serving: Arc<AtomicBool>,
 ) -> anyhow::Result<Task> {
     let l = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("--metrics {addr}: {e}"))?;
-    tracing::info!(%addr, "serving /metrics /healthz /readyz /status");
+    tracing::info!(%addr, "serving /metrics /healthz /readyz /status /bgp");
     let h: Arc<dyn Handler> = Arc::new(Endpoints {
         l2,
         metrics,
+        bgp,
         serving,
     });
     Ok(Task(tokio::spawn(http::serve(l, h))))

@@ -1069,3 +1069,377 @@ fn an_l2_service_address_is_announced_by_one_node_and_fails_over() {
         t,
     );
 }
+
+/// The router's next hops for `prefix` in its kernel table (what BIRD installed).
+fn router_next_hops(lab: &Lab, prefix: &str) -> BTreeSet<String> {
+    let v = lab
+        .netns("router")
+        .ip_json(["route", "show", prefix])
+        .unwrap_or(Value::Null);
+    let mut out = BTreeSet::new();
+    for r in v.as_array().into_iter().flatten() {
+        if let Some(g) = r["gateway"].as_str() {
+            out.insert(g.to_string());
+        }
+        for h in r["nexthops"].as_array().into_iter().flatten() {
+            if let Some(g) = h["gateway"].as_str() {
+                out.insert(g.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// BIRD on the lab router peering with every node (AS 64512 to the nodes' 64513), exporting
+/// what it learns into its kernel table with ECMP; `password` on every session when given.
+fn router_bgp(lab: &Lab, password: Option<&str>) -> String {
+    let mut c =
+        String::from("protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n");
+    let pw = password
+        .map(|p| format!("password \"{p}\";"))
+        .unwrap_or_default();
+    c.push_str(&format!(
+        "template bgp node {{ local {} as 64512; hold time 9; {pw} ipv4 {{ import all; export none; }}; }}\n",
+        addr::ROUTER
+    ));
+    for (i, n) in lab.nodes().iter().enumerate() {
+        c.push_str(&format!(
+            "protocol bgp node{} from node {{ neighbor {} as 64513; }}\n",
+            i + 1,
+            n.ip()
+        ));
+    }
+    c
+}
+
+/// The BGPPeer's `status.sessions`, node → (state, prefixesSent, message).
+fn peer_sessions(lab: &Lab, peer: &str) -> BTreeMap<String, (String, u64, String)> {
+    let v = get(lab, &format!("/apis/berth.dev/v1alpha1/bgppeers/{peer}"));
+    v["status"]["sessions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["node"].as_str().unwrap_or_default().to_string(),
+                (
+                    s["state"].as_str().unwrap_or_default().to_string(),
+                    s["prefixesSent"].as_u64().unwrap_or_default(),
+                    s["message"].as_str().unwrap_or_default().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Events on a BGPPeer (cluster-scoped: in the namespace default) with `reason`.
+fn peer_events(lab: &Lab, peer: &str, reason: &str) -> Vec<String> {
+    let v = get(
+        lab,
+        &format!("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{peer},reason%3D{reason}"),
+    );
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect()
+}
+
+/// Issue 12 on real nodes: every node peers with BIRD on the lab router (a BGPPeer and the
+/// BGPConfiguration); a LoadBalancer Service of an `announce: bgp` pool is in the router's
+/// kernel table with one next hop per node (ECMP) and the far client reaches it through the
+/// router; with `externalTrafficPolicy: Local` and one pod the next hops shrink to that pod's
+/// node; a password whose Secret is missing keeps the sessions down (fail closed) and says so,
+/// and with the Secret and the router's password they come back; each node reports its
+/// session in the BGPPeer's status and on `/bgp`.
+#[test]
+fn bgp_service_addresses_reach_the_router_through_every_node() {
+    let (_g, lab) = shared();
+    let t = Instant::now();
+    lab.configure_router(Some(&router_bgp(lab, None))).unwrap();
+    struct Cleanup<'a>(&'a Lab);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            for what in [
+                ["bgppeer", "router"],
+                ["bgpconfiguration", "default"],
+                ["pool", "lan-bgp"],
+            ] {
+                let _ = self
+                    .0
+                    .kubectl(&["delete", what[0], what[1], "--ignore-not-found"]);
+            }
+            let _ = self.0.kubectl(&[
+                "delete",
+                "secret",
+                "router-bgp",
+                "-n",
+                "berth-system",
+                "--ignore-not-found",
+            ]);
+            let _ = self.0.configure_router(None);
+        }
+    }
+    let _cleanup = Cleanup(lab);
+    apply(
+        lab,
+        &json!({"apiVersion": "berth.dev/v1alpha1", "kind": "BGPConfiguration",
+                "metadata": {"name": "default"}, "spec": {"myASN": 64513}}),
+    );
+    apply(
+        lab,
+        &json!({"apiVersion": "berth.dev/v1alpha1", "kind": "BGPPeer",
+                "metadata": {"name": "router"},
+                "spec": {"peerAddress": addr::ROUTER, "peerASN": 64512, "holdTimeSeconds": 9}}),
+    );
+    apply(
+        lab,
+        &json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Pool",
+                "metadata": {"name": "lan-bgp"},
+                "spec": {"use": "service", "subnets": [{"cidr": "198.18.40.0/28"}],
+                         "announce": "bgp"}}),
+    );
+    let ns = TestNs::new(lab, "bgp");
+    apply(
+        lab,
+        &echo_deployment(
+            "web",
+            &ns.name,
+            3,
+            json!({
+            "topologySpreadConstraints": [{
+                "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"app": "web"}}}]}),
+            json!({}),
+        ),
+    );
+    wait_ready_pods(lab, &ns.name, "web", 3, Duration::from_secs(120));
+    apply(
+        lab,
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": ns.name,
+                         "annotations": {"berth.dev/pool": "lan-bgp"}},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        }),
+    );
+    let vip = berth_testbed::wait_for(
+        "an EXTERNAL-IP from the BGP pool",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let s = get(lab, &format!("/api/v1/namespaces/{}/services/web", ns.name));
+            s["status"]["loadBalancer"]["ingress"][0]["ip"]
+                .as_str()
+                .map(String::from)
+        },
+    )
+    .unwrap();
+    assert!(vip.starts_with("198.18.40."), "{vip}");
+    let all: BTreeSet<String> = lab.nodes().iter().map(|n| n.ip().to_string()).collect();
+    let node_ip: BTreeMap<String, String> = lab
+        .nodes()
+        .iter()
+        .map(|n| (n.name().to_string(), n.ip().to_string()))
+        .collect();
+    let prefix = format!("{vip}/32");
+    let t_route = Instant::now();
+    let hops = berth_testbed::wait_for(
+        "the Service address in the router's kernel table through all three nodes",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let h = router_next_hops(lab, &prefix);
+            (h == all).then_some(h)
+        },
+    );
+    if hops.is_err() {
+        panic!(
+            "next hops {:?}\nbird: {:?}\nsessions: {:?}\nagents:\n{}",
+            router_next_hops(lab, &prefix),
+            lab.birdc(&["show", "protocols", "all"]),
+            peer_sessions(lab, "router"),
+            agent_logs(lab)
+        );
+    }
+    eprintln!(
+        "[timing] BGP: the Service's address in the router's kernel table via 3 next hops {:.1?} after it was assigned",
+        t_route.elapsed()
+    );
+    // The far client, behind the router, reaches it (over one of the ECMP paths).
+    let far = lab.netns("far");
+    let url = format!("http://{vip}/");
+    let v = berth_testbed::wait_for(
+        "the BGP address from the far segment",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || curl_json(far.command("curl"), &url),
+    )
+    .unwrap();
+    assert!(v["pod"].is_string(), "{v}");
+    // Every node reports its session: Established, one prefix sent.
+    let sessions = berth_testbed::wait_for(
+        "every node's session in the BGPPeer's status",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let s = peer_sessions(lab, "router");
+            (s.len() == 3
+                && s.values()
+                    .all(|(st, sent, _)| st == "Established" && *sent >= 1))
+            .then_some(s)
+        },
+    );
+    assert!(sessions.is_ok(), "{:?}", peer_sessions(lab, "router"));
+    assert!(
+        peer_events(lab, "router", "SessionEstablished").len() >= 3,
+        "{:?}",
+        peer_events(lab, "router", "SessionEstablished")
+    );
+    // The agent's own view and metrics on a node.
+    let n0 = &lab.nodes()[0];
+    let view = curl_json(n0.command("curl"), "http://127.0.0.1:9473/bgp").expect("/bgp");
+    assert_eq!(view["localAsn"], 64513, "{view}");
+    assert_eq!(view["sessions"][0]["state"], "Established", "{view}");
+    assert!(
+        view["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["prefix"] == prefix.as_str())),
+        "{view}"
+    );
+    let metrics = n0
+        .exec(
+            "curl",
+            &["-sS", "--noproxy", "*", "http://127.0.0.1:9473/metrics"],
+        )
+        .unwrap();
+    assert!(
+        metrics.contains("berth_bgp_session_up{peer=\"router\"} 1"),
+        "{metrics}"
+    );
+
+    // externalTrafficPolicy: Local with one pod: only that pod's node advertises it.
+    kubectl(
+        lab,
+        &["scale", "deployment", "web", "-n", &ns.name, "--replicas=1"],
+    );
+    kubectl(
+        lab,
+        &[
+            "patch",
+            "service",
+            "web",
+            "-n",
+            &ns.name,
+            "-p",
+            r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+        ],
+    );
+    let t_local = Instant::now();
+    let one = berth_testbed::wait_for(
+        "the router's next hops shrunk to the node with the pod",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let pods = ready_pods(lab, &ns.name, "web");
+            if pods.len() != 1 {
+                return None;
+            }
+            let node = pods.values().next().map(|p| p.0.clone())?;
+            let want: BTreeSet<String> = node_ip.get(&node).cloned().into_iter().collect();
+            (router_next_hops(lab, &prefix) == want).then_some(want)
+        },
+    );
+    assert!(
+        one.is_ok(),
+        "{:?} pods {:?}",
+        router_next_hops(lab, &prefix),
+        ready_pods(lab, &ns.name, "web")
+    );
+    eprintln!(
+        "[timing] BGP: ETP Local 3 -> 1 next hop {:.1?} after the scale-down",
+        t_local.elapsed()
+    );
+
+    // A password from a Secret that does not exist: fail closed, and say so.
+    kubectl(
+        lab,
+        &[
+            "patch",
+            "bgppeer",
+            "router",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"passwordSecretRef":{"name":"router-bgp"}}}"#,
+        ],
+    );
+    let down = berth_testbed::wait_for(
+        "the sessions down with the missing Secret named",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let s = peer_sessions(lab, "router");
+            (s.len() == 3
+                && s.values().all(|(st, _, m)| {
+                    st == "Idle"
+                        && m.contains("berth-system/router-bgp")
+                        && m.contains("does not exist")
+                }))
+            .then_some(s)
+        },
+    );
+    assert!(down.is_ok(), "{:?}", peer_sessions(lab, "router"));
+    let warned = berth_testbed::wait_for(
+        "a PasswordUnavailable Warning on the BGPPeer",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || (!peer_events(lab, "router", "PasswordUnavailable").is_empty()).then_some(()),
+    );
+    assert!(warned.is_ok());
+    berth_testbed::wait_for(
+        "the route gone from the router",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || router_next_hops(lab, &prefix).is_empty().then_some(()),
+    )
+    .unwrap();
+    // The Secret and the router's password: the sessions come back (TCP MD5 on both ends).
+    kubectl(
+        lab,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "router-bgp",
+            "-n",
+            "berth-system",
+            "--from-literal=password=lab-bgp-secret",
+        ],
+    );
+    lab.configure_router(Some(&router_bgp(lab, Some("lab-bgp-secret"))))
+        .unwrap();
+    let back = berth_testbed::wait_for(
+        "the sessions established again with the password",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let s = peer_sessions(lab, "router");
+            (s.len() == 3 && s.values().all(|(st, _, _)| st == "Established")).then_some(s)
+        },
+    );
+    assert!(
+        back.is_ok(),
+        "{:?}\nbird: {:?}",
+        peer_sessions(lab, "router"),
+        lab.birdc(&["show", "protocols"])
+    );
+    assert_eq!(router_next_hops(lab, &prefix).len(), 1);
+    drop(ns);
+    timing(
+        "bgp_service_addresses_reach_the_router_through_every_node",
+        t,
+    );
+}

@@ -12,6 +12,7 @@
 
 pub mod annotations;
 pub mod announce;
+pub mod bgp;
 pub mod client;
 pub mod cluster;
 pub mod crd;

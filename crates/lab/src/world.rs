@@ -89,6 +89,15 @@ pub mod addr {
     }
 }
 
+/// The router's BIRD configuration: its id, the device protocol, then `body`.
+fn router_conf(body: &str) -> String {
+    format!(
+        "# berth lab: the router, idle until BGP peers are configured.\n\
+         router id {};\nprotocol device {{ scan time 10; }}\n{body}",
+        addr::ROUTER
+    )
+}
+
 /// What to apply once the nodes run.
 #[derive(Debug, Clone)]
 pub enum Deploy {
@@ -408,6 +417,31 @@ impl Lab {
         self.control_plane().request(method, path, body)
     }
 
+    /// `birdc` on the lab router's BIRD (its control socket); returns stdout.
+    ///
+    /// Why: BGP tests read the router's protocols and routes as an operator would.
+    pub fn birdc(&self, args: &[&str]) -> Result<String> {
+        let ctl = self.cfg.state_dir.join("router").join("bird.ctl");
+        let mut c = Command::new(tool("birdc"));
+        c.arg("-s").arg(&ctl).args(args);
+        let out = run_checked(&mut c)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Replaces the router's BIRD configuration with `body` (after its router id and device
+    /// protocol) and reconfigures BIRD in place; `None` puts back the idle router.
+    ///
+    /// Why: a BGP test peers the router with the nodes, and leaves it idle again for the next.
+    pub fn configure_router(&self, body: Option<&str>) -> Result<()> {
+        let conf = self.cfg.state_dir.join("router").join("bird.conf");
+        write(&conf, &router_conf(body.unwrap_or("")))?;
+        let out = self.birdc(&["configure"])?;
+        if !out.contains("Reconfigured") && !out.contains("Reconfiguration in progress") {
+            bail!("birdc configure: {out}");
+        }
+        Ok(())
+    }
+
     /// `kubectl` v1.20.2 with the host kubeconfig; returns stdout.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         let mut c = Command::new(self.cfg.kube_bin.join("kubectl"));
@@ -596,14 +630,7 @@ impl Lab {
 
         // The router: BIRD 2 with a control socket, idle until something peers with it.
         let rdir = sd.join("router");
-        write(
-            &rdir.join("bird.conf"),
-            &format!(
-                "# berth lab: the router, idle until BGP peers are configured.\n\
-                 router id {};\nprotocol device {{ scan time 10; }}\n",
-                addr::ROUTER
-            ),
-        )?;
+        write(&rdir.join("bird.conf"), &router_conf(""))?;
         let mut c = crate::util::netns_command(Some(router.name()), tool("bird"));
         c.arg("-f")
             .arg("-c")

@@ -15,17 +15,7 @@ use berth_core::{Binding, Block, Holder, PoolSpec};
 use ipnet::IpNet;
 
 pub use berth_k8s::announce::{ServiceFacts, ServiceKey};
-
-/// One BGPPeer object as the agent sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerObject {
-    /// The object's name (pools name peers by it).
-    pub name: String,
-    /// Its labels (pools select peers by them).
-    pub labels: BTreeMap<String, String>,
-    /// Its spec.
-    pub spec: PeerSpec,
-}
+pub use berth_k8s::bgp::PeerObject;
 
 /// Everything the plan is computed from; each is a whole watched snapshot.
 #[derive(Debug, Clone, Default)]
@@ -361,6 +351,7 @@ mod tests {
     fn peer(name: &str, spec: serde_json::Value) -> PeerObject {
         PeerObject {
             name: name.into(),
+            uid: String::new(),
             labels: BTreeMap::new(),
             spec: serde_json::from_value(spec).unwrap(),
         }
