@@ -552,3 +552,105 @@ pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
     table(out);
     Ok(())
 }
+
+/// One row of `berth bgp status`: a node's session with a BGPPeer.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionRow {
+    peer: String,
+    address: String,
+    peer_asn: u32,
+    accepted: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    prefixes_sent: u64,
+    prefixes_received: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+/// `berth bgp status`: every BGPPeer with its `Accepted` condition and each node's session
+/// (state, since when, prefixes sent and received, why it is down), from the peers' status,
+/// which each node's agent writes. A peer no node has reported on is listed once, without a node.
+pub async fn bgp_status(args: InspectArgs) -> anyhow::Result<()> {
+    let (client, _) = berth_k8s::client(args.ledger.kubeconfig.as_deref()).await?;
+    let peers = kube::Api::<berth_k8s::crd::BGPPeer>::all(client)
+        .list(&Default::default())
+        .await
+        .context("listing BGPPeers")?;
+    let mut rows = vec![];
+    for p in peers.items {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let status = p.status.clone().unwrap_or_default();
+        let accepted = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Accepted")
+            .map(|c| {
+                if c.status == "True" {
+                    "True".to_string()
+                } else {
+                    format!("{}: {}", c.status, c.message)
+                }
+            })
+            .unwrap_or_else(|| "-".into());
+        let base = || SessionRow {
+            peer: name.clone(),
+            address: p.spec.peer.peer_address.to_string(),
+            peer_asn: p.spec.peer.peer_asn,
+            accepted: accepted.clone(),
+            node: None,
+            state: None,
+            since: None,
+            prefixes_sent: 0,
+            prefixes_received: 0,
+            message: None,
+        };
+        if status.sessions.is_empty() {
+            rows.push(base());
+        }
+        for s in &status.sessions {
+            rows.push(SessionRow {
+                node: Some(s.node.clone()),
+                state: Some(s.state.clone()),
+                since: s.since.clone(),
+                prefixes_sent: s.prefixes_sent,
+                prefixes_received: s.prefixes_received,
+                message: s.message.clone(),
+                ..base()
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.peer.cmp(&b.peer).then(a.node.cmp(&b.node)));
+    if args.json {
+        return json(&rows);
+    }
+    let dash = || "-".to_string();
+    let mut out = vec![[
+        "PEER", "ADDRESS", "PEER ASN", "ACCEPTED", "NODE", "STATE", "SINCE", "SENT", "RECEIVED",
+        "MESSAGE",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect::<Vec<_>>()];
+    for r in rows {
+        out.push(vec![
+            r.peer,
+            r.address,
+            r.peer_asn.to_string(),
+            r.accepted,
+            r.node.unwrap_or_else(dash),
+            r.state.unwrap_or_else(dash),
+            r.since.unwrap_or_else(dash),
+            r.prefixes_sent.to_string(),
+            r.prefixes_received.to_string(),
+            r.message.unwrap_or_else(dash),
+        ]);
+    }
+    table(out);
+    Ok(())
+}

@@ -54,7 +54,8 @@ enum Command {
     /// A small world of network namespaces to show and try Berth on one machine.
     #[command(subcommand)]
     Lab(lab::LabCommand),
-    /// Run a BGP speaker from a TOML file (see crates/bgp/README.md).
+    /// Run a BGP speaker from a TOML file (`berth bgp --config FILE`, see crates/bgp/README.md),
+    /// or show every node's BGP sessions on Kubernetes (`berth bgp status`).
     Bgp(BgpArgs),
     /// Install berth-ipam and a network configuration on this node (the DaemonSet's init
     /// container): check the conflist, copy the plugin, write both atomically.
@@ -66,10 +67,20 @@ enum Command {
 
 /// Arguments of `berth bgp`.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct BgpArgs {
+    #[command(subcommand)]
+    cmd: Option<BgpCommand>,
     /// TOML configuration (keys documented in crates/bgp/README.md). SIGHUP re-reads it.
     #[arg(long)]
-    config: std::path::PathBuf,
+    config: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+enum BgpCommand {
+    /// Every BGPPeer, whether it is accepted, and each node's session with it (state, since
+    /// when, prefixes sent and received, why it is down), from the peers' status.
+    Status(inspect::InspectArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,7 +105,16 @@ fn main() -> anyhow::Result<()> {
             print!("{}", berth_k8s::crd::crds_yaml()?);
             return Ok(());
         }
-        Command::Bgp(args) => return Ok(bgp::run(args.config)?),
+        Command::Bgp(BgpArgs {
+            cmd: None,
+            config: Some(config),
+        }) => return Ok(bgp::run(config)?),
+        Command::Bgp(BgpArgs {
+            cmd: None,
+            config: None,
+        }) => anyhow::bail!(
+            "berth bgp: pass --config FILE to run a speaker, or `berth bgp status` for the cluster's sessions"
+        ),
         Command::InstallCni(args) => return install_cni::run(args),
         Command::Vip(args) => return vip::run(args),
         other => other,
@@ -113,6 +133,10 @@ fn main() -> anyhow::Result<()> {
             Command::Services(a) => inspect::services(a).await,
             Command::Announcements(a) => inspect::announcements(a).await,
             Command::Routes(a) => routes::routes(a).await,
+            Command::Bgp(BgpArgs {
+                cmd: Some(BgpCommand::Status(a)),
+                ..
+            }) => inspect::bgp_status(a).await,
             Command::Lab(_)
             | Command::Crds
             | Command::Bgp(_)

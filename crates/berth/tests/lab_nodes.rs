@@ -439,6 +439,12 @@ fn six_pods_over_three_nodes_get_berth_addresses() {
     };
     assert!(agent_may("get", "pods") && agent_may("watch", "pods"));
     assert!(!agent_may("delete", "pods") && !agent_may("get", "secrets"));
+    // Secrets: get in Berth's own namespace only (a BGPPeer's password), never list.
+    let in_berth = |verb: &str| {
+        let who = "--as=system:serviceaccount:berth-system:berth-agent";
+        matches!(lab.kubectl(&["auth", "can-i", verb, "secrets", "-n", "berth-system", who]), Ok(o) if o.trim() == "yes")
+    };
+    assert!(in_berth("get") && !in_berth("list") && !in_berth("watch"));
     let ns = TestNs::new(lab, "six");
     let spread = json!({"topologySpreadConstraints": [{
         "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
@@ -1091,15 +1097,23 @@ fn router_next_hops(lab: &Lab, prefix: &str) -> BTreeSet<String> {
 }
 
 /// BIRD on the lab router peering with every node (AS 64512 to the nodes' 64513), exporting
-/// what it learns into its kernel table with ECMP; `password` on every session when given.
-fn router_bgp(lab: &Lab, password: Option<&str>) -> String {
+/// what it learns into its kernel table with ECMP, a graceful-restart helper; `password` on
+/// every session when given; BFD (50 ms x 3) on every session when `bfd`.
+fn router_bgp(lab: &Lab, password: Option<&str>, bfd: bool) -> String {
     let mut c =
         String::from("protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n");
-    let pw = password
-        .map(|p| format!("password \"{p}\";"))
-        .unwrap_or_default();
+    let mut opts = String::from("graceful restart on;");
+    if let Some(p) = password {
+        opts.push_str(&format!(" password \"{p}\";"));
+    }
+    if bfd {
+        c.push_str(
+            "protocol bfd { interface \"eth0\" { min rx interval 50 ms; min tx interval 50 ms; multiplier 3; }; }\n",
+        );
+        opts.push_str(" bfd on;");
+    }
     c.push_str(&format!(
-        "template bgp node {{ local {} as 64512; hold time 9; {pw} ipv4 {{ import all; export none; }}; }}\n",
+        "template bgp node {{ local {} as 64512; hold time 9; {opts} ipv4 {{ import all; export none; }}; }}\n",
         addr::ROUTER
     ));
     for (i, n) in lab.nodes().iter().enumerate() {
@@ -1146,53 +1160,56 @@ fn peer_events(lab: &Lab, peer: &str, reason: &str) -> Vec<String> {
         .collect()
 }
 
-/// Issue 12 on real nodes: every node peers with BIRD on the lab router (a BGPPeer and the
-/// BGPConfiguration); a LoadBalancer Service of an `announce: bgp` pool is in the router's
-/// kernel table with one next hop per node (ECMP) and the far client reaches it through the
-/// router; with `externalTrafficPolicy: Local` and one pod the next hops shrink to that pod's
-/// node; a password whose Secret is missing keeps the sessions down (fail closed) and says so,
-/// and with the Secret and the router's password they come back; each node reports its
-/// session in the BGPPeer's status and on `/bgp`.
-#[test]
-fn bgp_service_addresses_reach_the_router_through_every_node() {
-    let (_g, lab) = shared();
-    let t = Instant::now();
-    lab.configure_router(Some(&router_bgp(lab, None))).unwrap();
-    struct Cleanup<'a>(&'a Lab);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            for what in [
-                ["bgppeer", "router"],
-                ["bgpconfiguration", "default"],
-                ["pool", "lan-bgp"],
-            ] {
-                let _ = self
-                    .0
-                    .kubectl(&["delete", what[0], what[1], "--ignore-not-found"]);
-            }
-            let _ = self.0.kubectl(&[
-                "delete",
-                "secret",
-                "router-bgp",
-                "-n",
-                "berth-system",
-                "--ignore-not-found",
-            ]);
-            let _ = self.0.configure_router(None);
+/// Puts the lab back after a BGP test: the BGP objects, the password Secret and the router's
+/// configuration go, and the pool once its Service addresses are released (so that no other
+/// test's audit sees a binding of a pool that no longer exists).
+struct BgpCleanup<'a>(&'a Lab);
+
+impl Drop for BgpCleanup<'_> {
+    fn drop(&mut self) {
+        let lab = self.0;
+        for what in [["bgppeer", "router"], ["bgpconfiguration", "default"]] {
+            let _ = lab.kubectl(&["delete", what[0], what[1], "--ignore-not-found"]);
         }
+        let _ = lab.kubectl(&[
+            "delete",
+            "secret",
+            "router-bgp",
+            "-n",
+            "berth-system",
+            "--ignore-not-found",
+        ]);
+        let _ = lab.configure_router(None);
+        let _ = berth_testbed::wait_for(
+            "the BGP pool's addresses released",
+            Duration::from_secs(45),
+            Duration::from_millis(300),
+            || (!bindings(lab).iter().any(|b| b["pool"] == "lan-bgp")).then_some(()),
+        );
+        let _ = lab.kubectl(&["delete", "pool", "lan-bgp", "--ignore-not-found"]);
     }
-    let _cleanup = Cleanup(lab);
+}
+
+/// The BGP tests' world: BIRD on the router peering with every node (BFD when `bfd`), the
+/// BGPConfiguration (AS 64513), the BGPPeer `router` (its spec extended by `peer_extra`), the
+/// pool `lan-bgp` (`announce: bgp`), three echo pods spread over the nodes in `ns` and their
+/// LoadBalancer Service `web`. Returns the Service's address.
+fn bgp_setup(lab: &Lab, ns: &TestNs, peer_extra: Value, bfd: bool) -> String {
+    let mut peer = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "BGPPeer",
+                          "metadata": {"name": "router"},
+                          "spec": {"peerAddress": addr::ROUTER, "peerASN": 64512,
+                                   "holdTimeSeconds": 9}});
+    for (k, v) in peer_extra.as_object().into_iter().flatten() {
+        peer["spec"][k] = v.clone();
+    }
+    lab.configure_router(Some(&router_bgp(lab, None, bfd)))
+        .unwrap();
     apply(
         lab,
         &json!({"apiVersion": "berth.dev/v1alpha1", "kind": "BGPConfiguration",
                 "metadata": {"name": "default"}, "spec": {"myASN": 64513}}),
     );
-    apply(
-        lab,
-        &json!({"apiVersion": "berth.dev/v1alpha1", "kind": "BGPPeer",
-                "metadata": {"name": "router"},
-                "spec": {"peerAddress": addr::ROUTER, "peerASN": 64512, "holdTimeSeconds": 9}}),
-    );
+    apply(lab, &peer);
     apply(
         lab,
         &json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Pool",
@@ -1200,7 +1217,6 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
                 "spec": {"use": "service", "subnets": [{"cidr": "198.18.40.0/28"}],
                          "announce": "bgp"}}),
     );
-    let ns = TestNs::new(lab, "bgp");
     apply(
         lab,
         &echo_deployment(
@@ -1226,7 +1242,7 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
                      "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
         }),
     );
-    let vip = berth_testbed::wait_for(
+    berth_testbed::wait_for(
         "an EXTERNAL-IP from the BGP pool",
         Duration::from_secs(30),
         Duration::from_millis(200),
@@ -1237,7 +1253,23 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
                 .map(String::from)
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Issue 12 on real nodes: every node peers with BIRD on the lab router (a BGPPeer and the
+/// BGPConfiguration); a LoadBalancer Service of an `announce: bgp` pool is in the router's
+/// kernel table with one next hop per node (ECMP) and the far client reaches it through the
+/// router; with `externalTrafficPolicy: Local` and one pod the next hops shrink to that pod's
+/// node; a password whose Secret is missing keeps the sessions down (fail closed) and says so,
+/// and with the Secret and the router's password they come back; each node reports its
+/// session in the BGPPeer's status and on `/bgp`.
+#[test]
+fn bgp_service_addresses_reach_the_router_through_every_node() {
+    let (_g, lab) = shared();
+    let t = Instant::now();
+    let _cleanup = BgpCleanup(lab);
+    let ns = TestNs::new(lab, "bgp");
+    let vip = bgp_setup(lab, &ns, json!({}), false);
     assert!(vip.starts_with("198.18.40."), "{vip}");
     let all: BTreeSet<String> = lab.nodes().iter().map(|n| n.ip().to_string()).collect();
     let node_ip: BTreeMap<String, String> = lab
@@ -1294,6 +1326,31 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         },
     );
     assert!(sessions.is_ok(), "{:?}", peer_sessions(lab, "router"));
+    // `berth bgp status` shows the same: one row per node.
+    let out = Command::new(BERTH)
+        .args([
+            "bgp",
+            "status",
+            "--json",
+            "--ledger",
+            "kubernetes",
+            "--kubeconfig",
+        ])
+        .arg(lab.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let established: BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| r["peer"] == "router" && r["state"] == "Established" && r["prefixesSent"] == 1)
+        .filter_map(|r| r["node"].as_str())
+        .collect();
+    assert_eq!(established.len(), 3, "{rows:?}");
     assert!(
         peer_events(lab, "router", "SessionEstablished").len() >= 3,
         "{:?}",
@@ -1419,7 +1476,7 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
             "--from-literal=password=lab-bgp-secret",
         ],
     );
-    lab.configure_router(Some(&router_bgp(lab, Some("lab-bgp-secret"))))
+    lab.configure_router(Some(&router_bgp(lab, Some("lab-bgp-secret"), false)))
         .unwrap();
     let back = berth_testbed::wait_for(
         "the sessions established again with the password",
@@ -1437,9 +1494,225 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         lab.birdc(&["show", "protocols"])
     );
     assert_eq!(router_next_hops(lab, &prefix).len(), 1);
+
+    // Seed 002: the pod blocks and the ClusterIP range through the router. Each node
+    // advertises its own blocks and every node the range; the far client reaches a pod by its
+    // own address and the Service by its ClusterIP.
+    kubectl(
+        lab,
+        &[
+            "patch",
+            "bgpconfiguration",
+            "default",
+            "--type=merge",
+            "-p",
+            &json!({"spec": {"advertisePodBlocks": true,
+                             "serviceClusterIPRanges": [addr::SERVICE_CIDR]}})
+            .to_string(),
+        ],
+    );
+    let blocks = get(lab, "/apis/berth.dev/v1alpha1/blocks");
+    let mut want_blocks: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for b in blocks["items"].as_array().into_iter().flatten() {
+        let (Some(cidr), Some(node)) = (b["spec"]["cidr"].as_str(), b["spec"]["node"].as_str())
+        else {
+            continue;
+        };
+        if let Some(ip) = node_ip.get(node) {
+            want_blocks
+                .entry(cidr.to_string())
+                .or_default()
+                .insert(ip.clone());
+        }
+    }
+    assert!(!want_blocks.is_empty(), "{blocks}");
+    let t_blocks = Instant::now();
+    let routed = berth_testbed::wait_for(
+        "every pod block via its node and the ClusterIP range via all nodes on the router",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let ok = want_blocks
+                .iter()
+                .all(|(cidr, via)| &router_next_hops(lab, cidr) == via)
+                && router_next_hops(lab, addr::SERVICE_CIDR) == all;
+            ok.then_some(())
+        },
+    );
+    assert!(
+        routed.is_ok(),
+        "want {want_blocks:?}; router: {:?}",
+        lab.netns("router").ip(["route"])
+    );
+    eprintln!(
+        "[timing] BGP: pod blocks and the ClusterIP range on the router {:.1?} after the BGPConfiguration change",
+        t_blocks.elapsed()
+    );
+    let pod_ip = ready_pods(lab, &ns.name, "web")
+        .values()
+        .next()
+        .map(|p| p.1.clone())
+        .expect("the pod");
+    let v = berth_testbed::wait_for(
+        "the pod by its own address from the far segment",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || curl_json(far.command("curl"), &format!("http://{pod_ip}:8080/")),
+    );
+    assert!(v.is_ok(), "pod {pod_ip} not reached from far");
+    let cluster_ip = get(lab, &format!("/api/v1/namespaces/{}/services/web", ns.name))["spec"]
+        ["clusterIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let v = berth_testbed::wait_for(
+        "the ClusterIP from the far segment",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || curl_json(far.command("curl"), &format!("http://{cluster_ip}/")),
+    );
+    assert!(v.is_ok(), "ClusterIP {cluster_ip} not reached from far");
     drop(ns);
     timing(
         "bgp_service_addresses_reach_the_router_through_every_node",
+        t,
+    );
+}
+
+/// The PID of the `berth agent` process of node `node` (its `NODE_NAME`), a process this test's
+/// lab started.
+fn agent_pid(node: &str) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if !(args.len() > 1 && args[0].ends_with(b"berth") && args[1] == b"agent") {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let want = format!("NODE_NAME={node}");
+        if env.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Issue 12 on real nodes: an agent killed with SIGKILL (a crash) keeps its node's next hop at
+/// the router through graceful restart until it is back, and the session comes back by itself;
+/// with BFD (50 ms x 3, BIRD on the router) a node whose link is cut leaves the router's kernel
+/// table within a second, where the 9 s hold time alone would take 6 s or more.
+#[test]
+fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
+    let (_g, lab) = shared();
+    let t = Instant::now();
+    let _cleanup = BgpCleanup(lab);
+    let ns = TestNs::new(lab, "bgpgr");
+    let vip = bgp_setup(lab, &ns, json!({}), false);
+    let prefix = format!("{vip}/32");
+    let all: BTreeSet<String> = lab.nodes().iter().map(|n| n.ip().to_string()).collect();
+    berth_testbed::wait_for(
+        "three next hops",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || (router_next_hops(lab, &prefix) == all).then_some(()),
+    )
+    .unwrap();
+
+    // Graceful restart: the agent of node 1 crashes.
+    let n1 = &lab.nodes()[0];
+    let pid = agent_pid(n1.name()).expect("node 1's agent process");
+    let killed = Instant::now();
+    // SAFETY: a plain kill(2) of a process this test's lab started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let mut lost = 0usize;
+    let mut samples = 0usize;
+    let mut back: Option<Duration> = None;
+    while killed.elapsed() < Duration::from_secs(90) {
+        samples += 1;
+        if !router_next_hops(lab, &prefix).contains(n1.ip()) {
+            lost += 1;
+        }
+        if back.is_none() {
+            let new_pid = agent_pid(n1.name()).filter(|p| *p != pid);
+            let up = new_pid.is_some()
+                && curl_json(n1.command("curl"), "http://127.0.0.1:9473/bgp")
+                    .is_some_and(|v| v["sessions"][0]["state"] == "Established");
+            if up {
+                back = Some(killed.elapsed());
+            }
+        } else if killed.elapsed() > back.unwrap_or_default() + Duration::from_secs(3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let back = back.unwrap_or_else(|| {
+        panic!(
+            "node 1's agent did not come back with its session within 90 s\n{}",
+            agent_logs(lab)
+        )
+    });
+    eprintln!(
+        "[timing] BGP graceful restart: the killed agent's session Established again {back:.1?} after SIGKILL; next hop missing in {lost} of {samples} samples"
+    );
+    assert_eq!(lost, 0, "the router dropped node 1 during the restart");
+    assert_eq!(router_next_hops(lab, &prefix), all);
+
+    // BFD: the router and the peer both ask for it; then node 2's link is cut.
+    lab.configure_router(Some(&router_bgp(lab, None, true)))
+        .unwrap();
+    kubectl(
+        lab,
+        &[
+            "patch",
+            "bgppeer",
+            "router",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"bfd":{"minRxMillis":50,"minTxMillis":50,"multiplier":3}}}"#,
+        ],
+    );
+    let bfd_up = berth_testbed::wait_for(
+        "three BFD sessions up at the router and three next hops",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let b = lab.birdc(&["show", "bfd", "sessions"]).unwrap_or_default();
+            (b.matches(" Up ").count() == 3 && router_next_hops(lab, &prefix) == all).then_some(())
+        },
+    );
+    assert!(
+        bfd_up.is_ok(),
+        "{:?}\n{:?}",
+        lab.birdc(&["show", "bfd", "sessions"]),
+        router_next_hops(lab, &prefix)
+    );
+    let n2 = &lab.nodes()[1];
+    n2.set_lan(false).unwrap();
+    let cut = Instant::now();
+    let gone = berth_testbed::wait_for(
+        "node 2 out of the router's next hops",
+        Duration::from_secs(20),
+        Duration::from_millis(5),
+        || (!router_next_hops(lab, &prefix).contains(n2.ip())).then(|| cut.elapsed()),
+    );
+    n2.set_lan(true).unwrap();
+    let gone = gone.unwrap();
+    eprintln!("[timing] BGP with BFD: a cut node's next hop left the router's kernel table {gone:.1?} after the cut");
+    assert!(gone < Duration::from_secs(1), "{gone:?}: BFD did not act");
+    // It comes back once the link does.
+    berth_testbed::wait_for(
+        "node 2 back in the next hops",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || (router_next_hops(lab, &prefix) == all).then_some(()),
+    )
+    .unwrap();
+    drop(ns);
+    timing(
+        "bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node",
         t,
     );
 }
