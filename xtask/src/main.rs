@@ -18,6 +18,7 @@
 //!   from Debian's source package (`hack/kube-build.sh`; ~8 minutes once, then cached).
 
 mod bench;
+mod bench_bgp;
 mod bench_kube;
 mod bench_l2;
 mod bench_nodes;
@@ -118,6 +119,11 @@ fn main() -> anyhow::Result<()> {
             kube_build()?;
             bench_nodes::run(&args[2..])
         }
+        Some("bench") if args.get(1).map(String::as_str) == Some("bgp") => {
+            install_deps()?;
+            kube_build()?;
+            bench_bgp::run(&args[2..])
+        }
         Some("bench") if args.get(1).map(String::as_str) == Some("l2") => {
             bench_l2::run(&args[2..])
         }
@@ -127,6 +133,6 @@ fn main() -> anyhow::Result<()> {
             println!("{}", release_bins()?.display());
             Ok(())
         }
-        _ => bail!("usage: cargo xtask test [--install-only [--kube-build]] | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | bench services [--services N] [--large N] | bench nodes | bench l2 [--trials N] [--partition] [--hog MIN] | kube build | release"),
+        _ => bail!("usage: cargo xtask test [--install-only [--kube-build]] | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | bench services [--services N] [--large N] | bench nodes | bench bgp [--services N] | bench l2 [--trials N] [--partition] [--hog MIN] | kube build | release"),
     }
 }

@@ -1096,36 +1096,6 @@ fn router_next_hops(lab: &Lab, prefix: &str) -> BTreeSet<String> {
     out
 }
 
-/// BIRD on the lab router peering with every node (AS 64512 to the nodes' 64513), exporting
-/// what it learns into its kernel table with ECMP, a graceful-restart helper; `password` on
-/// every session when given; BFD (50 ms x 3) on every session when `bfd`.
-fn router_bgp(lab: &Lab, password: Option<&str>, bfd: bool) -> String {
-    let mut c =
-        String::from("protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n");
-    let mut opts = String::from("graceful restart on;");
-    if let Some(p) = password {
-        opts.push_str(&format!(" password \"{p}\";"));
-    }
-    if bfd {
-        c.push_str(
-            "protocol bfd { interface \"eth0\" { min rx interval 50 ms; min tx interval 50 ms; multiplier 3; }; }\n",
-        );
-        opts.push_str(" bfd on;");
-    }
-    c.push_str(&format!(
-        "template bgp node {{ local {} as 64512; hold time 9; {opts} ipv4 {{ import all; export none; }}; }}\n",
-        addr::ROUTER
-    ));
-    for (i, n) in lab.nodes().iter().enumerate() {
-        c.push_str(&format!(
-            "protocol bgp node{} from node {{ neighbor {} as 64513; }}\n",
-            i + 1,
-            n.ip()
-        ));
-    }
-    c
-}
-
 /// The BGPPeer's `status.sessions`, node → (state, prefixesSent, message).
 fn peer_sessions(lab: &Lab, peer: &str) -> BTreeMap<String, (String, u64, String)> {
     let v = get(lab, &format!("/apis/berth.dev/v1alpha1/bgppeers/{peer}"));
@@ -1202,7 +1172,7 @@ fn bgp_setup(lab: &Lab, ns: &TestNs, peer_extra: Value, bfd: bool) -> String {
     for (k, v) in peer_extra.as_object().into_iter().flatten() {
         peer["spec"][k] = v.clone();
     }
-    lab.configure_router(Some(&router_bgp(lab, None, bfd)))
+    lab.configure_router(Some(&lab.router_bgp(None, bfd)))
         .unwrap();
     apply(
         lab,
@@ -1476,7 +1446,7 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
             "--from-literal=password=lab-bgp-secret",
         ],
     );
-    lab.configure_router(Some(&router_bgp(lab, Some("lab-bgp-secret"), false)))
+    lab.configure_router(Some(&lab.router_bgp(Some("lab-bgp-secret"), false)))
         .unwrap();
     let back = berth_testbed::wait_for(
         "the sessions established again with the password",
@@ -1661,7 +1631,7 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
     assert_eq!(router_next_hops(lab, &prefix), all);
 
     // BFD: the router and the peer both ask for it; then node 2's link is cut.
-    lab.configure_router(Some(&router_bgp(lab, None, true)))
+    lab.configure_router(Some(&lab.router_bgp(None, true)))
         .unwrap();
     kubectl(
         lab,

@@ -442,6 +442,46 @@ impl Lab {
         Ok(())
     }
 
+    /// BIRD on the lab router peering with every node (AS 64512 to the nodes' 64513), exporting
+    /// what it learns into its kernel table with ECMP, a graceful-restart helper that takes a peer
+    /// back within seconds of an error; `password` on
+    /// every session when given; BFD (50 ms x 3) on every session when `bfd`; for
+    /// [`Lab::configure_router`].
+    ///
+    /// Why here: the BGP tests and `cargo xtask bench bgp` peer the same way.
+    pub fn router_bgp(&self, password: Option<&str>, bfd: bool) -> String {
+        let mut c = String::from(
+            "protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n",
+        );
+        // BIRD waits 60-300 s after a session error before it accepts the peer again (`error
+        // wait time`); the lab's router takes it back within seconds, so a test that cuts a
+        // link sees the session return.
+        let mut opts = String::from(
+            "graceful restart on; connect retry time 1; connect delay time 1; error wait time 1, 10;",
+        );
+        if let Some(p) = password {
+            opts.push_str(&format!(" password \"{p}\";"));
+        }
+        if bfd {
+            c.push_str(
+                "protocol bfd { interface \"eth0\" { min rx interval 50 ms; min tx interval 50 ms; multiplier 3; }; }\n",
+            );
+            opts.push_str(" bfd on;");
+        }
+        c.push_str(&format!(
+            "template bgp node {{ local {} as 64512; hold time 9; {opts} ipv4 {{ import all; export none; }}; }}\n",
+            addr::ROUTER
+        ));
+        for (i, n) in self.nodes().iter().enumerate() {
+            c.push_str(&format!(
+                "protocol bgp node{} from node {{ neighbor {} as 64513; }}\n",
+                i + 1,
+                n.ip()
+            ));
+        }
+        c
+    }
+
     /// `kubectl` v1.20.2 with the host kubeconfig; returns stdout.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         let mut c = Command::new(self.cfg.kube_bin.join("kubectl"));
