@@ -18,26 +18,6 @@ use std::time::{Duration, Instant};
 
 use crate::release_bins;
 
-/// The router's next hops for `prefix`.
-fn next_hops(lab: &Lab, prefix: &str) -> BTreeSet<String> {
-    let v = lab
-        .netns("router")
-        .ip_json(["route", "show", prefix])
-        .unwrap_or(Value::Null);
-    let mut out = BTreeSet::new();
-    for r in v.as_array().into_iter().flatten() {
-        if let Some(g) = r["gateway"].as_str() {
-            out.insert(g.to_string());
-        }
-        for h in r["nexthops"].as_array().into_iter().flatten() {
-            if let Some(g) = h["gateway"].as_str() {
-                out.insert(g.to_string());
-            }
-        }
-    }
-    out
-}
-
 fn post(lab: &Lab, path: &str, body: &Value) -> anyhow::Result<()> {
     let r = lab.request("POST", path, Some(body))?;
     if !(200..300).contains(&r.status) {
@@ -165,7 +145,7 @@ fn measure(lab: &Lab, services: usize) -> anyhow::Result<()> {
         let prefix = format!("{ip}/32");
         let mut seen: Option<Duration> = None;
         loop {
-            let h = next_hops(lab, &prefix);
+            let h = lab.router_next_hops(&prefix);
             if seen.is_none() && !h.is_empty() {
                 seen = Some(t0.elapsed());
             }

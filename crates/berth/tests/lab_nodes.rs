@@ -1076,26 +1076,6 @@ fn an_l2_service_address_is_announced_by_one_node_and_fails_over() {
     );
 }
 
-/// The router's next hops for `prefix` in its kernel table (what BIRD installed).
-fn router_next_hops(lab: &Lab, prefix: &str) -> BTreeSet<String> {
-    let v = lab
-        .netns("router")
-        .ip_json(["route", "show", prefix])
-        .unwrap_or(Value::Null);
-    let mut out = BTreeSet::new();
-    for r in v.as_array().into_iter().flatten() {
-        if let Some(g) = r["gateway"].as_str() {
-            out.insert(g.to_string());
-        }
-        for h in r["nexthops"].as_array().into_iter().flatten() {
-            if let Some(g) = h["gateway"].as_str() {
-                out.insert(g.to_string());
-            }
-        }
-    }
-    out
-}
-
 /// The BGPPeer's `status.sessions`, node → (state, prefixesSent, message).
 fn peer_sessions(lab: &Lab, peer: &str) -> BTreeMap<String, (String, u64, String)> {
     let v = get(lab, &format!("/apis/berth.dev/v1alpha1/bgppeers/{peer}"));
@@ -1254,14 +1234,14 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         Duration::from_secs(60),
         Duration::from_millis(100),
         || {
-            let h = router_next_hops(lab, &prefix);
+            let h = lab.router_next_hops(&prefix);
             (h == all).then_some(h)
         },
     );
     if hops.is_err() {
         panic!(
             "next hops {:?}\nbird: {:?}\nsessions: {:?}\nagents:\n{}",
-            router_next_hops(lab, &prefix),
+            lab.router_next_hops(&prefix),
             lab.birdc(&["show", "protocols", "all"]),
             peer_sessions(lab, "router"),
             agent_logs(lab)
@@ -1377,13 +1357,13 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
             }
             let node = pods.values().next().map(|p| p.0.clone())?;
             let want: BTreeSet<String> = node_ip.get(&node).cloned().into_iter().collect();
-            (router_next_hops(lab, &prefix) == want).then_some(want)
+            (lab.router_next_hops(&prefix) == want).then_some(want)
         },
     );
     assert!(
         one.is_ok(),
         "{:?} pods {:?}",
-        router_next_hops(lab, &prefix),
+        lab.router_next_hops(&prefix),
         ready_pods(lab, &ns.name, "web")
     );
     eprintln!(
@@ -1430,7 +1410,7 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         "the route gone from the router",
         Duration::from_secs(30),
         Duration::from_millis(100),
-        || router_next_hops(lab, &prefix).is_empty().then_some(()),
+        || lab.router_next_hops(&prefix).is_empty().then_some(()),
     )
     .unwrap();
     // The Secret and the router's password: the sessions come back (TCP MD5 on both ends).
@@ -1463,7 +1443,7 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         peer_sessions(lab, "router"),
         lab.birdc(&["show", "protocols"])
     );
-    assert_eq!(router_next_hops(lab, &prefix).len(), 1);
+    assert_eq!(lab.router_next_hops(&prefix).len(), 1);
 
     // Seed 002: the pod blocks and the ClusterIP range through the router. Each node
     // advertises its own blocks and every node the range; the far client reaches a pod by its
@@ -1504,8 +1484,8 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         || {
             let ok = want_blocks
                 .iter()
-                .all(|(cidr, via)| &router_next_hops(lab, cidr) == via)
-                && router_next_hops(lab, addr::SERVICE_CIDR) == all;
+                .all(|(cidr, via)| &lab.router_next_hops(cidr) == via)
+                && lab.router_next_hops(addr::SERVICE_CIDR) == all;
             ok.then_some(())
         },
     );
@@ -1587,7 +1567,7 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
         "three next hops",
         Duration::from_secs(60),
         Duration::from_millis(100),
-        || (router_next_hops(lab, &prefix) == all).then_some(()),
+        || (lab.router_next_hops(&prefix) == all).then_some(()),
     )
     .unwrap();
 
@@ -1602,7 +1582,7 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
     let mut back: Option<Duration> = None;
     while killed.elapsed() < Duration::from_secs(90) {
         samples += 1;
-        if !router_next_hops(lab, &prefix).contains(n1.ip()) {
+        if !lab.router_next_hops(&prefix).contains(n1.ip()) {
             lost += 1;
         }
         if back.is_none() {
@@ -1628,7 +1608,7 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
         "[timing] BGP graceful restart: the killed agent's session Established again {back:.1?} after SIGKILL; next hop missing in {lost} of {samples} samples"
     );
     assert_eq!(lost, 0, "the router dropped node 1 during the restart");
-    assert_eq!(router_next_hops(lab, &prefix), all);
+    assert_eq!(lab.router_next_hops(&prefix), all);
 
     // BFD: the router and the peer both ask for it; then node 2's link is cut.
     lab.configure_router(Some(&lab.router_bgp(None, true)))
@@ -1650,14 +1630,14 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
         Duration::from_millis(200),
         || {
             let b = lab.birdc(&["show", "bfd", "sessions"]).unwrap_or_default();
-            (b.matches(" Up ").count() == 3 && router_next_hops(lab, &prefix) == all).then_some(())
+            (b.matches(" Up ").count() == 3 && lab.router_next_hops(&prefix) == all).then_some(())
         },
     );
     assert!(
         bfd_up.is_ok(),
         "{:?}\n{:?}",
         lab.birdc(&["show", "bfd", "sessions"]),
-        router_next_hops(lab, &prefix)
+        lab.router_next_hops(&prefix)
     );
     let n2 = &lab.nodes()[1];
     n2.set_lan(false).unwrap();
@@ -1666,7 +1646,7 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
         "node 2 out of the router's next hops",
         Duration::from_secs(20),
         Duration::from_millis(5),
-        || (!router_next_hops(lab, &prefix).contains(n2.ip())).then(|| cut.elapsed()),
+        || (!lab.router_next_hops(&prefix).contains(n2.ip())).then(|| cut.elapsed()),
     );
     n2.set_lan(true).unwrap();
     let gone = gone.unwrap();
@@ -1677,7 +1657,7 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
         "node 2 back in the next hops",
         Duration::from_secs(60),
         Duration::from_millis(200),
-        || (router_next_hops(lab, &prefix) == all).then_some(()),
+        || (lab.router_next_hops(&prefix) == all).then_some(()),
     )
     .unwrap();
     drop(ns);

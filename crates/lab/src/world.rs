@@ -482,6 +482,29 @@ impl Lab {
         c
     }
 
+    /// The router's next hops for `prefix` in its kernel table (what BIRD installed): one for a
+    /// plain route, each of an ECMP route's.
+    ///
+    /// Why here: the BGP tests and `cargo xtask bench bgp` read the router alike.
+    pub fn router_next_hops(&self, prefix: &str) -> std::collections::BTreeSet<String> {
+        let v = self
+            .netns("router")
+            .ip_json(["route", "show", prefix])
+            .unwrap_or(Value::Null);
+        let mut out = std::collections::BTreeSet::new();
+        for r in v.as_array().into_iter().flatten() {
+            if let Some(g) = r["gateway"].as_str() {
+                out.insert(g.to_string());
+            }
+            for h in r["nexthops"].as_array().into_iter().flatten() {
+                if let Some(g) = h["gateway"].as_str() {
+                    out.insert(g.to_string());
+                }
+            }
+        }
+        out
+    }
+
     /// `kubectl` v1.20.2 with the host kubeconfig; returns stdout.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         let mut c = Command::new(self.cfg.kube_bin.join("kubectl"));
