@@ -722,3 +722,170 @@ impl BgpOutlets for KubeOutlets {
         berth_k8s::bgp::write_session(&self.client, peer, &self.node, status).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Outlets that record what the loop tells, with a password lookup that always fails.
+    #[derive(Default)]
+    struct Fake {
+        events: Mutex<Vec<(String, bool, String, String)>>,
+        sessions: Mutex<Vec<(String, Option<BgpSessionStatus>)>>,
+    }
+
+    #[async_trait]
+    impl BgpOutlets for Fake {
+        async fn password(&self, r: &SecretKeyRef) -> Result<String, String> {
+            Err(format!(
+                "passwordSecretRef: Secret berth-system/{} key {:?}: the Secret does not exist",
+                r.name,
+                r.key()
+            ))
+        }
+        async fn event(&self, peer: &PeerObject, warning: bool, reason: &str, message: &str) {
+            self.events.lock().unwrap().push((
+                peer.name.clone(),
+                warning,
+                reason.into(),
+                message.into(),
+            ));
+        }
+        async fn session(
+            &self,
+            peer: &str,
+            status: Option<&BgpSessionStatus>,
+        ) -> Result<(), String> {
+            self.sessions
+                .lock()
+                .unwrap()
+                .push((peer.into(), status.cloned()));
+            Ok(())
+        }
+    }
+
+    fn peer(name: &str, spec: serde_json::Value) -> PeerObject {
+        PeerObject {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            labels: BTreeMap::new(),
+            spec: serde_json::from_value(spec).unwrap(),
+        }
+    }
+
+    fn inputs(peers: Vec<PeerObject>) -> Inputs {
+        Inputs {
+            peers,
+            cluster: Some(BgpConfigSpec {
+                my_asn: Some(64513),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn round(l: &mut Loop, inp: &Inputs, fake: &Fake, h: &BgpHandle) {
+        let cfg = BgpConfig { node: "n1".into() };
+        let m = BgpMetrics::new();
+        l.apply(&cfg, inp, fake, &m, h).await;
+        l.observe(&cfg, fake, &m, h).await;
+    }
+
+    #[tokio::test]
+    async fn a_peer_whose_password_cannot_be_read_stays_down_and_says_so_once() {
+        let fake = Fake::default();
+        let h = BgpHandle::default();
+        let mut l = Loop::default();
+        // No speaker starts in these tests (every session lacks its password), so nothing is
+        // ever sent to these addresses.
+        let inp = inputs(vec![peer(
+            "tor",
+            json!({"peerAddress": "198.18.1.1", "peerASN": 64512,
+                   "passwordSecretRef": {"name": "tor-secret"}}),
+        )]);
+        round(&mut l, &inp, &fake, &h).await;
+        // Fail closed: no speaker, so no session and no route.
+        assert!(h.speaker.lock().unwrap().is_none());
+        assert!(l.secret_failed.is_some(), "the Secret is read again later");
+        let events = fake.events.lock().unwrap().clone();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let (p, warning, reason, msg) = &events[0];
+        assert!(
+            p == "tor" && *warning && reason == reason::PASSWORD,
+            "{events:?}"
+        );
+        assert!(
+            msg.contains("node n1") && msg.contains("tor-secret"),
+            "{msg}"
+        );
+        let sessions = fake.sessions.lock().unwrap().clone();
+        assert_eq!(sessions.len(), 1, "{sessions:?}");
+        let s = sessions[0].1.as_ref().expect("an entry");
+        assert_eq!((s.node.as_str(), s.state.as_str()), ("n1", "Idle"));
+        assert!(s
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("tor-secret")));
+        assert_eq!(h.view().sessions[0].state, "Idle");
+        // The same again: nothing told twice, nothing written twice.
+        round(&mut l, &inp, &fake, &h).await;
+        assert_eq!(fake.events.lock().unwrap().len(), 1);
+        assert_eq!(fake.sessions.lock().unwrap().len(), 1);
+        // The peer goes: its entry is removed.
+        round(&mut l, &inputs(vec![]), &fake, &h).await;
+        let sessions = fake.sessions.lock().unwrap().clone();
+        assert_eq!(sessions.last(), Some(&("tor".to_string(), None)));
+        assert!(l.secret_failed.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_second_as_for_the_same_node_is_refused_and_reported() {
+        let fake = Fake::default();
+        let h = BgpHandle::default();
+        let mut l = Loop::default();
+        // `a` lacks its password, so no speaker starts and nothing is sent anywhere.
+        let inp = inputs(vec![
+            peer(
+                "a",
+                json!({"peerAddress": "198.18.1.1", "peerASN": 64512,
+                       "passwordSecretRef": {"name": "a"}}),
+            ),
+            peer(
+                "b",
+                json!({"peerAddress": "198.18.1.2", "peerASN": 64512, "myASN": 64999}),
+            ),
+        ]);
+        round(&mut l, &inp, &fake, &h).await;
+        assert!(h.speaker.lock().unwrap().is_none());
+        let events = fake.events.lock().unwrap().clone();
+        assert!(
+            events.iter().any(|(p, w, r, m)| p == "b"
+                && *w
+                && r == reason::REFUSED
+                && m.contains("AS 64513")),
+            "{events:?}"
+        );
+        assert!(h.view().refused.contains_key("b"));
+        let b = fake
+            .sessions
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| p == "b")
+            .and_then(|(_, s)| s.clone())
+            .expect("b's entry");
+        assert_eq!(b.state, "Idle");
+        assert!(b.message.as_deref().is_some_and(|m| m.contains("AS 64513")));
+        // Told once.
+        round(&mut l, &inp, &fake, &h).await;
+        let refused = fake
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, r, _)| p == "b" && r == reason::REFUSED)
+            .count();
+        assert_eq!(refused, 1);
+    }
+}
