@@ -519,6 +519,34 @@ impl ArpWatch {
         best
     }
 
+    /// The answers of the first `window` after `from` in which more than one MAC answered,
+    /// as `(seconds after from, mac)`, with the 100 ms of answers before it; empty if none.
+    ///
+    /// Why: a test that finds two MACs says when, and what led up to it (a handover, a cut).
+    pub fn overlap(&self, from: f64, window: Duration) -> Vec<(f64, String)> {
+        let a: Vec<ArpAnswer> = self
+            .answers()
+            .into_iter()
+            .filter(|a| a.at >= from)
+            .collect();
+        for (i, x) in a.iter().enumerate() {
+            let end = x.at + window.as_secs_f64();
+            let macs: std::collections::BTreeSet<&str> = a[i..]
+                .iter()
+                .take_while(|y| y.at <= end)
+                .map(|y| y.mac.as_str())
+                .collect();
+            if macs.len() > 1 {
+                return a
+                    .iter()
+                    .filter(|y| y.at >= x.at - 0.1 && y.at <= end)
+                    .map(|y| (y.at - from, y.mac.clone()))
+                    .collect();
+            }
+        }
+        vec![]
+    }
+
     /// Stops capturing; the answers stay readable.
     pub fn stop(&mut self) {
         self.requester.stop();
