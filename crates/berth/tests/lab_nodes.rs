@@ -85,6 +85,22 @@ fn kubectl(lab: &Lab, args: &[&str]) -> String {
         .unwrap_or_else(|e| panic!("kubectl {}: {e:#}", args.join(" ")))
 }
 
+/// `externalTrafficPolicy: Local` on Service `svc` in `ns`.
+fn local_traffic(lab: &Lab, ns: &str, svc: &str) {
+    kubectl(
+        lab,
+        &[
+            "patch",
+            "service",
+            svc,
+            "-n",
+            ns,
+            "-p",
+            r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+        ],
+    );
+}
+
 /// `kubectl apply -f -` of one JSON object.
 fn apply(lab: &Lab, obj: &Value) {
     let f = tempfile::NamedTempFile::new().unwrap();
@@ -931,18 +947,7 @@ fn an_l2_service_address_is_announced_by_one_node_and_fails_over() {
     for target in [&names[0], &names[2]] {
         let pin = json!({"nodeSelector": {"kubernetes.io/hostname": target}});
         apply(lab, &echo_deployment("web", &ns.name, 1, pin, json!({})));
-        kubectl(
-            lab,
-            &[
-                "patch",
-                "service",
-                "web",
-                "-n",
-                &ns.name,
-                "-p",
-                r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
-            ],
-        );
+        local_traffic(lab, &ns.name, "web");
         // A precondition, not the assertion: the bound is generous because a node whose link
         // was cut just before has once taken minutes to start a pod (see the issue notes);
         // the time it took is printed so that it stays visible.
@@ -1333,18 +1338,7 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         lab,
         &["scale", "deployment", "web", "-n", &ns.name, "--replicas=1"],
     );
-    kubectl(
-        lab,
-        &[
-            "patch",
-            "service",
-            "web",
-            "-n",
-            &ns.name,
-            "-p",
-            r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
-        ],
-    );
+    local_traffic(lab, &ns.name, "web");
     let t_local = Instant::now();
     let one = berth_testbed::wait_for(
         "the router's next hops shrunk to the node with the pod",
