@@ -545,6 +545,8 @@ impl File {
                 groups,
                 bfd,
                 max_prefixes,
+                // The file's graceful_restart_time is the speaker's, for every peer.
+                graceful_restart: None,
             });
         }
         let mut routes = Vec::new();

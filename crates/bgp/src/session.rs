@@ -197,9 +197,9 @@ impl Session {
                 router_id: g.router_id,
                 hold_time: self.cfg.hold_time,
                 families: Families { v4: true, v6: true },
-                gr_restart_time: g.graceful_restart_time,
+                gr_restart_time: self.cfg.restart_time(g),
                 // The R bit goes on the first OPEN after the speaker started only.
-                gr_restarting: g.graceful_restart_time.is_some() && first,
+                gr_restarting: self.cfg.restart_time(g).is_some() && first,
             },
             remote_as: self.cfg.remote_as,
             settings: settings(&self.cfg),
@@ -717,7 +717,7 @@ impl Session {
         let mode = match how {
             PeerStop::Cease(sub) => StopMode::Cease(sub),
             PeerStop::Restart => {
-                let gr = self.shared.global.graceful_restart_time.is_some()
+                let gr = self.cfg.restart_time(&self.shared.global).is_some()
                     && fsm
                         .established()
                         .is_some_and(|(_, n)| n.peer_graceful_restart);

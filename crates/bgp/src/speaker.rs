@@ -76,6 +76,11 @@ pub struct PeerConfig {
     pub bfd: Option<BfdConfig>,
     /// Maximum prefixes the peer may send, per family.
     pub max_prefixes: PrefixLimits,
+    /// This peer's graceful-restart time where it differs from the speaker's
+    /// ([`GlobalConfig::graceful_restart_time`]); `Some(None)` advertises no
+    /// graceful restart to this peer. Why per peer: routers differ in how long
+    /// they should keep a restarting node's routes (a ToR pair, a route server).
+    pub graceful_restart: Option<Option<u16>>,
 }
 
 impl PeerConfig {
@@ -96,7 +101,15 @@ impl PeerConfig {
             groups: vec![],
             bfd: None,
             max_prefixes: PrefixLimits::default(),
+            graceful_restart: None,
         }
+    }
+
+    /// The graceful-restart time this peer is offered: its own, else the
+    /// speaker's; `None` when it is offered none.
+    pub fn restart_time(&self, global: &GlobalConfig) -> Option<u16> {
+        self.graceful_restart
+            .unwrap_or(global.graceful_restart_time)
     }
 
     /// True when going from `self` to `new` needs a new session: the OPEN,
@@ -114,6 +127,8 @@ impl PeerConfig {
             // A new BFD session (other timers, on, off) looks like a failure
             // to the peer's BFD, which drops its BGP session anyway.
             || self.bfd != new.bfd
+            // The restart time goes in the OPEN.
+            || self.graceful_restart != new.graceful_restart
     }
 }
 

@@ -72,6 +72,12 @@ pub struct PeerSpec {
     /// Address families advertised on the session. Default: the peer address's family.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub families: Vec<AddressFamily>,
+    /// The router opens the session: the node does not dial, it listens on port 179 of its
+    /// address towards the peer (`sourceAddress`, else its InternalIP of the peer's family)
+    /// and takes the router's connection. For routers that only dial. Default false: the node
+    /// dials (and listens on nothing, so a router on the node may hold port 179).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<bool>,
 }
 
 /// A key of a Secret in Berth's namespace.
@@ -609,6 +615,7 @@ mod tests {
                 bfd: Some(BfdSpec { min_rx_millis: rx, min_tx_millis: None, multiplier: mult }),
                 graceful_restart: Some(GracefulRestartSpec { enabled: None, restart_time_seconds: gr }),
                 families: vec![],
+                passive: None,
             };
             if p.validate(&cluster()).is_ok() {
                 let back: PeerSpec = serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();

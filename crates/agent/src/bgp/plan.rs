@@ -303,6 +303,9 @@ pub fn speaker_peer(
     c.ttl = s.ebgp_multihop;
     c.local_address = s.source_address;
     c.groups = vec![name.to_string()];
+    // Each peer is offered its own restart time (or none).
+    c.graceful_restart = Some(s.restart_time());
+    c.passive = s.passive == Some(true);
     c.bfd = s.bfd.as_ref().map(|b| {
         let (rx, tx, mult) = b.timers();
         berth_bgp::BfdConfig {
@@ -312,6 +315,27 @@ pub fn speaker_peer(
         }
     });
     c
+}
+
+/// Where the speaker listens: port 179 of this node's address towards each passive peer (its
+/// `sourceAddress`, else the node's first InternalIP of the peer's family); nothing when no
+/// session is passive, so a router on the node keeps port 179.
+pub fn listen_addresses(plan: &Plan, node_ips: &[IpAddr]) -> Vec<std::net::SocketAddr> {
+    let mut out = BTreeSet::new();
+    for s in plan.sessions.values() {
+        if s.spec.passive != Some(true) {
+            continue;
+        }
+        let peer_v4 = s.spec.peer_address.is_ipv4();
+        let local = s
+            .spec
+            .source_address
+            .or_else(|| node_ips.iter().copied().find(|a| a.is_ipv4() == peer_v4));
+        if let Some(a) = local {
+            out.insert(std::net::SocketAddr::new(a, berth_core::bgp::BGP_PORT));
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// The speaker's routes for `plan`: each route once per peer it goes to (by the peer's group,
@@ -588,6 +612,48 @@ mod tests {
     }
 
     #[test]
+    fn passive_peers_make_the_speaker_listen_on_the_nodes_address_towards_them() {
+        let mut i = inputs();
+        let ips: Vec<IpAddr> = vec![
+            "198.18.0.11".parse().unwrap(),
+            "2001:db8::11".parse().unwrap(),
+        ];
+        let p = plan(&i, "n1");
+        assert!(
+            listen_addresses(&p, &ips).is_empty(),
+            "no passive peer: no listener"
+        );
+        assert!(!speaker_peer("tor-a", &p.sessions["tor-a"], None).passive);
+        i.peers = vec![
+            peer(
+                "a",
+                json!({"peerAddress": "198.18.1.1", "peerASN": 64512, "passive": true}),
+            ),
+            peer(
+                "b",
+                json!({"peerAddress": "2001:db8::1", "peerASN": 64512, "passive": true}),
+            ),
+            peer(
+                "c",
+                json!({"peerAddress": "198.18.1.3", "peerASN": 64512, "passive": true,
+                             "sourceAddress": "198.18.0.99"}),
+            ),
+            peer("d", json!({"peerAddress": "198.18.1.4", "peerASN": 64512})),
+        ];
+        let p = plan(&i, "n1");
+        let l: Vec<String> = listen_addresses(&p, &ips)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            l,
+            ["198.18.0.11:179", "198.18.0.99:179", "[2001:db8::11]:179"]
+        );
+        assert!(speaker_peer("a", &p.sessions["a"], None).passive);
+        assert!(!speaker_peer("d", &p.sessions["d"], None).passive);
+    }
+
+    #[test]
     fn the_speaker_gets_each_session_and_route_by_peer_name() {
         let mut i = inputs();
         i.peers[0] = peer(
@@ -610,6 +676,24 @@ mod tests {
         assert_eq!(c.local_address, Some("198.18.0.11".parse().unwrap()));
         assert_eq!(c.password.as_deref(), Some("s3cret"));
         assert_eq!(c.groups, ["tor-a"]);
+        assert_eq!(
+            c.graceful_restart,
+            Some(Some(120)),
+            "graceful restart on by default"
+        );
+        for (gr, want) in [
+            (json!({"enabled": false}), None),
+            (json!({"restartTimeSeconds": 30}), Some(30)),
+        ] {
+            let mut j = inputs();
+            j.peers[0] = peer(
+                "tor-b",
+                json!({"peerAddress": "198.18.1.2", "peerASN": 64512, "gracefulRestart": gr}),
+            );
+            let q = plan(&j, "n1");
+            let c = speaker_peer("tor-b", &q.sessions["tor-b"], None);
+            assert_eq!(c.graceful_restart, Some(want), "{gr}");
+        }
         let bfd = c.bfd.unwrap();
         assert_eq!(
             (

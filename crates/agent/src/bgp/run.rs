@@ -7,7 +7,9 @@
 //! change of peers or routes is applied to the running sessions without resetting those that
 //! did not change (the speaker's `reconcile`).
 
-use super::plan::{plan, speaker_peer, speaker_routes, Inputs, Origin, PeerObject, Plan};
+use super::plan::{
+    listen_addresses, plan, speaker_peer, speaker_routes, Inputs, Origin, PeerObject, Plan,
+};
 use async_trait::async_trait;
 use berth_bgp::{GlobalConfig, PeerConfig, ShutdownMode, Speaker, State};
 use berth_core::bgp::{BgpConfigSpec, SecretKeyRef};
@@ -272,10 +274,13 @@ struct Loop {
     /// When a Secret could not be read (read again after [`SECRET_RETRY`]).
     secret_failed: Option<Instant>,
     router_id: Option<Ipv4Addr>,
+    /// This node's InternalIPs (a passive peer's session is taken on one of them).
+    node_ips: Vec<IpAddr>,
 }
 
-/// The inputs as one [`Inputs`], once every watch has listed; with the router ID.
-fn snapshot(i: &BgpInputs, me: &str) -> Option<(Inputs, Option<Ipv4Addr>)> {
+/// The inputs as one [`Inputs`], once every watch has listed; with the router ID and the
+/// node's InternalIPs.
+fn snapshot(i: &BgpInputs, me: &str) -> Option<(Inputs, Option<Ipv4Addr>, Vec<IpAddr>)> {
     let nodes = i.nodes.borrow().clone()?;
     let peers = i.peers.borrow().clone()?;
     let cluster = i.cluster.borrow().clone()?;
@@ -306,7 +311,42 @@ fn snapshot(i: &BgpInputs, me: &str) -> Option<(Inputs, Option<Ipv4Addr>)> {
             blocks,
         },
         router_id,
+        me_facts.map(|n| n.ips.clone()).unwrap_or_default(),
     ))
+}
+
+impl BgpInputs {
+    /// Waits (up to `within`) until every watch has listed once.
+    ///
+    /// Why: `berth announcements` plans every node the way its agent does, from the same
+    /// watches, and a plan from a half-listed cluster would show routes missing that are not.
+    pub async fn listed(&mut self, within: Duration) -> Result<(), String> {
+        let all = async {
+            let _ = self.nodes.wait_for(Option::is_some).await;
+            let _ = self.peers.wait_for(Option::is_some).await;
+            let _ = self.cluster.wait_for(Option::is_some).await;
+            let _ = self.pools.wait_for(Option::is_some).await;
+            let _ = self.bindings.wait_for(Option::is_some).await;
+            let _ = self.services.wait_for(Option::is_some).await;
+            let _ = self.endpoints.wait_for(Option::is_some).await;
+            if let Some(b) = &mut self.blocks {
+                let _ = b.wait_for(Option::is_some).await;
+            }
+        };
+        tokio::time::timeout(within, all)
+            .await
+            .map_err(|_| format!("the watches did not all list within {within:?}"))
+    }
+
+    /// Every node's name with the plan its agent computes now (the same inputs, the same
+    /// [`plan`]); `None` until every watch has listed.
+    pub fn plans(&self) -> Option<BTreeMap<String, Plan>> {
+        let nodes = self.nodes.borrow().clone()?;
+        nodes
+            .keys()
+            .map(|n| snapshot(self, n).map(|(inputs, _, _)| (n.clone(), plan(&inputs, n))))
+            .collect()
+    }
 }
 
 async fn changed(i: &mut BgpInputs) -> bool {
@@ -352,8 +392,9 @@ pub async fn run(
     loop {
         if dirty {
             dirty = false;
-            if let Some((inp, rid)) = snapshot(&inputs, &cfg.node) {
+            if let Some((inp, rid, ips)) = snapshot(&inputs, &cfg.node) {
                 state.router_id = rid;
+                state.node_ips = ips;
                 state
                     .apply(&cfg, &inp, outlets.as_ref(), &metrics, &handle)
                     .await;
@@ -457,14 +498,12 @@ impl Loop {
         let global = local_as.map(|asn| GlobalConfig {
             router_id: self.router_id.unwrap_or_else(|| router_id_of(&cfg.node)),
             local_as: asn,
-            // Dial only: a router on the node itself may hold port 179.
-            listen: vec![],
-            // The speaker advertises one restart time: the longest the sessions ask for.
-            graceful_restart_time: p
-                .sessions
-                .values()
-                .filter_map(|s| s.spec.restart_time())
-                .max(),
+            // Dial only, unless a peer is passive: a router on the node itself may hold
+            // port 179.
+            listen: listen_addresses(&p, &self.node_ips),
+            // Each peer carries its own restart time (`speaker_peer`), so a change of one
+            // peer's restarts that session only.
+            graceful_restart_time: None,
         });
         let current = handle
             .speaker
@@ -472,7 +511,7 @@ impl Loop {
             .ok()
             .and_then(|s| s.as_ref().map(|s| s.global().clone()));
         if current.is_some() && (configs.is_empty() || current != global) {
-            // No session left, or the AS / identifier / restart time changed: every session
+            // No session left, or the AS, identifier or listeners changed: every session
             // starts again, after a clean withdrawal.
             handle.leave().await;
         }

@@ -62,7 +62,10 @@ fn api_routes_per_peer_with_attributes_and_live_peer_changes() {
         c.hold_time = 3;
         c
     };
-    let (c1, c2) = (peer(a1, 64512), peer(a2, 64513));
+    let (mut c1, mut c2) = (peer(a1, 64512), peer(a2, 64513));
+    // Per-peer graceful restart: r1 is offered 30 s (the speaker's is 120 s), r2 none.
+    c1.graceful_restart = Some(Some(30));
+    c2.graceful_restart = Some(None);
     {
         let (sp, c1, c2) = (sp.clone(), c1.clone(), c2.clone());
         let ch = rt.run(async move {
@@ -117,6 +120,20 @@ fn api_routes_per_peer_with_attributes_and_live_peer_changes() {
                 .birdc("show route 198.19.50.3/32")
                 .contains("198.19.50.3")
     });
+    // What each BIRD heard in our OPEN.
+    let caps = |b: &Bird| {
+        let all = b.birdc("show protocols all s1");
+        let neighbor = all
+            .split_once("Neighbor capabilities")
+            .map(|(_, rest)| rest.split("Session:").next().unwrap_or(rest).to_string());
+        neighbor.unwrap_or_else(|| panic!("no neighbor capabilities in:\n{all}"))
+    };
+    let (k1, k2) = (caps(&b1), caps(&b2));
+    assert!(
+        k1.contains("Graceful restart") && k1.contains("Restart time: 30"),
+        "{k1}"
+    );
+    assert!(!k2.contains("Graceful restart"), "{k2}");
     let r = b1.birdc("show route 198.19.50.1/32 all");
     assert!(r.contains("BGP.med: 7") && r.contains("(64512,10)"), "{r}");
     let r = b1.birdc("show route 198.19.50.2/32 all");
