@@ -427,12 +427,19 @@ pub async fn services(args: InspectArgs) -> anyhow::Result<()> {
 #[serde(rename_all = "camelCase")]
 struct AnnouncementRow {
     address: String,
-    service: String,
-    pool: String,
+    /// `service`, or, for what only BGP advertises, `podBlock` or `clusterIPs`.
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<String>,
     mode: String,
-    /// The announcing node (L2); every eligible node for `bgp` and `interface`.
+    /// The announcing node (L2).
     #[serde(skip_serializing_if = "Option::is_none")]
     node: Option<String>,
+    /// `bgp`: the nodes advertising it on an Established session.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     since: Option<String>,
     /// A conflict, or why nothing announces it.
@@ -440,9 +447,101 @@ struct AnnouncementRow {
     note: Option<String>,
 }
 
+/// What the nodes' BGP speakers advertise, per prefix: where it comes from, the nodes whose
+/// plan has it, and those of them with an Established session to a peer it goes to.
+#[derive(Default)]
+struct BgpAdvertised {
+    routes: std::collections::BTreeMap<
+        ipnet::IpNet,
+        (
+            berth_agent::bgp::Origin,
+            std::collections::BTreeSet<String>,
+            std::collections::BTreeSet<String>,
+        ),
+    >,
+    /// Pools whose `bgp` settings cannot be used, with why.
+    bad_pools: std::collections::BTreeMap<String, String>,
+    /// Services (`namespace/name`) with `externalTrafficPolicy: Local`.
+    local: std::collections::BTreeSet<String>,
+    /// Whether any node opens a session at all.
+    peered: bool,
+}
+
+/// Plans every node as its agent does (the agent's watches and pure plan), and marks which
+/// nodes' sessions are Established from the BGPPeers' `status.sessions`.
+///
+/// Why plan here rather than ask the agents: the CLI reaches the API server, not the nodes,
+/// and the plan is a pure function of what it can read.
+async fn bgp_advertised(client: &kube::Client, kube_ledger: bool) -> anyhow::Result<BgpAdvertised> {
+    use berth_k8s::announce as w;
+    let mut inputs = berth_agent::bgp::BgpInputs {
+        nodes: w::watch_nodes(client.clone()),
+        peers: berth_k8s::bgp::watch_peers(client.clone()),
+        cluster: berth_k8s::bgp::watch_configuration(client.clone()),
+        pools: w::watch_pools(client.clone()),
+        bindings: w::watch_service_bindings(client.clone()),
+        services: w::watch_services(client.clone()),
+        endpoints: w::watch_endpoint_nodes(
+            client.clone(),
+            w::endpoint_slice_resource(client).await,
+        ),
+        blocks: kube_ledger.then(|| berth_k8s::cluster::watch_blocks(client.clone())),
+    };
+    inputs
+        .listed(Duration::from_secs(15))
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("reading BGP peers, pools, Services and EndpointSlices")?;
+    let peers = kube::Api::<berth_k8s::crd::BGPPeer>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .context("listing BGPPeers")?;
+    let up: std::collections::BTreeSet<(String, String)> = peers
+        .items
+        .iter()
+        .flat_map(|p| {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            p.status
+                .iter()
+                .flat_map(|s| s.sessions.iter())
+                .filter(|s| s.state == "Established")
+                .map(move |s| (name.clone(), s.node.clone()))
+        })
+        .collect();
+    let mut out = BgpAdvertised::default();
+    if let Some(services) = inputs.services.borrow().clone() {
+        out.local = services
+            .iter()
+            .filter(|(_, f)| f.local)
+            .map(|((ns, n), _)| format!("{ns}/{n}"))
+            .collect();
+    }
+    for (node, plan) in inputs.plans().unwrap_or_default() {
+        out.bad_pools.extend(plan.bad_pools.clone());
+        out.peered |= !plan.sessions.is_empty();
+        for (prefix, route) in plan.routes {
+            let sent = route
+                .peers
+                .iter()
+                .any(|p| up.contains(&(p.clone(), node.clone())));
+            let e = out
+                .routes
+                .entry(prefix)
+                .or_insert_with(|| (route.origin.clone(), Default::default(), Default::default()));
+            e.1.insert(node.clone());
+            if sent {
+                e.2.insert(node.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `berth announcements`: every Service address in a pool that announces it, with the node
 /// announcing it and since when (from the Service's `berth.dev/Announced` condition, which the
 /// announcing agent writes), a conflict, or why nothing does (the latest NoAnnouncer Event).
+/// For `bgp` pools, the nodes advertising it (planned as each agent plans, on an Established
+/// session), and the pod blocks and ClusterIP ranges BGP advertises.
 pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
     use berth_agent::l2::kube::{read_entries, CONDITION};
     use berth_core::announce::AnnounceMode;
@@ -454,6 +553,7 @@ pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
         .collect();
     let mut conditions: std::collections::BTreeMap<String, String> = Default::default();
     let mut notes: std::collections::BTreeMap<String, String> = Default::default();
+    let mut bgp = BgpAdvertised::default();
     if args.ledger.is_kubernetes() || args.ledger.kubeconfig.is_some() {
         let (client, _) = berth_k8s::client(args.ledger.kubeconfig.as_deref()).await?;
         let list = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client.clone())
@@ -472,7 +572,7 @@ pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
                 conditions.insert(key.clone(), c.message.clone());
             }
         }
-        let events = kube::Api::<k8s_openapi::api::core::v1::Event>::all(client)
+        let events = kube::Api::<k8s_openapi::api::core::v1::Event>::all(client.clone())
             .list(&kube::api::ListParams::default().fields("reason=NoAnnouncer"))
             .await
             .map(|l| l.items)
@@ -484,6 +584,14 @@ pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
             if let (Some(ns), Some(n), Some(m)) = (&o.namespace, &o.name, &e.message) {
                 notes.insert(format!("{ns}/{n}"), m.clone());
             }
+        }
+        if modes.values().any(|m| *m == AnnounceMode::Bgp)
+            || kube::Api::<berth_k8s::crd::BGPPeer>::all(client.clone())
+                .list(&kube::api::ListParams::default().limit(1))
+                .await
+                .is_ok_and(|l| !l.items.is_empty())
+        {
+            bgp = bgp_advertised(&client, args.ledger.is_kubernetes()).await?;
         }
     }
     let mut rows = vec![];
@@ -503,26 +611,59 @@ pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
             let entry = conditions
                 .get(&key)
                 .and_then(|m| read_entries(m).into_iter().find(|e| e.address == b.address));
-            let note = match &entry {
-                Some(e) => e.conflict.clone(),
-                None => notes
-                    .get(&key)
-                    .filter(|m| m.starts_with(&format!("{} ", b.address)))
-                    .cloned()
-                    .or_else(|| {
-                        (mode == AnnounceMode::L2).then(|| "no node announces it yet".into())
-                    }),
+            let mut nodes = vec![];
+            let note = if mode == AnnounceMode::Bgp {
+                let (n, why) = bgp_note(&bgp, b, &key);
+                nodes = n;
+                why
+            } else {
+                match &entry {
+                    Some(e) => e.conflict.clone(),
+                    None => notes
+                        .get(&key)
+                        .filter(|m| m.starts_with(&format!("{} ", b.address)))
+                        .cloned()
+                        .or_else(|| {
+                            (mode == AnnounceMode::L2).then(|| "no node announces it yet".into())
+                        }),
+                }
             };
             rows.push(AnnouncementRow {
                 address: b.address.to_string(),
-                service: key,
-                pool: b.pool.clone(),
+                kind: "service",
+                service: Some(key),
+                pool: Some(b.pool.clone()),
                 mode: format!("{mode:?}").to_lowercase(),
                 node: entry.as_ref().map(|e| e.node.clone()),
+                nodes,
                 since: entry.as_ref().map(|e| e.since.clone()),
                 note,
             });
         }
+    }
+    for (prefix, (origin, planned, sent)) in &bgp.routes {
+        let (kind, pool) = match origin {
+            berth_agent::bgp::Origin::Service { .. } => continue,
+            berth_agent::bgp::Origin::PodBlock => (
+                "podBlock",
+                s.blocks
+                    .iter()
+                    .find(|b| b.cidr == *prefix)
+                    .map(|b| b.pool.clone()),
+            ),
+            berth_agent::bgp::Origin::ClusterIps => ("clusterIPs", None),
+        };
+        rows.push(AnnouncementRow {
+            address: prefix.to_string(),
+            kind,
+            service: None,
+            pool,
+            mode: "bgp".into(),
+            node: None,
+            nodes: sent.iter().cloned().collect(),
+            since: None,
+            note: sent.is_empty().then(|| not_established(planned)),
+        });
     }
     rows.sort_by(|a, b| a.address.cmp(&b.address).then(a.service.cmp(&b.service)));
     if args.json {
@@ -539,18 +680,69 @@ pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
         "NOTE".into(),
     ]];
     for r in rows {
+        let node = match (r.node, r.nodes.is_empty()) {
+            (Some(n), _) => n,
+            (None, false) => r.nodes.join(","),
+            (None, true) => dash(),
+        };
         out.push(vec![
             r.address,
-            r.service,
-            r.pool,
+            r.service.unwrap_or_else(|| format!("({})", r.kind)),
+            r.pool.unwrap_or_else(dash),
             r.mode,
-            r.node.unwrap_or_else(dash),
+            node,
             r.since.unwrap_or_else(dash),
             r.note.unwrap_or_else(dash),
         ]);
     }
     table(out);
     Ok(())
+}
+
+/// A BGP-announced Service address: the nodes advertising it on an Established session, and
+/// a note (the prefix it goes out as when aggregated; why no node advertises it).
+fn bgp_note(bgp: &BgpAdvertised, b: &Binding, key: &str) -> (Vec<String>, Option<String>) {
+    let found = bgp.routes.iter().find(|(prefix, (origin, _, _))| {
+        prefix.contains(&b.address)
+            && matches!(origin, berth_agent::bgp::Origin::Service { pool, services }
+                if *pool == b.pool && services.iter().any(|(ns, n)| format!("{ns}/{n}") == key))
+    });
+    match found {
+        Some((prefix, (_, planned, sent))) => {
+            let mut notes = vec![];
+            if prefix.prefix_len() != prefix.max_prefix_len() {
+                notes.push(format!("advertised as {prefix}"));
+            }
+            if sent.is_empty() {
+                notes.push(not_established(planned));
+            }
+            (
+                sent.iter().cloned().collect(),
+                (!notes.is_empty()).then(|| notes.join("; ")),
+            )
+        }
+        None => {
+            let why = match bgp.bad_pools.get(&b.pool) {
+                Some(why) => format!("pool {}: {why}", b.pool),
+                None if !bgp.peered => "no node advertises it: no BGPPeer selects a node".into(),
+                None if bgp.local.contains(key) => "no node advertises it: \
+                    externalTrafficPolicy: Local and no node has a ready endpoint"
+                    .into(),
+                None => "no node advertises it: no peer of the pool's bgp.peers takes \
+                         this address family"
+                    .into(),
+            };
+            (vec![], Some(why))
+        }
+    }
+}
+
+/// Why a planned route is not sent: no planned node's session is Established.
+fn not_established(planned: &std::collections::BTreeSet<String>) -> String {
+    format!(
+        "no session Established on the nodes that would advertise it ({})",
+        planned.iter().cloned().collect::<Vec<_>>().join(",")
+    )
 }
 
 /// One row of `berth bgp status`: a node's session with a BGPPeer.
