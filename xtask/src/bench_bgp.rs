@@ -31,9 +31,12 @@ fn quantile(v: &[Duration], q: f64) -> f64 {
     v[i].as_secs_f64() * 1000.0
 }
 
-/// Runs the benchmark (`--services N`, default 100).
+/// Runs the benchmark (`--services N`, default 100; `--bfd-trials N`, default 20; `--burst N`,
+/// default 1000).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut services = 100usize;
+    let mut burst_n = 1000usize;
+    let mut bfd_trials = 20usize;
     let mut i = 0;
     while i < args.len() {
         let v = args
@@ -41,12 +44,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .with_context(|| format!("{} needs a value", args[i]))?;
         match args[i].as_str() {
             "--services" => services = v.parse().with_context(|| format!("--services {v}"))?,
-            other => bail!("bench bgp: unknown option {other} (--services N)"),
+            "--burst" => burst_n = v.parse().with_context(|| format!("--burst {v}"))?,
+            "--bfd-trials" => {
+                bfd_trials = v.parse().with_context(|| format!("--bfd-trials {v}"))?
+            }
+            other => {
+                bail!("bench bgp: unknown option {other} (--services N, --bfd-trials N, --burst N)")
+            }
         }
         i += 2;
     }
-    if services == 0 || services > 250 {
-        bail!("bench bgp: --services between 1 and 250 (the pool is a /24)");
+    if services == 0 || services + burst_n > 2048 {
+        bail!("bench bgp: --services at least 1, and --services + --burst at most 2048 (the pool is a /21)");
     }
     let bins = release_bins()?;
     let prefix = berth_testbed::unique_name("bench");
@@ -62,7 +71,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         keep_on_failure: false,
     };
     let lab = Lab::up(cfg)?;
-    let result = measure(&lab, services);
+    let result = measure(&lab, services)
+        .and_then(|()| bfd(&lab, bfd_trials))
+        .and_then(|()| burst(&lab, burst_n));
     let td = lab.down()?;
     println!("teardown: {} processes killed", td.killed);
     result
@@ -89,7 +100,7 @@ fn measure(lab: &Lab, services: usize) -> anyhow::Result<()> {
         &format!("{crd}/pools"),
         &json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Pool",
                 "metadata": {"name": "bench-bgp"},
-                "spec": {"use": "service", "subnets": [{"cidr": "198.18.40.0/24"}],
+                "spec": {"use": "service", "subnets": [{"cidr": "198.18.40.0/21"}],
                          "announce": "bgp"}}),
     )?;
     let ns = "bench";
@@ -178,5 +189,289 @@ fn measure(lab: &Lab, services: usize) -> anyhow::Result<()> {
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load at end {}", load.trim());
+    Ok(())
+}
+
+/// BFD failover: `trials` times, a node's link is cut (each node in turn) and the time until
+/// the router's kernel table no longer has it as a next hop of a Service's address is taken;
+/// the link comes back and the route returns before the next. Once with the BGPPeer's BFD at
+/// Berth's defaults (300 ms x 3) and once at 50 ms x 3; BIRD asks for 50 ms x 3 both times (the
+/// slower side sets the pace).
+fn bfd(lab: &Lab, trials: usize) -> anyhow::Result<()> {
+    if trials == 0 {
+        return Ok(());
+    }
+    lab.configure_router(Some(&lab.router_bgp(None, true)))?;
+    let ns = "bench";
+    post(
+        lab,
+        &format!("/api/v1/namespaces/{ns}/services"),
+        &json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "bfd", "namespace": ns,
+                             "annotations": {"berth.dev/pool": "bench-bgp"}},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "bfd"},
+                         "ports": [{"port": 80}]}}),
+    )?;
+    let t0 = Instant::now();
+    let ip = loop {
+        let s = lab.request(
+            "GET",
+            &format!("/api/v1/namespaces/{ns}/services/bfd"),
+            None,
+        )?;
+        if let Some(ip) = s.json()?["status"]["loadBalancer"]["ingress"][0]["ip"].as_str() {
+            break ip.to_string();
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("bfd: no address after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let prefix = format!("{ip}/32");
+    let all: BTreeSet<String> = lab.nodes().iter().map(|n| n.ip().to_string()).collect();
+    let wait_up = |what: &str| -> anyhow::Result<()> {
+        let t = Instant::now();
+        loop {
+            let b = lab.birdc(&["show", "bfd", "sessions"]).unwrap_or_default();
+            if b.matches(" Up ").count() == all.len() && lab.router_next_hops(&prefix) == all {
+                return Ok(());
+            }
+            if t.elapsed() > Duration::from_secs(90) {
+                bail!("{what}: BFD sessions and next hops not all up after 90 s: {b}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    println!(
+        "\n| BFD: node link cut → its next hop gone from BIRD's kernel table ({trials} trials) | p50 | p90 | max | detection time (interval × multiplier) |\n|---|---:|---:|---:|---:|"
+    );
+    for (label, spec, detect) in [
+        ("Berth's default (300 ms × 3)", json!({}), 900),
+        (
+            "50 ms × 3",
+            json!({"minRxMillis": 50, "minTxMillis": 50, "multiplier": 3}),
+            150,
+        ),
+    ] {
+        lab.kubectl(&[
+            "patch",
+            "bgppeer",
+            "router",
+            "--type=merge",
+            "-p",
+            &json!({"spec": {"bfd": spec}}).to_string(),
+        ])?;
+        // The new timers are negotiated on the running BFD sessions (a poll sequence).
+        std::thread::sleep(Duration::from_secs(2));
+        wait_up(label)?;
+        let mut v = vec![];
+        for k in 0..trials {
+            let node = &lab.nodes()[k % lab.nodes().len()];
+            node.set_lan(false)?;
+            let cut = Instant::now();
+            let gone = loop {
+                if !lab.router_next_hops(&prefix).contains(node.ip()) {
+                    break cut.elapsed();
+                }
+                if cut.elapsed() > Duration::from_secs(30) {
+                    let _ = node.set_lan(true);
+                    bail!(
+                        "{label}: {} still a next hop 30 s after its link was cut",
+                        node.ip()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            node.set_lan(true)?;
+            v.push(gone);
+            wait_up(label)?;
+        }
+        v.sort();
+        println!(
+            "| {label} | {:.0} ms | {:.0} ms | {:.0} ms | {detect} ms |",
+            quantile(&v, 0.5),
+            quantile(&v, 0.9),
+            quantile(&v, 1.0)
+        );
+    }
+    lab.kubectl(&["delete", "service", "bfd", "-n", ns])?;
+    lab.configure_router(Some(&lab.router_bgp(None, false)))?;
+    // Gone from the router before the next measurement counts its routes.
+    let t = Instant::now();
+    while !lab.router_next_hops(&prefix).is_empty() {
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("{prefix} still at the router 30 s after its Service was deleted");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// One `berth agent` process: PID, resident KiB (anonymous, file-backed: the binary's pages,
+/// shared by every Berth process on the node) and CPU time in clock ticks.
+#[derive(Debug, Clone, Copy)]
+struct AgentUse {
+    pid: u32,
+    anon: u64,
+    file: u64,
+    cpu: u64,
+}
+
+/// RSS and CPU time of every `berth agent` process, by PID.
+fn agents() -> Vec<AgentUse> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if !(args.len() > 1 && args[0].ends_with(b"berth") && args[1] == b"agent") {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime: fields 14 and 15, after the command in parentheses.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let cpu = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        out.push(AgentUse {
+            pid,
+            anon: kib("RssAnon:"),
+            file: kib("RssFile:"),
+            cpu,
+        });
+    }
+    out.sort_by_key(|a| a.pid);
+    out
+}
+
+/// `n` LoadBalancer Services created at once (four `kubectl create` of Lists): the time until
+/// BIRD has every one of their /32s through all three nodes, and each agent's RSS and CPU.
+fn burst(lab: &Lab, n: usize) -> anyhow::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let ns = "burst";
+    lab.kubectl(&["create", "namespace", ns])?;
+    lab.control_plane()
+        .wait_default_service_account(ns, Duration::from_secs(60))?;
+    let before = agents();
+    // Four Lists created concurrently (one `kubectl create` of a List is serial).
+    let mut files = vec![];
+    for part in 0..4 {
+        let items: Vec<Value> = (0..n)
+            .filter(|k| k % 4 == part)
+            .map(|k| {
+                json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": format!("b{k}"), "namespace": ns,
+                                    "annotations": {"berth.dev/pool": "bench-bgp"}},
+                       "spec": {"type": "LoadBalancer", "selector": {"app": "none"},
+                                "ports": [{"port": 80}]}})
+            })
+            .collect();
+        let f = tempfile::NamedTempFile::new()?;
+        std::fs::write(
+            f.path(),
+            json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
+        )?;
+        files.push(f);
+    }
+    // Every /32 of the pool with three next hops, counted from the router's table.
+    let count = || -> usize {
+        let v = lab
+            .netns("router")
+            .ip_json(["route", "show", "proto", "bird"])
+            .unwrap_or(Value::Null);
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r["dst"]
+                    .as_str()
+                    .and_then(|d| d.parse::<std::net::Ipv4Addr>().ok())
+                    .is_some_and(|a| {
+                        a.octets()[..2] == [198, 18] && (40..48).contains(&a.octets()[2])
+                    })
+                    && r["nexthops"].as_array().is_some_and(|h| h.len() == 3)
+            })
+            .count()
+    };
+    // What the router has before (the earlier Services' routes).
+    let previous = count();
+    let t0 = Instant::now();
+    let results: Vec<anyhow::Result<String>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = files
+            .iter()
+            .map(|f| {
+                let path = f.path().display().to_string();
+                sc.spawn(move || lab.kubectl(&["create", "-f", &path, "-o", "name"]))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("kubectl thread panicked")))
+            })
+            .collect()
+    });
+    for r in results {
+        r.context("creating the burst's Services")?;
+    }
+    let created = t0.elapsed();
+    let want = previous + n;
+    let mut last = 0;
+    while last < want {
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("only {last} of {want} routes with three next hops after 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        last = count();
+    }
+    let all = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = agents();
+    let hz = 100.0;
+    println!(
+        "\n| {n} Services created at once (4 concurrent kubectl create) | created | all in BIRD's kernel table via 3 next hops | after the last was created |\n|---|---:|---:|---:|\n| Berth | {:.1} s | {:.1} s | {:.2} s |",
+        created.as_secs_f64(),
+        all.as_secs_f64(),
+        all.saturating_sub(created).as_secs_f64()
+    );
+    println!(
+        "\n| agent (pid) | RSS before | RSS after | of which anonymous (heap) | of which the binary's pages (shared) | CPU during the burst |\n|---|---:|---:|---:|---:|---:|"
+    );
+    let mib = |k: u64| k as f64 / 1024.0;
+    for a in &after {
+        let b = before
+            .iter()
+            .find(|b| b.pid == a.pid)
+            .copied()
+            .unwrap_or(AgentUse {
+                pid: a.pid,
+                anon: 0,
+                file: 0,
+                cpu: 0,
+            });
+        println!(
+            "| {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.2} s |",
+            a.pid,
+            mib(b.anon + b.file),
+            mib(a.anon + a.file),
+            mib(a.anon),
+            mib(a.file),
+            a.cpu.saturating_sub(b.cpu) as f64 / hz
+        );
+    }
+    println!("(target: RSS < 20 MiB per agent; kube-vip 5-71 MiB, MetalLB's limit 100 MiB, Cilium 438 MiB)");
     Ok(())
 }

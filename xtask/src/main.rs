@@ -133,6 +133,6 @@ fn main() -> anyhow::Result<()> {
             println!("{}", release_bins()?.display());
             Ok(())
         }
-        _ => bail!("usage: cargo xtask test [--install-only [--kube-build]] | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | bench services [--services N] [--large N] | bench nodes | bench bgp [--services N] | bench l2 [--trials N] [--partition] [--hog MIN] | kube build | release"),
+        _ => bail!("usage: cargo xtask test [--install-only [--kube-build]] | demo [--keep] | bench ipam [--ops N] | bench kube [--pods N] | bench services [--services N] [--large N] | bench nodes | bench bgp [--services N] [--burst N] | bench l2 [--trials N] [--partition] [--hog MIN] | kube build | release"),
     }
 }

@@ -83,6 +83,9 @@ pub struct EchoArgs {
     /// UDP port.
     #[arg(long, default_value_t = 9000)]
     pub udp: u16,
+    /// Seconds to go on serving after SIGTERM (a slowly draining pod).
+    #[arg(long, default_value_t = 0)]
+    pub drain: u64,
 }
 
 /// Options of `berth lab probe`.
@@ -127,6 +130,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             http: a.http,
             tcp: a.tcp,
             udp: a.udp,
+            drain: Duration::from_secs(a.drain),
         }),
         LabCommand::Probe(a) => {
             let answer =

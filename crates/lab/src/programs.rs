@@ -51,6 +51,8 @@ pub struct EchoPorts {
     pub tcp: u16,
     /// UDP: every datagram is answered with the report.
     pub udp: u16,
+    /// How long to go on serving after SIGTERM (a pod that drains slowly); zero exits at once.
+    pub drain: std::time::Duration,
 }
 
 impl Default for EchoPorts {
@@ -59,6 +61,7 @@ impl Default for EchoPorts {
             http: 8080,
             tcp: 9000,
             udp: 9000,
+            drain: std::time::Duration::ZERO,
         }
     }
 }
@@ -137,6 +140,7 @@ fn serve_tcp(mut s: TcpStream) -> Result<()> {
 ///
 /// Why: the test server of the lab's echo image.
 pub fn echo(ports: EchoPorts) -> Result<()> {
+    let drain = ports.drain;
     // As a container's PID 1 no signal has a default action: stop on SIGTERM/SIGINT ourselves.
     // SAFETY: signal-mask calls on this process; the set is plain data.
     unsafe {
@@ -149,6 +153,10 @@ pub fn echo(ports: EchoPorts) -> Result<()> {
         std::thread::spawn(move || {
             let mut sig: libc::c_int = 0;
             libc::sigwait(&set, &mut sig);
+            if !drain.is_zero() {
+                eprintln!("berth lab echo: signal {sig}: serving {drain:?} more (draining)");
+                std::thread::sleep(drain);
+            }
             libc::_exit(0);
         });
     }
@@ -380,6 +388,7 @@ mod tests {
             http: ports[0],
             tcp: ports[1],
             udp: ports[1],
+            drain: Duration::ZERO,
         };
         std::thread::spawn(move || echo(p));
         let t = Duration::from_secs(3);
