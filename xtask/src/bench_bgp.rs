@@ -320,15 +320,7 @@ struct AgentUse {
 /// RSS and CPU time of every `berth agent` process, by PID.
 fn agents() -> Vec<AgentUse> {
     let mut out = vec![];
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if !(args.len() > 1 && args[0].ends_with(b"berth") && args[1] == b"agent") {
-            continue;
-        }
+    for (pid, _) in berth_lab::agent_pids() {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let kib = |key: &str| -> u64 {
             status
@@ -351,8 +343,50 @@ fn agents() -> Vec<AgentUse> {
             cpu,
         });
     }
-    out.sort_by_key(|a| a.pid);
     out
+}
+
+/// Where a burst is (printed every 10 s while it waits): Services with an address, and each
+/// agent's planned routes (its `/bgp`), beside the router's count.
+fn progress(lab: &Lab, ns: &str, t0: Instant, at_router: usize) {
+    let addressed = lab
+        .request("GET", &format!("/api/v1/namespaces/{ns}/services"), None)
+        .and_then(|r| r.json())
+        .map(|v| {
+            v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"].is_string())
+                .count()
+        })
+        .unwrap_or(0);
+    let planned: Vec<String> = lab
+        .nodes()
+        .iter()
+        .map(|n| {
+            n.exec(
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "3",
+                    "--noproxy",
+                    "*",
+                    "http://127.0.0.1:9473/bgp",
+                ],
+            )
+            .ok()
+            .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+            .and_then(|v| v["routes"].as_array().map(|r| r.len().to_string()))
+            .unwrap_or_else(|| "?".into())
+        })
+        .collect();
+    println!(
+        "  {:>5.1} s: {addressed} Services addressed; agents plan {} routes; router has {at_router}",
+        t0.elapsed().as_secs_f64(),
+        planned.join("/")
+    );
 }
 
 /// `n` LoadBalancer Services created at once (four `kubectl create` of Lists): the time until
@@ -430,12 +464,17 @@ fn burst(lab: &Lab, n: usize) -> anyhow::Result<()> {
     let created = t0.elapsed();
     let want = previous + n;
     let mut last = 0;
+    let mut told = Instant::now();
     while last < want {
         if t0.elapsed() > Duration::from_secs(600) {
             bail!("only {last} of {want} routes with three next hops after 600 s");
         }
         std::thread::sleep(Duration::from_millis(50));
         last = count();
+        if told.elapsed() > Duration::from_secs(10) {
+            told = Instant::now();
+            progress(lab, ns, t0, last);
+        }
     }
     let all = t0.elapsed();
     std::thread::sleep(Duration::from_secs(2));

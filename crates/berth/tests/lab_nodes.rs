@@ -1444,11 +1444,12 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         },
     )
     .unwrap();
+    // The clock starts before kubectl, which returns once the API server has marked the pod.
+    let deleted = Instant::now();
     kubectl(
         lab,
         &["delete", "pod", "drain", "-n", &ns.name, "--wait=false"],
     );
-    let deleted = Instant::now();
     let withdrawn = berth_testbed::wait_for(
         "the draining pod's route withdrawn",
         Duration::from_secs(15),
@@ -1472,7 +1473,7 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         pod["status"]
     );
     eprintln!(
-        "[timing] BGP: a draining pod's route withdrawn {withdrawn:.1?} after its deletion, the pod still running"
+        "[timing] BGP: a draining pod's route withdrawn {withdrawn:.1?} after kubectl delete started, the pod still running"
     );
     kubectl(
         lab,
@@ -1652,11 +1653,22 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         || curl_json(far.command("curl"), &format!("http://{pod_ip}:8080/")),
     );
     assert!(v.is_ok(), "pod {pod_ip} not reached from far");
-    let cluster_ip = get(lab, &format!("/api/v1/namespaces/{}/services/web", ns.name))["spec"]
+    far_reaches_cluster_ip(lab, &ns.name, "web");
+    drop(ns);
+    timing(
+        "bgp_service_addresses_reach_the_router_through_every_node",
+        t,
+    );
+}
+
+/// The far client (behind the router) reaches Service `svc`'s ClusterIP, once it can.
+fn far_reaches_cluster_ip(lab: &Lab, ns: &str, svc: &str) {
+    let cluster_ip = get(lab, &format!("/api/v1/namespaces/{ns}/services/{svc}"))["spec"]
         ["clusterIP"]
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let far = lab.netns("far");
     let v = berth_testbed::wait_for(
         "the ClusterIP from the far segment",
         Duration::from_secs(20),
@@ -1664,11 +1676,6 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         || curl_json(far.command("curl"), &format!("http://{cluster_ip}/")),
     );
     assert!(v.is_ok(), "ClusterIP {cluster_ip} not reached from far");
-    drop(ns);
-    timing(
-        "bgp_service_addresses_reach_the_router_through_every_node",
-        t,
-    );
 }
 
 /// FRR (zebra, bfdd, bgpd) on the lab router in BIRD's place, in a directory of its own that
@@ -1790,18 +1797,7 @@ fn bgp_with_frr_on_the_router_ecmp_clusterip_and_bfd() {
         || (lab.router_next_hops(addr::SERVICE_CIDR) == all).then_some(()),
     )
     .unwrap();
-    let cluster_ip = get(lab, &format!("/api/v1/namespaces/{}/services/web", ns.name))["spec"]
-        ["clusterIP"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let v = berth_testbed::wait_for(
-        "the ClusterIP from the far segment (FRR)",
-        Duration::from_secs(20),
-        Duration::from_millis(200),
-        || curl_json(far.command("curl"), &format!("http://{cluster_ip}/")),
-    );
-    assert!(v.is_ok(), "ClusterIP {cluster_ip} not reached from far");
+    far_reaches_cluster_ip(lab, &ns.name, "web");
     // BFD: three sessions up at FRR, then node 3's link is cut.
     let bfd_up = berth_testbed::wait_for(
         "three BFD peers up at FRR",
@@ -1847,22 +1843,10 @@ fn bgp_with_frr_on_the_router_ecmp_clusterip_and_bfd() {
 /// The PID of the `berth agent` process of node `node` (its `NODE_NAME`), a process this test's
 /// lab started.
 fn agent_pid(node: &str) -> Option<u32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if !(args.len() > 1 && args[0].ends_with(b"berth") && args[1] == b"agent") {
-            continue;
-        }
-        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let want = format!("NODE_NAME={node}");
-        if env.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
-            return Some(pid);
-        }
-    }
-    None
+    berth_lab::agent_pids()
+        .into_iter()
+        .find(|(_, n)| n.as_deref() == Some(node))
+        .map(|(pid, _)| pid)
 }
 
 /// Issue 12 on real nodes: an agent killed with SIGKILL (a crash) keeps its node's next hop at

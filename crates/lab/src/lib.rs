@@ -43,5 +43,6 @@ pub use util::{
     run_checked, sweep_stale, tool, unique_name, wait_for, NAME_PREFIX,
 };
 pub use world::{
-    addr, agent_answers, Deploy, Lab, LabConfig, LabNode, DEFAULT_PREFIX, DEFAULT_STATE_DIR,
+    addr, agent_answers, agent_pids, Deploy, Lab, LabConfig, LabNode, DEFAULT_PREFIX,
+    DEFAULT_STATE_DIR,
 };

@@ -1193,3 +1193,31 @@ pub fn agent_answers(socket: &Path) -> bool {
         .map(|v| v.get("bindings").is_some() && v.get("error").is_none())
         .unwrap_or(false)
 }
+
+/// The PIDs of every `berth agent` process on this machine, each with its `NODE_NAME`.
+///
+/// Why: the lab's agents run in containers, so tests and benchmarks find them in `/proc`
+/// (to kill one like a crash, or to read its memory), by the command line and the node name
+/// the DaemonSet gives them.
+pub fn agent_pids() -> Vec<(u32, Option<String>)> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if !(args.len() > 1 && args[0].ends_with(b"berth") && args[1] == b"agent") {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let node = env
+            .split(|b| *b == 0)
+            .find_map(|v| v.strip_prefix(b"NODE_NAME"))
+            .and_then(|v| v.strip_prefix(b"="))
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        out.push((pid, node));
+    }
+    out.sort();
+    out
+}
