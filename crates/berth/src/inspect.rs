@@ -465,6 +465,8 @@ struct BgpAdvertised {
     local: std::collections::BTreeSet<String>,
     /// Whether any node opens a session at all.
     peered: bool,
+    /// Why the plans are not known, when they are not (every BGP row says it).
+    unknown: Option<String>,
 }
 
 /// Plans every node as its agent does (the agent's watches and pure plan), and marks which
@@ -553,7 +555,10 @@ pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
         .collect();
     let mut conditions: std::collections::BTreeMap<String, String> = Default::default();
     let mut notes: std::collections::BTreeMap<String, String> = Default::default();
-    let mut bgp = BgpAdvertised::default();
+    let mut bgp = BgpAdvertised {
+        unknown: Some("BGP advertisers are read from Kubernetes: pass --kubeconfig".into()),
+        ..Default::default()
+    };
     if args.ledger.is_kubernetes() || args.ledger.kubeconfig.is_some() {
         let (client, _) = berth_k8s::client(args.ledger.kubeconfig.as_deref()).await?;
         let list = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client.clone())
@@ -591,7 +596,11 @@ pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
                 .await
                 .is_ok_and(|l| !l.items.is_empty())
         {
-            bgp = bgp_advertised(&client, args.ledger.is_kubernetes()).await?;
+            // The L2 rows stand without it: say what is missing instead of failing.
+            match bgp_advertised(&client, args.ledger.is_kubernetes()).await {
+                Ok(b) => bgp = b,
+                Err(e) => bgp.unknown = Some(format!("BGP advertisers unknown: {e:#}")),
+            }
         }
     }
     let mut rows = vec![];
@@ -702,6 +711,9 @@ pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
 /// A BGP-announced Service address: the nodes advertising it on an Established session, and
 /// a note (the prefix it goes out as when aggregated; why no node advertises it).
 fn bgp_note(bgp: &BgpAdvertised, b: &Binding, key: &str) -> (Vec<String>, Option<String>) {
+    if let Some(why) = &bgp.unknown {
+        return (vec![], Some(why.clone()));
+    }
     let found = bgp.routes.iter().find(|(prefix, (origin, _, _))| {
         prefix.contains(&b.address)
             && matches!(origin, berth_agent::bgp::Origin::Service { pool, services }
