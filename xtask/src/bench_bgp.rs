@@ -79,6 +79,31 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     result
 }
 
+/// Service `name`'s first `status.loadBalancer` address, read every `poll`; an error when it
+/// has none 30 s after `since`.
+fn service_address(
+    lab: &Lab,
+    ns: &str,
+    name: &str,
+    since: Instant,
+    poll: Duration,
+) -> anyhow::Result<String> {
+    loop {
+        let s = lab.request(
+            "GET",
+            &format!("/api/v1/namespaces/{ns}/services/{name}"),
+            None,
+        )?;
+        if let Some(ip) = s.json()?["status"]["loadBalancer"]["ingress"][0]["ip"].as_str() {
+            return Ok(ip.to_string());
+        }
+        if since.elapsed() > Duration::from_secs(30) {
+            bail!("{name}: no address after 30 s");
+        }
+        std::thread::sleep(poll);
+    }
+}
+
 fn measure(lab: &Lab, services: usize) -> anyhow::Result<()> {
     lab.configure_router(Some(&lab.router_bgp(None, false)))?;
     let crd = "/apis/berth.dev/v1alpha1";
@@ -139,20 +164,7 @@ fn measure(lab: &Lab, services: usize) -> anyhow::Result<()> {
                     "spec": {"type": "LoadBalancer", "selector": {"app": name},
                              "ports": [{"port": 80}]}}),
         )?;
-        let ip = loop {
-            let s = lab.request(
-                "GET",
-                &format!("/api/v1/namespaces/{ns}/services/{name}"),
-                None,
-            )?;
-            if let Some(ip) = s.json()?["status"]["loadBalancer"]["ingress"][0]["ip"].as_str() {
-                break ip.to_string();
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!("{name}: no address after 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        };
+        let ip = service_address(lab, ns, &name, t0, Duration::from_millis(2))?;
         let prefix = format!("{ip}/32");
         let mut seen: Option<Duration> = None;
         loop {
@@ -212,21 +224,7 @@ fn bfd(lab: &Lab, trials: usize) -> anyhow::Result<()> {
                 "spec": {"type": "LoadBalancer", "selector": {"app": "bfd"},
                          "ports": [{"port": 80}]}}),
     )?;
-    let t0 = Instant::now();
-    let ip = loop {
-        let s = lab.request(
-            "GET",
-            &format!("/api/v1/namespaces/{ns}/services/bfd"),
-            None,
-        )?;
-        if let Some(ip) = s.json()?["status"]["loadBalancer"]["ingress"][0]["ip"].as_str() {
-            break ip.to_string();
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!("bfd: no address after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let ip = service_address(lab, ns, "bfd", Instant::now(), Duration::from_millis(20))?;
     let prefix = format!("{ip}/32");
     let all: BTreeSet<String> = lab.nodes().iter().map(|n| n.ip().to_string()).collect();
     let wait_up = |what: &str| -> anyhow::Result<()> {
@@ -267,22 +265,9 @@ fn bfd(lab: &Lab, trials: usize) -> anyhow::Result<()> {
         let mut v = vec![];
         for k in 0..trials {
             let node = &lab.nodes()[k % lab.nodes().len()];
-            node.set_lan(false)?;
-            let cut = Instant::now();
-            let gone = loop {
-                if !lab.router_next_hops(&prefix).contains(node.ip()) {
-                    break cut.elapsed();
-                }
-                if cut.elapsed() > Duration::from_secs(30) {
-                    let _ = node.set_lan(true);
-                    bail!(
-                        "{label}: {} still a next hop 30 s after its link was cut",
-                        node.ip()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            };
-            node.set_lan(true)?;
+            let gone = lab
+                .cut_and_time_next_hop_loss(node, &prefix, Duration::from_secs(30))
+                .with_context(|| label.to_string())?;
             v.push(gone);
             wait_up(label)?;
         }
@@ -413,12 +398,7 @@ fn burst(lab: &Lab, n: usize) -> anyhow::Result<()> {
                                 "ports": [{"port": 80}]}})
             })
             .collect();
-        let f = tempfile::NamedTempFile::new()?;
-        std::fs::write(
-            f.path(),
-            json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
-        )?;
-        files.push(f);
+        files.push(crate::list_file(items)?);
     }
     // Every /32 of the pool with three next hops, counted from the router's table.
     let count = || -> usize {

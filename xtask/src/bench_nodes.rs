@@ -64,11 +64,7 @@ fn burst(lab: &Lab, ns: &str, node: &str, n: usize) -> anyhow::Result<Vec<Durati
             })
         })
         .collect();
-    let f = tempfile::NamedTempFile::new()?;
-    std::fs::write(
-        f.path(),
-        json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
-    )?;
+    let f = crate::list_file(items)?;
     let t0 = Instant::now();
     lab.kubectl(&["create", "-f", &f.path().display().to_string()])?;
     let mut running: BTreeMap<String, Duration> = BTreeMap::new();

@@ -28,6 +28,16 @@ use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// `items` as a `v1` List in a temporary file, for one `kubectl create -f` of all of them.
+fn list_file(items: Vec<serde_json::Value>) -> anyhow::Result<tempfile::NamedTempFile> {
+    let f = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        f.path(),
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
+    )?;
+    Ok(f)
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -474,7 +474,11 @@ struct BgpAdvertised {
 ///
 /// Why plan here rather than ask the agents: the CLI reaches the API server, not the nodes,
 /// and the plan is a pure function of what it can read.
-async fn bgp_advertised(client: &kube::Client, kube_ledger: bool) -> anyhow::Result<BgpAdvertised> {
+async fn bgp_advertised(
+    client: &kube::Client,
+    kube_ledger: bool,
+    peers: &[berth_k8s::crd::BGPPeer],
+) -> anyhow::Result<BgpAdvertised> {
     use berth_k8s::announce as w;
     let mut inputs = berth_agent::bgp::BgpInputs {
         nodes: w::watch_nodes(client.clone()),
@@ -494,12 +498,7 @@ async fn bgp_advertised(client: &kube::Client, kube_ledger: bool) -> anyhow::Res
         .await
         .map_err(anyhow::Error::msg)
         .context("reading BGP peers, pools, Services and EndpointSlices")?;
-    let peers = kube::Api::<berth_k8s::crd::BGPPeer>::all(client.clone())
-        .list(&Default::default())
-        .await
-        .context("listing BGPPeers")?;
     let up: std::collections::BTreeSet<(String, String)> = peers
-        .items
         .iter()
         .flat_map(|p| {
             let name = p.metadata.name.clone().unwrap_or_default();
@@ -590,14 +589,19 @@ pub async fn announcements(args: InspectArgs) -> anyhow::Result<()> {
                 notes.insert(format!("{ns}/{n}"), m.clone());
             }
         }
+        // One list of the BGPPeers: whether BGP is in use at all, and their sessions' states.
+        let peers = kube::Api::<berth_k8s::crd::BGPPeer>::all(client.clone())
+            .list(&Default::default())
+            .await;
         if modes.values().any(|m| *m == AnnounceMode::Bgp)
-            || kube::Api::<berth_k8s::crd::BGPPeer>::all(client.clone())
-                .list(&kube::api::ListParams::default().limit(1))
-                .await
-                .is_ok_and(|l| !l.items.is_empty())
+            || peers.as_ref().is_ok_and(|l| !l.items.is_empty())
         {
+            let advertised = match peers {
+                Ok(l) => bgp_advertised(&client, args.ledger.is_kubernetes(), &l.items).await,
+                Err(e) => Err(anyhow::Error::new(e).context("listing BGPPeers")),
+            };
             // The L2 rows stand without it: say what is missing instead of failing.
-            match bgp_advertised(&client, args.ledger.is_kubernetes()).await {
+            match advertised {
                 Ok(b) => bgp = b,
                 Err(e) => bgp.unknown = Some(format!("BGP advertisers unknown: {e:#}")),
             }
@@ -714,11 +718,22 @@ fn bgp_note(bgp: &BgpAdvertised, b: &Binding, key: &str) -> (Vec<String>, Option
     if let Some(why) = &bgp.unknown {
         return (vec![], Some(why.clone()));
     }
-    let found = bgp.routes.iter().find(|(prefix, (origin, _, _))| {
-        prefix.contains(&b.address)
-            && matches!(origin, berth_agent::bgp::Origin::Service { pool, services }
-                if *pool == b.pool && services.iter().any(|(ns, n)| format!("{ns}/{n}") == key))
-    });
+    let held = |origin: &berth_agent::bgp::Origin| {
+        matches!(origin, berth_agent::bgp::Origin::Service { pool, services }
+            if *pool == b.pool
+                && services.iter().any(|(ns, n)| key.split_once('/') == Some((ns, n))))
+    };
+    // The address itself (a host route) by key; only an aggregated pool needs the scan.
+    let host = ipnet::IpNet::from(b.address);
+    let found = bgp
+        .routes
+        .get_key_value(&host)
+        .filter(|(_, (origin, _, _))| held(origin))
+        .or_else(|| {
+            bgp.routes
+                .iter()
+                .find(|(prefix, (origin, _, _))| prefix.contains(&b.address) && held(origin))
+        });
     match found {
         Some((prefix, (_, planned, sent))) => {
             let mut notes = vec![];

@@ -1809,17 +1809,9 @@ fn bgp_with_frr_on_the_router_ecmp_clusterip_and_bfd() {
         },
     );
     assert!(bfd_up.is_ok(), "{}", frr.vtysh("show bfd peers brief"));
-    let n3 = &lab.nodes()[2];
-    n3.set_lan(false).unwrap();
-    let cut = Instant::now();
-    let gone = berth_testbed::wait_for(
-        "node 3 out of FRR's next hops",
-        Duration::from_secs(20),
-        Duration::from_millis(5),
-        || (!lab.router_next_hops(&prefix).contains(n3.ip())).then(|| cut.elapsed()),
-    );
-    n3.set_lan(true).unwrap();
-    let gone = gone.unwrap();
+    let gone = lab
+        .cut_and_time_next_hop_loss(&lab.nodes()[2], &prefix, Duration::from_secs(20))
+        .unwrap();
     eprintln!("[timing] BGP with BFD 50 ms x 3 (FRR): a cut node's next hop left the router's kernel table {gone:.1?} after the cut");
     // The figure (the aim: 300 ms) is `cargo xtask bench bgp`'s; the test asserts that
     // BFD acted at all (the 9 s hold time alone would take 6 s or more).
@@ -1939,17 +1931,9 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
         lab.birdc(&["show", "bfd", "sessions"]),
         lab.router_next_hops(&prefix)
     );
-    let n2 = &lab.nodes()[1];
-    n2.set_lan(false).unwrap();
-    let cut = Instant::now();
-    let gone = berth_testbed::wait_for(
-        "node 2 out of the router's next hops",
-        Duration::from_secs(20),
-        Duration::from_millis(5),
-        || (!lab.router_next_hops(&prefix).contains(n2.ip())).then(|| cut.elapsed()),
-    );
-    n2.set_lan(true).unwrap();
-    let gone = gone.unwrap();
+    let gone = lab
+        .cut_and_time_next_hop_loss(&lab.nodes()[1], &prefix, Duration::from_secs(20))
+        .unwrap();
     eprintln!("[timing] BGP with BFD: a cut node's next hop left the router's kernel table {gone:.1?} after the cut");
     assert!(gone < Duration::from_secs(1), "{gone:?}: BFD did not act");
     // It comes back once the link does.

@@ -505,6 +505,35 @@ impl Lab {
         out
     }
 
+    /// Cuts `node`'s LAN link, takes the time until the router's kernel table no longer has
+    /// it as a next hop of `prefix` (polled every 2 ms), and puts the link back whatever
+    /// happened; an error when it is still a next hop after `within`.
+    ///
+    /// Why here: the BFD lab tests and `cargo xtask bench bgp` measure failover alike.
+    pub fn cut_and_time_next_hop_loss(
+        &self,
+        node: &LabNode,
+        prefix: &str,
+        within: Duration,
+    ) -> Result<Duration> {
+        node.set_lan(false)?;
+        let cut = Instant::now();
+        let gone = loop {
+            if !self.router_next_hops(prefix).contains(node.ip()) {
+                break Ok(cut.elapsed());
+            }
+            if cut.elapsed() > within {
+                break Err(anyhow!(
+                    "{} still a next hop of {prefix} {within:?} after its link was cut",
+                    node.ip()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        node.set_lan(true)?;
+        gone
+    }
+
     /// `kubectl` v1.20.2 with the host kubeconfig; returns stdout.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         let mut c = Command::new(self.cfg.kube_bin.join("kubectl"));

@@ -342,10 +342,14 @@ impl BgpInputs {
     /// [`plan`]); `None` until every watch has listed.
     pub fn plans(&self) -> Option<BTreeMap<String, Plan>> {
         let nodes = self.nodes.borrow().clone()?;
-        nodes
-            .keys()
-            .map(|n| snapshot(self, n).map(|(inputs, _, _)| (n.clone(), plan(&inputs, n))))
-            .collect()
+        // One snapshot; only the node's labels differ between nodes.
+        let (mut inputs, _, _) = snapshot(self, "")?;
+        let mut out = BTreeMap::new();
+        for (name, facts) in nodes.iter() {
+            inputs.labels = facts.labels.clone();
+            out.insert(name.clone(), plan(&inputs, name));
+        }
+        Some(out)
     }
 }
 
