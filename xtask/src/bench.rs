@@ -113,6 +113,8 @@ struct Variant {
     agent: Option<Daemon>,
     /// Server processes whose CPU time counts towards this variant (agent, etcd).
     servers: Vec<u32>,
+    /// What each of `servers` is, for the CPU split.
+    server_names: Vec<&'static str>,
 }
 
 impl Variant {
@@ -135,6 +137,8 @@ struct Cell {
     wall: Duration,
     /// CPU seconds used by the plugin processes and the variant's servers.
     cpu: f64,
+    /// The same, split: the plugin processes first, then each server in `Variant::servers` order.
+    parts: Vec<f64>,
 }
 
 impl Cell {
@@ -143,6 +147,10 @@ impl Cell {
         self.del.extend(o.del);
         self.wall += o.wall;
         self.cpu += o.cpu;
+        self.parts.resize(self.parts.len().max(o.parts.len()), 0.0);
+        for (a, b) in self.parts.iter_mut().zip(o.parts) {
+            *a += b;
+        }
     }
 
     fn finish(&mut self) {
@@ -152,6 +160,17 @@ impl Cell {
 
     fn cpu_ms_per_pair(&self) -> f64 {
         self.cpu * 1000.0 / self.add.len() as f64
+    }
+
+    /// "plugins 1.20 + agent 0.40 + etcd 0.90": where a pair's CPU went, in ms.
+    fn cpu_split(&self, names: &[&str]) -> String {
+        let n = self.add.len().max(1) as f64;
+        self.parts
+            .iter()
+            .zip(std::iter::once(&"plugins").chain(names))
+            .map(|(c, name)| format!("{name} {:.2}", c * 1000.0 / n))
+            .collect::<Vec<_>>()
+            .join(" + ")
     }
 
     fn pairs_per_s(&self) -> f64 {
@@ -216,8 +235,11 @@ pub(crate) fn cpu_secs(pid: Option<u32>) -> f64 {
     (f.get(a).unwrap_or(&0.0) + f.get(b).unwrap_or(&0.0)) / 100.0
 }
 
-fn cpu_of(servers: &[u32]) -> f64 {
-    cpu_secs(None) + servers.iter().map(|&p| cpu_secs(Some(p))).sum::<f64>()
+/// CPU seconds of this process's waited-for children (the plugin processes), then of each server.
+fn cpu_of(servers: &[u32]) -> Vec<f64> {
+    std::iter::once(cpu_secs(None))
+        .chain(servers.iter().map(|&p| cpu_secs(Some(p))))
+        .collect()
 }
 
 /// `ops` ADD+DEL pairs on `conc` worker threads.
@@ -250,9 +272,15 @@ fn cell(v: &Variant, conc: usize, ops: usize, tag: &str) -> Result<Cell> {
             .collect()
     });
     let wall = start.elapsed();
+    let parts: Vec<f64> = cpu_of(&v.servers)
+        .iter()
+        .zip(&cpu0)
+        .map(|(a, b)| a - b)
+        .collect();
     let mut c = Cell {
         wall,
-        cpu: cpu_of(&v.servers) - cpu0,
+        cpu: parts.iter().sum(),
+        parts,
         ..Cell::default()
     };
     for r in results {
@@ -363,6 +391,7 @@ fn ipam(o: Opts) -> Result<()> {
         ipam: json!({"type": "host-local", "dataDir": dir.join("host-local"), "ranges": range}),
         agent: None,
         servers: vec![],
+        server_names: vec![],
     }];
     if want("direct/embedded") {
         variants.push(Variant {
@@ -372,6 +401,7 @@ fn ipam(o: Opts) -> Result<()> {
                          "agentSocket": nobody, "nodeName": "bench-direct", "ranges": range}),
             agent: None,
             servers: vec![],
+            server_names: vec![],
         });
     }
     if want("agent/embedded") {
@@ -390,6 +420,7 @@ fn ipam(o: Opts) -> Result<()> {
             ipam: json!({"type": "berth-ipam", "ledger": "embedded", "dataDir": data, "agentSocket": socket,
                          "nodeName": "bench-agent-embedded", "ranges": range}),
             servers: vec![d.pid()],
+            server_names: vec!["agent"],
             agent: Some(d),
         });
     }
@@ -417,6 +448,7 @@ fn ipam(o: Opts) -> Result<()> {
                              "agentSocket": socket, "nodeName": "bench-agent-etcd",
                              "ranges": range}),
                 servers: vec![d.pid(), etcd_pid],
+                server_names: vec!["agent", "etcd"],
                 agent: Some(d),
             });
         }
@@ -429,6 +461,7 @@ fn ipam(o: Opts) -> Result<()> {
                              "ranges": range}),
                 agent: None,
                 servers: vec![etcd_pid],
+                server_names: vec!["etcd"],
             });
         }
     }
@@ -475,7 +508,7 @@ fn ipam(o: Opts) -> Result<()> {
                 }
                 c.finish();
                 eprintln!(
-                    "run {}/{} c={conc:<2} {:<16} ADD p50 {:6.2} p99 {:6.2}  DEL p50 {:6.2} p99 {:6.2} ms  {:7.1} pairs/s  {:5.2} CPU ms/pair",
+                    "run {}/{} c={conc:<2} {:<16} ADD p50 {:6.2} p99 {:6.2}  DEL p50 {:6.2} p99 {:6.2} ms  {:7.1} pairs/s  {:5.2} CPU ms/pair ({})",
                     run + 1,
                     o.runs,
                     v.name,
@@ -485,6 +518,7 @@ fn ipam(o: Opts) -> Result<()> {
                     ms(pct(&c.del, 99.0)),
                     c.pairs_per_s(),
                     c.cpu_ms_per_pair(),
+                    c.cpu_split(&v.server_names),
                 );
                 cells[vi][ci].push(c);
             }

@@ -3,8 +3,9 @@
 //! Why: the node's runtime finds CNI plugins in a directory and network configurations in
 //! another (`/opt/cni/bin`, `/etc/cni/net.d`); a CNI project's DaemonSet puts them there, as
 //! Calico's and Cilium's do. The image has no shell and no `cp`, so `berth` does it: it checks
-//! the conflist first (a bad pool never reaches the node), then copies `berth-ipam` and writes
-//! the conflist, each through a temporary file renamed into place, so the runtime never reads a
+//! the conflist first (a bad pool never reaches the node), then copies `berth-ipam` and its
+//! direct path `berth-ipam-direct` (for ledgers the plugin opens itself when no agent answers)
+//! and writes the conflist, each through a temporary file renamed into place, so the runtime never reads a
 //! half-written plugin or configuration.
 
 use anyhow::{bail, Context};
@@ -24,7 +25,8 @@ pub struct InstallCniArgs {
     /// The node's CNI configuration directory (a hostPath mount).
     #[arg(long, default_value = "/host/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
-    /// The plugin to copy (default: `berth-ipam` next to this binary).
+    /// The plugin to copy (default: `berth-ipam` next to this binary); `berth-ipam-direct` is
+    /// copied from beside it.
     #[arg(long)]
     pub plugin: Option<PathBuf>,
 }
@@ -96,9 +98,21 @@ pub fn run(a: InstallCniArgs) -> anyhow::Result<()> {
             .context("locating this binary")?
             .with_file_name("berth-ipam"),
     };
-    let data = std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
-    let p = install(&a.cni_bin_dir, "berth-ipam", &data, 0o755)?;
-    println!("installed {} ({} bytes)", p.display(), data.len());
+    // The direct path first: a runtime that finds the new plugin finds its direct path too.
+    let direct = plugin.with_file_name(berth_cni::plugin::DIRECT_PROGRAM);
+    for (from, name) in [
+        (&direct, berth_cni::plugin::DIRECT_PROGRAM),
+        (&plugin, "berth-ipam"),
+    ] {
+        let data = std::fs::read(from).with_context(|| {
+            format!(
+                "reading {}: the image must hold berth-ipam and berth-ipam-direct side by side",
+                from.display()
+            )
+        })?;
+        let p = install(&a.cni_bin_dir, name, &data, 0o755)?;
+        println!("installed {} ({} bytes)", p.display(), data.len());
+    }
     let name = a
         .conflist
         .file_name()

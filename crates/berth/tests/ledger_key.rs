@@ -111,24 +111,83 @@ fn no_agent_is_try_again_unless_the_config_names_a_direct_ledger() {
         .unwrap_or_else(|e| panic!("direct ADD on the embedded ledger: {e:#}"));
     let ip = result_addrs(&r)[0];
     assert!(v4_in(ip, "198.18.1.0", "198.18.15.254"), "{ip}");
-    let held = {
-        let (code, out, err) = std::process::Command::new(BERTH)
-            .args(["bindings", "--json", "--ledger"])
-            .arg(format!("embedded:{}", data.display()))
-            .output()
-            .map(|o| {
-                (
-                    o.status.code(),
-                    String::from_utf8_lossy(&o.stdout).into_owned(),
-                    String::from_utf8_lossy(&o.stderr).into_owned(),
-                )
-            })
-            .unwrap();
-        assert_eq!(code, Some(0), "{out}{err}");
-        serde_json::from_str::<Vec<Value>>(&out).unwrap()
-    };
+    let (code, out) = berth_bindings(&data);
+    assert_eq!(code, Some(0), "{out}");
+    let held: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0]["address"], ip.to_string());
+
+    // 4. The direct path is `berth-ipam-direct` beside the plugin. Through a symlink elsewhere
+    //    (as `kube-ipam`), the plugin still finds it beside its real file; a `berth-ipam` copied
+    //    alone says what is missing (code 11) and allocates nothing.
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).unwrap();
+    std::os::unix::fs::symlink(BERTH_IPAM, links.join("kube-ipam")).unwrap();
+    let (code, out) = run_plugin(&links.join("kube-ipam"), "c-link", &embedded);
+    assert_eq!(code, Some(0), "through a symlink: {out}");
+    assert!(out.contains("\"ips\""), "{out}");
+    let alone = dir.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(BERTH_IPAM, alone.join("berth-ipam")).unwrap();
+    let (code, out) = run_plugin(&alone.join("berth-ipam"), "c-alone", &embedded);
+    assert_eq!(code, Some(1), "{out}");
+    let err: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(err["code"], 11, "{out}");
+    let msg = err["msg"].as_str().unwrap();
+    for needle in [
+        "berth-ipam-direct",
+        &alone.display().to_string(),
+        "start the berth agent",
+    ] {
+        assert!(msg.contains(needle), "message lacks {needle:?}: {msg}");
+    }
+    let (code, out) = berth_bindings(&data);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        serde_json::from_str::<Vec<Value>>(&out).unwrap().len(),
+        2,
+        "the symlinked ADD holds one more address, the lone plugin none: {out}"
+    );
+}
+
+/// Run the plugin at `exe` for an ADD of `container` as a runtime would: exit status, stdout.
+fn run_plugin(exe: &Path, container: &str, conf: &Value) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(exe)
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", "/var/run/netns/berth-e2e-none")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", exe.parent().unwrap())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+/// `berth bindings --json` on the embedded ledger in `data`: exit status, stdout.
+fn berth_bindings(data: &Path) -> (Option<i32>, String) {
+    let o = std::process::Command::new(BERTH)
+        .args(["bindings", "--json", "--ledger"])
+        .arg(format!("embedded:{}", data.display()))
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
 }
 
 #[test]

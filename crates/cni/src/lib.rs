@@ -10,11 +10,14 @@
 //! - [`result`]: results per spec version, and `prevResult` parsing.
 //! - [`socket`]: the wire format between the thin plugin and the node agent.
 //! - [`handler`]: one command carried out against an allocator.
-//! - [`plugin`]: the `berth-ipam` process: agent socket first, else the ledger directly.
+//! - [`plugin`]: the `berth-ipam` process: the agent's socket; when no agent answers and the
+//!   configuration names its own ledger, hands over to `berth-ipam-direct`.
+//! - [`direct`]: the `berth-ipam-direct` process: the configuration's ledger, opened directly.
 
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod direct;
 pub mod dns;
 pub mod env;
 pub mod error;

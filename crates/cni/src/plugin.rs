@@ -2,39 +2,63 @@
 //!
 //! Thin and quick to start: it forwards the invocation to the node agent's Unix socket. Only when
 //! no agent answers and the configuration names a ledger the plugin can open itself (`etcd`, or
-//! kube-ipam's `etcdConfig`, or `embedded`) does it allocate directly, with the very same handler
-//! the agent uses. A configuration that means the cluster's ledger (`"ledger": "kubernetes"`,
-//! or no ledger at all: the agent's) gets "try again" (code 11) instead: a local allocation there
-//! would hand out addresses the cluster's ledger does not know.
+//! kube-ipam's `etcdConfig`, or `embedded`) is the invocation served directly, by
+//! `berth-ipam-direct` beside it ([`crate::direct`]), with the very same handler the agent uses.
+//! A configuration that means the cluster's ledger (`"ledger": "kubernetes"`, or no ledger at
+//! all: the agent's) gets "try again" (code 11) instead: a local allocation there would hand out
+//! addresses the cluster's ledger does not know.
+//!
+//! Why two programs: a runtime starts one plugin process per ADD and DEL, and on this path the
+//! process's start-up and exit are most of its cost. The direct path links the ledgers' clients
+//! and an async runtime (7 MB of code); the agent path needs none of it, and in a binary holding
+//! both, the few functions it runs lie scattered over that code, one page fault per 64 KB window
+//! touched. Apart, the agent path touches less than half the pages (`docs/bench-ipam.md`).
 
 use crate::config::{peek_version, Store};
 use crate::env::Command;
-use crate::handler::{handle, ledger_error, Invocation};
 use crate::socket::{read_frame, write_frame, Request, RequestConfig, Response};
 use crate::{parse_config, parse_env, CniError, IpamConfig};
-use berth_allocator::Allocator;
-use berth_ledger::{LedgerSpec, TlsFiles};
 use serde_json::Value;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Seek, Write};
+use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::time::Duration;
 
 /// Largest configuration read from stdin.
 const MAX_STDIN: u64 = 4 << 20;
 /// How long the plugin waits for the agent's answer.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest a direct-path invocation on the etcd ledger takes before it answers "try again"
-/// (code 11), whatever etcd does (frozen, partitioned): each etcd request also has its own
-/// deadline ([`berth_ledger::etcd::REQUEST_TIMEOUT`]).
-pub const DIRECT_DEADLINE: Duration = Duration::from_secs(8);
+/// The program serving the direct path, looked for in the directory of this plugin's executable
+/// (symlinks resolved, so a `kube-ipam` link to `berth-ipam` finds it beside `berth-ipam`).
+pub const DIRECT_PROGRAM: &str = "berth-ipam-direct";
+
+/// What the front decided for one invocation.
+enum Outcome {
+    /// The answer to print (from the agent, or an error found before asking it).
+    Answer(Result<Option<Value>, CniError>),
+    /// No agent, and the configuration allows the direct path: hand over to [`DIRECT_PROGRAM`].
+    Direct,
+}
 
 /// Run one plugin invocation from the process's environment, stdin and stdout, then exit.
 pub fn main() {
+    serve(|stdin| match front(stdin) {
+        Ok(Outcome::Answer(a)) => a,
+        Ok(Outcome::Direct) => Err(exec_direct(stdin)),
+        Err(e) => Err(e),
+    })
+}
+
+/// Read stdin (bounded), answer with `f`, and print the result or the error as the spec asks
+/// (an error is JSON on stdout with exit status 1). Shared by both programs.
+pub(crate) fn serve(f: impl FnOnce(&[u8]) -> Result<Option<Value>, CniError>) {
     let mut stdin = Vec::new();
     let read = std::io::stdin().take(MAX_STDIN).read_to_end(&mut stdin);
     let version = peek_version(&stdin);
     let outcome = match read {
-        Ok(_) => run(&stdin),
+        Ok(_) => f(&stdin),
         Err(e) => Err(CniError::new(
             CniError::IO_FAILURE,
             format!("cannot read the network configuration from stdin: {e}"),
@@ -54,31 +78,81 @@ pub fn main() {
     }
 }
 
-fn run(stdin: &[u8]) -> Result<Option<Value>, CniError> {
+fn front(stdin: &[u8]) -> Result<Outcome, CniError> {
     let env = parse_env(&|k| std::env::var(k).ok())?;
     if env.command == Command::Version {
-        return Ok(Some(
+        return Ok(Outcome::Answer(Ok(Some(
             serde_json::from_str(&crate::version::version_reply()).unwrap_or_default(),
-        ));
+        ))));
     }
     let cfg = parse_config(stdin)?;
-    if let Some(answer) = via_agent(
-        &cfg,
-        Request::new(
-            &env,
-            RequestConfig::Raw(String::from_utf8_lossy(stdin).into_owned()),
-        ),
-    )? {
-        return answer;
-    }
-    let inv = Invocation {
-        command: env.command,
-        container_id: env.container_id.clone(),
-        ifname: env.ifname.clone(),
-        args: env.args.clone(),
-        pod: Default::default(),
+    Ok(
+        match via_agent(
+            &cfg,
+            Request::new(
+                &env,
+                RequestConfig::Raw(String::from_utf8_lossy(stdin).into_owned()),
+            ),
+        )? {
+            Some(answer) => Outcome::Answer(answer),
+            None => Outcome::Direct,
+        },
+    )
+}
+
+/// Replace this process with [`DIRECT_PROGRAM`] from this executable's directory, the
+/// configuration (already read) as its stdin; the environment, stdout and stderr are inherited,
+/// so its answer is the runtime's. Returns only when that cannot be done, with why.
+fn exec_direct(stdin: &[u8]) -> CniError {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            return CniError::new(
+                CniError::IO_FAILURE,
+                format!("cannot find this plugin's own executable (/proc/self/exe: {e}), so not {DIRECT_PROGRAM} beside it either: is /proc mounted?"),
+            )
+        }
     };
-    direct(&cfg, &inv)
+    let prog = exe.with_file_name(DIRECT_PROGRAM);
+    let config = match memfd_with(stdin) {
+        Ok(f) => f,
+        Err(e) => {
+            return CniError::new(
+                CniError::IO_FAILURE,
+                format!("cannot hand the configuration to {}: {e}", prog.display()),
+            )
+        }
+    };
+    let e = std::process::Command::new(&prog).stdin(config).exec();
+    direct_unavailable(&prog, &e)
+}
+
+/// Why [`DIRECT_PROGRAM`] could not run, and what to do: an installation with `berth-ipam` but
+/// not its direct path is "try again" (an agent may yet serve this node).
+pub fn direct_unavailable(prog: &Path, e: &std::io::Error) -> CniError {
+    let dir = prog.parent().unwrap_or(Path::new("")).display();
+    CniError::new(
+        CniError::TRY_AGAIN_LATER,
+        format!(
+            "no berth agent answers, and the configuration's own ledger is served by {DIRECT_PROGRAM}, which cannot run ({}: {e}): install {DIRECT_PROGRAM} beside berth-ipam in {dir}, or start the berth agent",
+            prog.display()
+        ),
+    )
+}
+
+/// An in-memory file holding `data`, at offset 0: a pipe would block on a configuration larger
+/// than its buffer, and a file on disk would have to be cleaned up.
+fn memfd_with(data: &[u8]) -> std::io::Result<std::fs::File> {
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"berth-ipam-config".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(data)?;
+    f.rewind()?;
+    Ok(f)
 }
 
 /// Ask the agent. `Ok(None)` when no agent serves the socket and the configuration allows the
@@ -149,85 +223,4 @@ pub fn no_agent(cfg: &IpamConfig, command: Command, e: &std::io::Error) -> Optio
         _ => CniError::TRY_AGAIN_LATER,
     };
     Some(CniError::new(code, msg))
-}
-
-fn node_name(cfg: &IpamConfig) -> String {
-    cfg.node_name
-        .clone()
-        .or_else(|| std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()))
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
-fn direct(cfg: &IpamConfig, inv: &Invocation) -> Result<Option<Value>, CniError> {
-    let (spec, deadline) = match &cfg.store {
-        Store::Embedded { data_dir } => (
-            LedgerSpec::Embedded {
-                dir: data_dir.clone(),
-            },
-            // Bounded by the wait for another process's lock (EMBEDDED_LOCK_WAIT).
-            None,
-        ),
-        Store::Etcd {
-            endpoints,
-            cert,
-            key,
-            ca,
-        } => (
-            LedgerSpec::Etcd {
-                endpoints: endpoints.clone(),
-                tls: (cert.is_some() || key.is_some() || ca.is_some()).then(|| TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    ca: ca.clone(),
-                }),
-                prefix: berth_ledger::etcd::DEFAULT_PREFIX.to_string(),
-            },
-            Some(DIRECT_DEADLINE),
-        ),
-        Store::Agent | Store::Kubernetes => {
-            return Err(CniError::new(
-                CniError::TRY_AGAIN_LATER,
-                "the configuration's ledger is served only by the berth agent: try again once it serves",
-            ))
-        }
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            CniError::new(
-                CniError::IO_FAILURE,
-                format!("cannot start the runtime: {e}"),
-            )
-        })?;
-    let work = async {
-        let ledger = berth_ledger::open(&spec).await.map_err(ledger_error)?;
-        let alloc = Allocator::new(ledger, node_name(cfg));
-        handle(&alloc, inv, cfg).await
-    };
-    rt.block_on(async {
-        match deadline {
-            None => work.await,
-            Some(d) => tokio::time::timeout(d, work).await.unwrap_or_else(|_| {
-                Err(CniError::new(
-                    match inv.command {
-                        Command::Status => CniError::PLUGIN_NOT_AVAILABLE,
-                        _ => CniError::TRY_AGAIN_LATER,
-                    },
-                    format!(
-                        "the {} ledger did not complete {} within {} s: check that etcd is running and answering, then retry",
-                        cfg.store.backend().map(|b| b.as_str()).unwrap_or("configured"),
-                        inv.command.as_str(),
-                        d.as_secs()
-                    ),
-                ))
-            }),
-        }
-    })
 }

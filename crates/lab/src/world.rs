@@ -634,6 +634,7 @@ impl Lab {
         let bins = [
             self.cfg.bins.join("berth"),
             self.cfg.bins.join("berth-ipam"),
+            self.cfg.bins.join("berth-ipam-direct"),
         ];
         for b in &bins {
             if !image::is_static_elf(b)? {

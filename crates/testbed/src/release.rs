@@ -1,4 +1,4 @@
-//! The static release binaries (`berth`, `berth-ipam`): how `cargo xtask` builds them, shared
+//! The static release binaries (`berth`, `berth-ipam`, `berth-ipam-direct`): how `cargo xtask` builds them, shared
 //! with the tests that need them.
 //!
 //! Why: the lab's images hold nothing but these binaries, so the tests on real nodes need the
@@ -83,7 +83,8 @@ fn host_triple() -> anyhow::Result<String> {
 /// Cargo's machine-readable output, with diagnostics still rendered for humans (on stderr).
 const JSON: &str = "--message-format=json-render-diagnostics";
 
-/// Build the release binaries (`berth`, `berth-ipam`) and return their directory.
+/// Build the release binaries (`berth`, `berth-ipam`, `berth-ipam-direct`) and return their
+/// directory.
 ///
 /// On `*-linux-gnu` hosts they are statically linked against glibc: a CNI plugin is one process
 /// per operation, and start-up is most of its CPU (docs/bench-ipam.md). Measured per `berth-ipam`
@@ -96,8 +97,8 @@ const JSON: &str = "--message-format=json-render-diagnostics";
 ///   binaries in `<target-dir>/<triple>/release`;
 /// - `berth-ipam` alone is linked non-PIE (`cargo rustc ... -- -C relocation-model=static`, which
 ///   applies to its final crate and link only): a short-lived plugin, fed by the runtime, gives up
-///   image ASLR as Debian's host-local (Go, non-PIE) does; the long-running `berth` daemon stays
-///   static-pie.
+///   image ASLR as Debian's host-local (Go, non-PIE) does; the long-running `berth` daemon and
+///   `berth-ipam-direct` (which opens network connections to a ledger) stay static-pie.
 ///
 /// Name lookups still work for the NSS sources static glibc has built in, `files` and `dns`;
 /// other sources in /etc/nsswitch.conf (`myhostname`, `resolve`, `sss`, ...) are loaded at run
@@ -139,7 +140,7 @@ pub fn release_bins() -> anyhow::Result<PathBuf> {
     // second call builds nothing.
     let mut c = static_cargo();
     c.args(["build", "--release", "-p", "berth", "--bin", "berth"]);
-    c.args(["--target", &host, JSON]);
+    c.args(["--bin", "berth-ipam-direct", "--target", &host, JSON]);
     let berth_dir = bin_dir(c)?;
     let mut c = static_cargo();
     c.args(["rustc", "--release", "-p", "berth", "--bin", "berth-ipam"]);
