@@ -1845,7 +1845,8 @@ fn agent_pid(node: &str) -> Option<u32> {
 /// the router through graceful restart until it is back, and the session comes back by itself;
 /// with BFD (50 ms x 3, BIRD on the router) a node whose link is cut leaves the router's kernel
 /// table within a second, where the 9 s hold time alone would take 6 s or more; with the peer
-/// `passive` the nodes listen and take the router's connections.
+/// `passive` the nodes listen and take the router's connections, and with a password on it the
+/// listener refuses unsigned connections and takes signed ones (TCP MD5 on the listening side).
 #[test]
 fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
     let (_g, lab) = shared();
@@ -1986,6 +1987,80 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
             "ss",
             &["-Htan", "sport", "=", ":179", "or", "dport", "=", ":179"]
         ),
+        lab.birdc(&["show", "protocols"])
+    );
+
+    // TCP MD5 on the listening side: with a password on the passive peer the nodes' listener
+    // carries the key for the router's address, so BIRD's unsigned connections are refused
+    // (the sessions stay down) until BIRD signs with the same password.
+    kubectl(
+        lab,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "router-bgp",
+            "-n",
+            "berth-system",
+            "--from-literal=password=lab-bgp-listen",
+        ],
+    );
+    kubectl(
+        lab,
+        &[
+            "patch",
+            "bgppeer",
+            "router",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"passwordSecretRef":{"name":"router-bgp"}}}"#,
+        ],
+    );
+    berth_testbed::wait_for(
+        "the sessions down once the nodes want a password BIRD does not send",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let s = peer_sessions(lab, "router");
+            (s.len() == 3 && s.values().all(|(st, _, _)| st != "Established")).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", peer_sessions(lab, "router")));
+    // Several of BIRD's connect attempts (retry 1 s): none gets through the listener.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let s = peer_sessions(lab, "router");
+        assert!(
+            s.values().all(|(st, _, _)| st != "Established"),
+            "an unsigned connection established on a listener with a key: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    lab.configure_router(Some(&lab.router_bgp(Some("lab-bgp-listen"), true)))
+        .unwrap();
+    let signed = berth_testbed::wait_for(
+        "BIRD's signed connections taken on port 179, three next hops",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let s = peer_sessions(lab, "router");
+            let up = s.len() == 3 && s.values().all(|(st, _, _)| st == "Established");
+            let dialled_in = lab.nodes().iter().all(|n| {
+                n.exec(
+                    "ss",
+                    &["-Htn", "state", "established", "sport", "=", ":179"],
+                )
+                .unwrap_or_default()
+                .contains(addr::ROUTER)
+            });
+            (up && dialled_in && lab.router_next_hops(&prefix) == all).then_some(())
+        },
+    );
+    assert!(
+        signed.is_ok(),
+        "{:?}\nnext hops {:?}\nbird: {:?}",
+        peer_sessions(lab, "router"),
+        lab.router_next_hops(&prefix),
         lab.birdc(&["show", "protocols"])
     );
     drop(ns);
