@@ -392,18 +392,21 @@ fn a_cluster_of_three_real_nodes_runs_berth_from_deploy() {
             conf,
             include_str!("../../../deploy/overlays/lab/10-berth.conflist")
         );
-        let plugin = std::fs::read(n.spec.backing("/opt/cni/bin").join("berth-ipam")).unwrap();
-        let built = std::fs::read(
-            berth_testbed::release::release_bins_once()
-                .unwrap()
-                .join("berth-ipam"),
-        )
-        .unwrap();
-        assert!(
-            plugin == built,
-            "{}: /opt/cni/bin/berth-ipam is not the image's",
-            n.name()
-        );
+        // The plugin and its direct path, both the image's.
+        for file in ["berth-ipam", "berth-ipam-direct"] {
+            let plugin = std::fs::read(n.spec.backing("/opt/cni/bin").join(file)).unwrap();
+            let built = std::fs::read(
+                berth_testbed::release::release_bins_once()
+                    .unwrap()
+                    .join(file),
+            )
+            .unwrap();
+            assert!(
+                plugin == built,
+                "{}: /opt/cni/bin/{file} is not the image's",
+                n.name()
+            );
+        }
         assert!(
             berth_lab::agent_answers(&n.agent_socket()),
             "agent on {}",
@@ -437,10 +440,12 @@ fn a_cluster_of_three_real_nodes_runs_berth_from_deploy() {
         lab,
         &["logs", "-n", "berth-system", &pod, "-c", "install-cni"],
     );
-    assert!(
-        logs.contains("installed /host/opt/cni/bin/berth-ipam"),
-        "{logs}"
-    );
+    for file in ["berth-ipam", "berth-ipam-direct"] {
+        assert!(
+            logs.contains(&format!("installed /host/opt/cni/bin/{file} ")),
+            "{logs}"
+        );
+    }
     timing("a_cluster_of_three_real_nodes_runs_berth_from_deploy", t);
 }
 
