@@ -1146,6 +1146,31 @@ fn peer_events(lab: &Lab, peer: &str, reason: &str) -> Vec<String> {
         .collect()
 }
 
+/// A merge patch of the BGPPeer `router`'s spec.
+fn patch_router_peer(lab: &Lab, patch: &str) {
+    kubectl(
+        lab,
+        &["patch", "bgppeer", "router", "--type=merge", "-p", patch],
+    );
+}
+
+/// The BGPPeer `router`'s password Secret (`router-bgp` in `berth-system`), which
+/// [`BgpCleanup`] deletes.
+fn create_router_secret(lab: &Lab, password: &str) {
+    kubectl(
+        lab,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "router-bgp",
+            "-n",
+            "berth-system",
+            &format!("--from-literal=password={password}"),
+        ],
+    );
+}
+
 /// Puts the lab back after a BGP test: the BGP objects, the password Secret and the router's
 /// configuration go, and the pool once its Service addresses are released (so that no other
 /// test's audit sees a binding of a pool that no longer exists).
@@ -1495,16 +1520,9 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
     ]);
 
     // A password from a Secret that does not exist: fail closed, and say so.
-    kubectl(
+    patch_router_peer(
         lab,
-        &[
-            "patch",
-            "bgppeer",
-            "router",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"passwordSecretRef":{"name":"router-bgp"}}}"#,
-        ],
+        r#"{"spec":{"passwordSecretRef":{"name":"router-bgp"}}}"#,
     );
     let down = berth_testbed::wait_for(
         "the sessions down with the missing Secret named",
@@ -1546,18 +1564,7 @@ fn bgp_service_addresses_reach_the_router_through_every_node() {
         "{row}"
     );
     // The Secret and the router's password: the sessions come back (TCP MD5 on both ends).
-    kubectl(
-        lab,
-        &[
-            "create",
-            "secret",
-            "generic",
-            "router-bgp",
-            "-n",
-            "berth-system",
-            "--from-literal=password=lab-bgp-secret",
-        ],
-    );
+    create_router_secret(lab, "lab-bgp-secret");
     lab.configure_router(Some(&lab.router_bgp(Some("lab-bgp-secret"), false)))
         .unwrap();
     let back = berth_testbed::wait_for(
@@ -1911,16 +1918,9 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
     // BFD: the router and the peer both ask for it; then node 2's link is cut.
     lab.configure_router(Some(&lab.router_bgp(None, true)))
         .unwrap();
-    kubectl(
+    patch_router_peer(
         lab,
-        &[
-            "patch",
-            "bgppeer",
-            "router",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"bfd":{"minRxMillis":50,"minTxMillis":50,"multiplier":3}}}"#,
-        ],
+        r#"{"spec":{"bfd":{"minRxMillis":50,"minTxMillis":50,"multiplier":3}}}"#,
     );
     let bfd_up = berth_testbed::wait_for(
         "three BFD sessions up at the router and three next hops",
@@ -1953,17 +1953,7 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
 
     // A router that dials: with `passive: true` the nodes stop dialing and listen on port 179
     // of their InternalIP; BIRD's connections come in and the routes are back.
-    kubectl(
-        lab,
-        &[
-            "patch",
-            "bgppeer",
-            "router",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"passive":true}}"#,
-        ],
-    );
+    patch_router_peer(lab, r#"{"spec":{"passive":true}}"#);
     let listened = berth_testbed::wait_for(
         "every node listening on its address, BIRD's session taken on port 179, three next hops",
         Duration::from_secs(60),
@@ -1998,28 +1988,10 @@ fn bgp_graceful_restart_keeps_routes_and_bfd_drops_a_cut_node() {
     // TCP MD5 on the listening side: with a password on the passive peer the nodes' listener
     // carries the key for the router's address, so BIRD's unsigned connections are refused
     // (the sessions stay down) until BIRD signs with the same password.
-    kubectl(
+    create_router_secret(lab, "lab-bgp-listen");
+    patch_router_peer(
         lab,
-        &[
-            "create",
-            "secret",
-            "generic",
-            "router-bgp",
-            "-n",
-            "berth-system",
-            "--from-literal=password=lab-bgp-listen",
-        ],
-    );
-    kubectl(
-        lab,
-        &[
-            "patch",
-            "bgppeer",
-            "router",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"passwordSecretRef":{"name":"router-bgp"}}}"#,
-        ],
+        r#"{"spec":{"passwordSecretRef":{"name":"router-bgp"}}}"#,
     );
     berth_testbed::wait_for(
         "the sessions down once the nodes want a password BIRD does not send",
