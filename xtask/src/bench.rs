@@ -135,9 +135,8 @@ struct Cell {
     add: Vec<Duration>,
     del: Vec<Duration>,
     wall: Duration,
-    /// CPU seconds used by the plugin processes and the variant's servers.
-    cpu: f64,
-    /// The same, split: the plugin processes first, then each server in `Variant::servers` order.
+    /// CPU seconds used by the plugin processes first, then by each server in `Variant::servers`
+    /// order.
     parts: Vec<f64>,
 }
 
@@ -146,7 +145,6 @@ impl Cell {
         self.add.extend(o.add);
         self.del.extend(o.del);
         self.wall += o.wall;
-        self.cpu += o.cpu;
         self.parts.resize(self.parts.len().max(o.parts.len()), 0.0);
         for (a, b) in self.parts.iter_mut().zip(o.parts) {
             *a += b;
@@ -159,7 +157,7 @@ impl Cell {
     }
 
     fn cpu_ms_per_pair(&self) -> f64 {
-        self.cpu * 1000.0 / self.add.len() as f64
+        self.parts.iter().sum::<f64>() * 1000.0 / self.add.len() as f64
     }
 
     /// "plugins 1.20 + agent 0.40 + etcd 0.90": where a pair's CPU went, in ms.
@@ -279,7 +277,6 @@ fn cell(v: &Variant, conc: usize, ops: usize, tag: &str) -> Result<Cell> {
         .collect();
     let mut c = Cell {
         wall,
-        cpu: parts.iter().sum(),
         parts,
         ..Cell::default()
     };

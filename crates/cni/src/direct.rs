@@ -6,8 +6,8 @@
 use crate::config::Store;
 use crate::env::Command;
 use crate::handler::{handle, ledger_error, Invocation};
-use crate::plugin::serve;
-use crate::{parse_config, parse_env, CniError, IpamConfig};
+use crate::plugin::{parse_invocation, serve, Parsed};
+use crate::{CniError, IpamConfig};
 use berth_allocator::Allocator;
 use berth_ledger::{LedgerSpec, TlsFiles};
 use serde_json::Value;
@@ -25,13 +25,10 @@ pub fn main() {
 }
 
 fn run(stdin: &[u8]) -> Result<Option<Value>, CniError> {
-    let env = parse_env(&|k| std::env::var(k).ok())?;
-    if env.command == Command::Version {
-        return Ok(Some(
-            serde_json::from_str(&crate::version::version_reply()).unwrap_or_default(),
-        ));
-    }
-    let cfg = parse_config(stdin)?;
+    let (env, cfg) = match parse_invocation(stdin)? {
+        Parsed::Version(v) => return Ok(Some(v)),
+        Parsed::Call(call) => *call,
+    };
     let inv = Invocation {
         command: env.command,
         container_id: env.container_id.clone(),

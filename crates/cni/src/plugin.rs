@@ -17,7 +17,7 @@
 use crate::config::{peek_version, Store};
 use crate::env::Command;
 use crate::socket::{read_frame, write_frame, Request, RequestConfig, Response};
-use crate::{parse_config, parse_env, CniError, IpamConfig};
+use crate::{parse_config, parse_env, CniEnv, CniError, IpamConfig};
 use serde_json::Value;
 use std::io::{ErrorKind, Read, Seek, Write};
 use std::os::fd::FromRawFd;
@@ -78,14 +78,30 @@ pub(crate) fn serve(f: impl FnOnce(&[u8]) -> Result<Option<Value>, CniError>) {
     }
 }
 
-fn front(stdin: &[u8]) -> Result<Outcome, CniError> {
+/// An invocation as both programs first read it.
+pub(crate) enum Parsed {
+    /// VERSION, answered without a configuration.
+    Version(Value),
+    /// Any other command, with its environment and configuration.
+    Call(Box<(CniEnv, IpamConfig)>),
+}
+
+/// The environment, then (except for VERSION) the configuration on `stdin`.
+pub(crate) fn parse_invocation(stdin: &[u8]) -> Result<Parsed, CniError> {
     let env = parse_env(&|k| std::env::var(k).ok())?;
     if env.command == Command::Version {
-        return Ok(Outcome::Answer(Ok(Some(
+        return Ok(Parsed::Version(
             serde_json::from_str(&crate::version::version_reply()).unwrap_or_default(),
-        ))));
+        ));
     }
-    let cfg = parse_config(stdin)?;
+    Ok(Parsed::Call(Box::new((env, parse_config(stdin)?))))
+}
+
+fn front(stdin: &[u8]) -> Result<Outcome, CniError> {
+    let (env, cfg) = match parse_invocation(stdin)? {
+        Parsed::Version(v) => return Ok(Outcome::Answer(Ok(Some(v)))),
+        Parsed::Call(call) => *call,
+    };
     Ok(
         match via_agent(
             &cfg,
@@ -129,7 +145,7 @@ fn exec_direct(stdin: &[u8]) -> CniError {
 
 /// Why [`DIRECT_PROGRAM`] could not run, and what to do: an installation with `berth-ipam` but
 /// not its direct path is "try again" (an agent may yet serve this node).
-pub fn direct_unavailable(prog: &Path, e: &std::io::Error) -> CniError {
+fn direct_unavailable(prog: &Path, e: &std::io::Error) -> CniError {
     let dir = prog.parent().unwrap_or(Path::new("")).display();
     CniError::new(
         CniError::TRY_AGAIN_LATER,
