@@ -510,6 +510,9 @@ impl Election {
     /// A heartbeat arrived at `now`. Unknown senders and other clusters are ignored (and
     /// reported once).
     pub fn on_heartbeat(&mut self, now: Stamp, hb: Heartbeat) {
+        if hb.is_hello {
+            return; // addresses only: the runtime learns from it, the election never does
+        }
         if hb.cluster != self.cluster || !self.peers.contains_key(&hb.from) {
             let why = if hb.cluster != self.cluster {
                 "it is configured with other members (cluster id differs): give every node the \
@@ -960,7 +963,27 @@ impl Election {
             yields: body.1.clone(),
             you_stable: self.stable(p, now),
             is_reply: false,
+            is_hello: false,
         }
+    }
+
+    /// The hello this node sends to the whole link when peers' addresses are learnt (see
+    /// [`Heartbeat::is_hello`]): who it is, in which cluster, and nothing the election reads.
+    pub fn hello(&self) -> Heartbeat {
+        Heartbeat {
+            cluster: self.cluster,
+            from: self.cfg.me.clone(),
+            incarnation: self.cfg.incarnation,
+            link_up: self.link_up,
+            mac: self.cfg.mac,
+            is_hello: true,
+            ..Heartbeat::default()
+        }
+    }
+
+    /// Whether `name` is one of this node's peers (not itself).
+    pub fn is_peer(&self, name: &str) -> bool {
+        self.peers.contains_key(name)
     }
 
     /// The earliest time after `now` at which a poll could change anything.

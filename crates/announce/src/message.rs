@@ -18,6 +18,7 @@ const F_MAC: u8 = 4;
 const F_ECHO: u8 = 8;
 const F_STABLE: u8 = 16;
 const F_REPLY: u8 = 32;
+const F_HELLO: u8 = 64;
 
 /// The largest heartbeat received, bytes (one UDP datagram). Why: the receive buffer size.
 pub const MAX_LEN: usize = 65_507;
@@ -61,6 +62,11 @@ pub struct Heartbeat {
     /// This heartbeat answers one of the recipient's (to renew its lease from a fresh echo);
     /// it is never answered itself.
     pub is_reply: bool,
+    /// A hello: sent to every host on the link (IPv4 broadcast, IPv6 all-nodes) so that peers
+    /// whose addresses are not configured learn this node's address from its source. It
+    /// carries the cluster, the name, the incarnation and the MAC, and never reaches the
+    /// election.
+    pub is_hello: bool,
     /// Addresses granted to the recipient.
     pub grants: Vec<IpAddr>,
     /// Addresses the sender announces, with milliseconds since it started.
@@ -110,6 +116,9 @@ impl Heartbeat {
         if self.is_reply {
             flags |= F_REPLY;
         }
+        if self.is_hello {
+            flags |= F_HELLO;
+        }
         b.push(flags);
         let name = truncate_name(&self.from);
         b.push(name.len() as u8);
@@ -149,7 +158,7 @@ impl Heartbeat {
         let incarnation = r.u64()?;
         let seq = r.u64()?;
         let flags = r.u8()?;
-        if flags & !(F_LINK_UP | F_LEAVING | F_MAC | F_ECHO | F_STABLE | F_REPLY) != 0 {
+        if flags & !(F_LINK_UP | F_LEAVING | F_MAC | F_ECHO | F_STABLE | F_REPLY | F_HELLO) != 0 {
             return Err(DecodeError::Malformed("unknown flags"));
         }
         let len = r.u8()? as usize;
@@ -197,6 +206,7 @@ impl Heartbeat {
             echo,
             you_stable: flags & F_STABLE != 0,
             is_reply: flags & F_REPLY != 0,
+            is_hello: flags & F_HELLO != 0,
             grants,
             held,
             yields,
@@ -299,6 +309,7 @@ mod tests {
                 proptest::option::of(any::<[u8; 6]>()),
                 any::<bool>(),
                 any::<bool>(),
+                any::<bool>(),
             ),
             proptest::option::of((any::<u64>(), any::<u64>())),
             proptest::collection::vec(arb_addr(), 0..20),
@@ -308,7 +319,7 @@ mod tests {
             .prop_map(
                 |(
                     (cluster, from, incarnation, seq),
-                    (link_up, leaving, mac, you_stable, is_reply),
+                    (link_up, leaving, mac, you_stable, is_reply, is_hello),
                     echo,
                     grants,
                     held,
@@ -324,6 +335,7 @@ mod tests {
                     echo,
                     you_stable,
                     is_reply,
+                    is_hello,
                     grants,
                     held,
                     yields,

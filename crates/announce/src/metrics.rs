@@ -56,6 +56,10 @@ pub struct Metrics {
     pub heartbeats_sent: Counter,
     /// Heartbeats also sent through the witness (two members with a witness).
     pub heartbeats_relayed: Counter,
+    /// Hellos sent to the whole link (peers' addresses learnt rather than configured).
+    pub hellos_sent: Counter,
+    /// Peers' addresses learnt (or changed) from their hellos.
+    pub peers_learnt: Counter,
     /// Heartbeats that could not be sent (link down…).
     pub heartbeat_send_errors: Counter,
     /// Datagrams ignored: not a heartbeat, another cluster, an unconfigured sender.
@@ -103,6 +107,8 @@ impl Metrics {
             heartbeats_received: Family::default(),
             heartbeats_sent: Counter::default(),
             heartbeats_relayed: Counter::default(),
+            hellos_sent: Counter::default(),
+            peers_learnt: Counter::default(),
             heartbeat_send_errors: Counter::default(),
             heartbeats_ignored: Counter::default(),
             quorum: Gauge::default(),
@@ -155,6 +161,16 @@ impl Metrics {
                 "heartbeats_relayed",
                 "Heartbeats also sent through the witness, for a router there to forward",
                 m.heartbeats_relayed.clone(),
+            );
+            r.register(
+                "hellos_sent",
+                "Hellos sent to every host on the link, from which peers learn this node's heartbeat address",
+                m.hellos_sent.clone(),
+            );
+            r.register(
+                "peers_learnt",
+                "Peers' heartbeat addresses learnt or changed from their hellos",
+                m.peers_learnt.clone(),
             );
             r.register(
                 "heartbeat_send_errors",

@@ -52,8 +52,17 @@ pub struct Settings {
     pub interface: String,
     /// Where announced addresses are held.
     pub hold: Hold,
-    /// Each peer's heartbeat address.
+    /// Each peer's heartbeat address, where it is known beforehand. A peer missing here is
+    /// learnt from its hellos (see [`Settings::discovery`]).
     pub peers: BTreeMap<String, SocketAddr>,
+    /// Where hellos go (IPv4 `255.255.255.255:port`, IPv6 `[ff02::1%interface]:port`), when
+    /// peers' addresses are learnt rather than configured; `None`: no hellos. Why: on an
+    /// announcing interface other than the one holding the nodes' InternalIPs, nothing says
+    /// which address a peer has there, and a hello from each member on the link tells every
+    /// other member, with no extra object to write.
+    pub discovery: Option<SocketAddr>,
+    /// How often a hello goes out (also at once when a peer is learnt or changes address).
+    pub hello_interval: Duration,
     /// The witness's address (two members only).
     pub witness: Option<IpAddr>,
     /// This node's heartbeat address, to send every heartbeat a second time through the
@@ -80,6 +89,8 @@ impl Settings {
             interface: interface.to_string(),
             hold: Hold::On("lo".into()),
             peers,
+            discovery: None,
+            hello_interval: Duration::from_secs(1),
             witness: None,
             relay_from: None,
             probe_wait: Duration::from_millis(300),
@@ -121,6 +132,10 @@ pub struct Snapshot {
     pub fence_ms: u64,
     /// T_takeover, milliseconds.
     pub takeover_ms: u64,
+    /// The heartbeat address of each peer, configured or learnt from its hellos.
+    pub peer_addresses: BTreeMap<String, SocketAddr>,
+    /// Whether peers' addresses are learnt from hellos.
+    pub discovery: bool,
 }
 
 /// A running announcer. Dropping it stops its tasks at once without any cleanup (as a crash
@@ -225,13 +240,16 @@ impl Announcer {
             .iter()
             .map(|(n, a)| (a.ip(), n.clone()))
             .collect();
+        let peers = settings.peers.clone();
         let lp = Loop {
             election,
             transport,
             clock,
             kernel,
             settings,
+            peers,
             by_ip,
+            next_hello: None,
             gate: gate.clone(),
             metrics,
             events: events.clone(),
@@ -297,6 +315,10 @@ struct Loop<K: Kernel, T: Transport> {
     kernel: K,
     settings: Settings,
     by_ip: HashMap<IpAddr, String>,
+    /// Each peer's heartbeat address: configured, or learnt from its hellos.
+    peers: BTreeMap<String, SocketAddr>,
+    /// When the next hello is due (`None`: at once; unused without discovery).
+    next_hello: Option<tokio::time::Instant>,
     gate: Arc<LeaseGate>,
     metrics: Arc<Metrics>,
     events: broadcast::Sender<Event>,
@@ -318,7 +340,10 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
             let now = self.clock.now();
             self.step(now).await;
             let wake = self.election.next_wakeup(now);
-            let sleep = wake.since(self.clock.now());
+            let mut sleep = wake.since(self.clock.now());
+            if let Some(next) = self.hello_due().await {
+                sleep = sleep.min(next);
+            }
             tokio::select! {
                 biased;
                 ev = next_link(&mut self.link) => self.on_link(ev).await,
@@ -373,8 +398,8 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
         let macs = self.election.peer_macs();
         self.macs.send_if_modified(|m| replace(m, macs));
         for (peer, hb) in out.messages {
-            let Some(to) = self.settings.peers.get(&peer).copied() else {
-                continue;
+            let Some(to) = self.peers.get(&peer).copied() else {
+                continue; // not learnt yet: its hello will come
             };
             let bytes = hb.encode();
             match self.transport.send(to, &bytes).await {
@@ -426,7 +451,11 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
                 return;
             }
         };
-        // A heartbeat counts only from the address configured for its sender.
+        if hb.is_hello {
+            self.on_hello(hb, from);
+            return;
+        }
+        // A heartbeat counts only from the address configured (or learnt) for its sender.
         if self.by_ip.get(&from.ip()) != Some(&hb.from) {
             self.metrics.heartbeats_ignored.inc();
             tracing::debug!(%from, claimed = %hb.from, "heartbeat from an address not configured for its sender: ignored");
@@ -434,6 +463,50 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
         }
         self.metrics.received(&hb.from);
         self.election.on_heartbeat(self.clock.now(), hb);
+    }
+
+    /// A peer's hello: learn (or update) its address when it is a member of this cluster.
+    fn on_hello(&mut self, hb: Heartbeat, from: SocketAddr) {
+        if self.settings.discovery.is_none() || hb.from == self.election.me() {
+            return; // configured addresses only, or our own hello looped back
+        }
+        if hb.cluster != self.election.cluster() || !self.election.is_peer(&hb.from) {
+            self.metrics.heartbeats_ignored.inc();
+            tracing::debug!(%from, claimed = %hb.from, "hello from another cluster or a non-member: ignored");
+            return;
+        }
+        if self.peers.get(&hb.from) == Some(&from) {
+            return;
+        }
+        match self.peers.insert(hb.from.clone(), from) {
+            Some(old) => {
+                self.by_ip.remove(&old.ip());
+                tracing::warn!(peer = %hb.from, %old, new = %from, "peer's heartbeat address changed (learnt from its hello)");
+            }
+            None => tracing::info!(peer = %hb.from, address = %from, "peer's heartbeat address learnt from its hello"),
+        }
+        self.by_ip.insert(from.ip(), hb.from);
+        self.metrics.peers_learnt.inc();
+        self.next_hello = None; // answer at once, so the peer learns this node as fast
+    }
+
+    /// Sends a hello when one is due; returns how long until the next.
+    async fn hello_due(&mut self) -> Option<Duration> {
+        let to = self.settings.discovery?;
+        let now = tokio::time::Instant::now();
+        if self.next_hello.is_none_or(|t| t <= now) {
+            match self.transport.send(to, &self.election.hello().encode()).await {
+                Ok(()) => {
+                    self.metrics.hellos_sent.inc();
+                }
+                Err(e) => {
+                    self.metrics.heartbeat_send_errors.inc();
+                    tracing::debug!(%to, error = %e, "hello not sent");
+                }
+            };
+            self.next_hello = Some(now + self.settings.hello_interval);
+        }
+        self.next_hello.map(|t| t.saturating_duration_since(now))
     }
 
     async fn on_link(&mut self, ev: Option<LinkEvent>) {
@@ -468,6 +541,8 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
             withheld: self.gate.withheld(),
             heartbeat_ms: t.heartbeat.as_millis() as u64,
             fence_ms: t.fence.as_millis() as u64,
+            peer_addresses: self.peers.clone(),
+            discovery: self.settings.discovery.is_some(),
             takeover_ms: t.takeover.as_millis() as u64,
         }
     }

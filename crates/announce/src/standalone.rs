@@ -55,7 +55,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct PeerFile {
     name: String,
-    address: IpAddr,
+    address: Option<IpAddr>,
     port: Option<u16>,
 }
 
@@ -94,8 +94,12 @@ pub struct VipConfig {
     pub hold: Hold,
     /// Run with real-time scheduling (SCHED_RR), as corosync does.
     pub realtime: bool,
-    /// Peers: name → heartbeat address.
+    /// Peers with a configured address: name → heartbeat address.
     pub peers: BTreeMap<String, SocketAddr>,
+    /// Peers listed without an address: learnt from their hellos on the interface (every node
+    /// then sends hellos to the whole link). Why: an operator may know the names of the nodes
+    /// but not which address each has on the announcing interface (DHCP, another LAN).
+    pub learnt: BTreeSet<String>,
     /// The VIPs (with the prefix length written, which is informational).
     pub vips: Vec<ipnet::IpNet>,
 }
@@ -184,6 +188,7 @@ impl VipConfig {
             ));
         }
         let mut peers = BTreeMap::new();
+        let mut learnt = BTreeSet::new();
         for (i, p) in f.peer.iter().enumerate() {
             if p.name.trim().is_empty() || p.name == f.node {
                 return Err(ConfigError::invalid(
@@ -192,13 +197,22 @@ impl VipConfig {
                     "each peer needs a name of its own, not this node's",
                 ));
             }
-            if peers
-                .insert(
-                    p.name.clone(),
-                    SocketAddr::new(p.address, p.port.unwrap_or(port)),
-                )
-                .is_some()
-            {
+            let twice = match p.address {
+                Some(a) => peers
+                    .insert(p.name.clone(), SocketAddr::new(a, p.port.unwrap_or(port)))
+                    .is_some(),
+                None => {
+                    if let Some(pp) = p.port {
+                        return Err(ConfigError::invalid(
+                            format!("peer[{i}].port"),
+                            pp.to_string(),
+                            "a peer without an address is learnt from its hellos, which come from                              the heartbeat port every node shares: remove the key or give the address",
+                        ));
+                    }
+                    !learnt.insert(p.name.clone())
+                }
+            };
+            if twice || (peers.contains_key(&p.name) && learnt.contains(&p.name)) {
                 return Err(ConfigError::invalid(
                     format!("peer[{i}].name"),
                     format!("{:?}", p.name),
@@ -223,7 +237,7 @@ impl VipConfig {
                 ));
             }
         }
-        match (peers.len(), f.witness) {
+        match (peers.len() + learnt.len(), f.witness) {
             (1, None) => {
                 return Err(ConfigError::invalid(
                     "witness",
@@ -329,6 +343,7 @@ impl VipConfig {
             hold,
             realtime: f.realtime.unwrap_or(true),
             peers,
+            learnt,
             vips,
         })
     }
@@ -505,7 +520,11 @@ pub async fn run(cfg: VipConfig) -> Result<(), VipError> {
         .await
         .map_err(|e| start(format!("interface `{}`: {e}", cfg.interface)))?;
     let mac = link.mac.map(|m| m.0);
-    let v4 = cfg.peers.values().next().is_none_or(|a| a.is_ipv4());
+    // The family: that of `address`, else of the peers' addresses, else IPv4.
+    let v4 = match cfg.address {
+        Some(a) => a.is_ipv4(),
+        None => cfg.peers.values().next().is_none_or(|a| a.is_ipv4()),
+    };
     let own = match cfg.address {
         Some(a) => a,
         None => kernel
@@ -526,12 +545,20 @@ pub async fn run(cfg: VipConfig) -> Result<(), VipError> {
     if matches!(cfg.hold, Hold::On(_)) && cfg.vips.iter().any(|v| v.addr().is_ipv4()) {
         arp_sysctls(&cfg.interface).map_err(start)?;
     }
-    let transport = UdpTransport::bind(SocketAddr::new(own, cfg.port), &cfg.interface)
+    // Learning peers needs the wildcard address, where hellos to the whole link arrive.
+    let discovery = (!cfg.learnt.is_empty())
+        .then(|| crate::transport::hello_destination(v4, cfg.port, link.index));
+    let bind = match (discovery.is_some(), v4) {
+        (false, _) => own,
+        (true, true) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        (true, false) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    let transport = UdpTransport::bind(SocketAddr::new(bind, cfg.port), &cfg.interface)
         .map_err(|e| start(e.to_string()))?;
     let clock: Arc<dyn Clock> = Arc::new(BootClock);
     let ecfg = ElectionConfig {
         me: cfg.node.clone(),
-        peers: cfg.peers.keys().cloned().collect(),
+        peers: cfg.peers.keys().chain(&cfg.learnt).cloned().collect(),
         timing: cfg.timing,
         witness: cfg.witness.is_some(),
         incarnation: incarnation(),
@@ -541,6 +568,7 @@ pub async fn run(cfg: VipConfig) -> Result<(), VipError> {
     let mut election = Election::new(ecfg, clock.now())?;
     election.set_addresses(cfg.vips.iter().map(|v| (v.addr(), Eligible::All)).collect());
     let mut settings = Settings::new(&cfg.interface, cfg.peers.clone());
+    settings.discovery = discovery;
     settings.witness = cfg.witness;
     settings.relay_from = cfg.witness_relay.then_some(SocketAddr::new(own, cfg.port));
     settings.hold = cfg.hold.clone();
@@ -652,9 +680,10 @@ pub async fn print_status(addr: SocketAddr, json: bool) -> Result<(), String> {
         );
     }
     println!(
-        "{:<16} {:<6} {:<7} {:>11}  ANNOUNCES",
-        "PEER", "ALIVE", "STABLE", "LAST HEARD"
+        "{:<16} {:<28} {:<6} {:<7} {:>11}  ANNOUNCES",
+        "PEER", "ADDRESS", "ALIVE", "STABLE", "LAST HEARD"
     );
+    let learning = v["discovery"].as_bool() == Some(true);
     for p in v["peers"].as_array().into_iter().flatten() {
         let heard = p["last_heard_ms"]
             .as_u64()
@@ -665,9 +694,17 @@ pub async fn print_status(addr: SocketAddr, json: bool) -> Result<(), String> {
             .flatten()
             .filter_map(|x| x.as_str())
             .collect();
+        let name = p["name"].as_str().unwrap_or("?");
+        // A peer's address, and whether it was learnt (from its hellos) or configured.
+        let address = match v["peer_addresses"][name].as_str() {
+            Some(a) if learning => format!("{a} (hello)"),
+            Some(a) => a.to_string(),
+            None => "not heard yet".to_string(),
+        };
         println!(
-            "{:<16} {:<6} {:<7} {:>11}  {}",
-            p["name"].as_str().unwrap_or("?"),
+            "{:<16} {:<28} {:<6} {:<7} {:>11}  {}",
+            name,
+            address,
             yes(&p["alive"]),
             yes(&p["stable"]),
             heard,

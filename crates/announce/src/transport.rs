@@ -31,6 +31,10 @@ pub struct UdpTransport {
 
 impl UdpTransport {
     /// Binds `local` on `interface`. Needs CAP_NET_RAW for `SO_BINDTODEVICE` (root has it).
+    ///
+    /// An unspecified `local` (`0.0.0.0` / `::`) also receives, and may send, hellos to the
+    /// whole link (IPv4 broadcast, IPv6 all-nodes `ff02::1`), for peers whose addresses are
+    /// learnt; the kernel then picks the source (the interface's own address).
     pub fn bind(local: SocketAddr, interface: &str) -> io::Result<UdpTransport> {
         use socket2::{Domain, Protocol, Socket, Type};
         let domain = if local.is_ipv4() {
@@ -67,6 +71,9 @@ impl UdpTransport {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
+        if local.ip().is_unspecified() && local.is_ipv4() {
+            s.set_broadcast(true)?;
+        }
         s.set_reuse_address(true)?;
         s.bind(&local.into()).map_err(|e| {
             io::Error::new(
@@ -97,6 +104,22 @@ impl Transport for UdpTransport {
     }
     async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.sock.recv_from(buf).await
+    }
+}
+
+/// Where hellos go on the interface with index `ifindex`: the IPv4 limited broadcast, or the
+/// IPv6 all-nodes group scoped to the interface, at the heartbeat `port`. Why these: every host
+/// on the link receives them without joining anything, and no router forwards them.
+pub fn hello_destination(v4: bool, port: u16, ifindex: u32) -> SocketAddr {
+    if v4 {
+        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::BROADCAST), port)
+    } else {
+        SocketAddr::V6(std::net::SocketAddrV6::new(
+            std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+            port,
+            0,
+            ifindex,
+        ))
     }
 }
 
@@ -183,7 +206,20 @@ impl Transport for MemEndpoint {
         if g.down.contains(&b) || g.cut.contains(&(a, b)) {
             return Ok(()); // lost on the wire
         }
-        if let Some(tx) = g.endpoints.get(&to) {
+        // To the whole link (a hello): every other endpoint on the port that is not down or
+        // cut from this one.
+        let everyone = match b {
+            IpAddr::V4(v) => v.is_broadcast(),
+            IpAddr::V6(v) => v.segments() == [0xff02, 0, 0, 0, 0, 0, 0, 1],
+        };
+        if everyone {
+            for (addr, tx) in &g.endpoints {
+                let c = addr.ip();
+                if c != a && addr.port() == to.port() && !g.down.contains(&c) && !g.cut.contains(&(a, c)) {
+                    let _ = tx.send((buf.to_vec(), self.addr));
+                }
+            }
+        } else if let Some(tx) = g.endpoints.get(&to) {
             let _ = tx.send((buf.to_vec(), self.addr));
         }
         Ok(())

@@ -11,7 +11,7 @@ use std::time::Duration;
 use berth_announce::election::{Config, Election, Eligible, Event};
 use berth_announce::metrics::Metrics;
 use berth_announce::runtime::{Announcer, Settings};
-use berth_announce::transport::MemNet;
+use berth_announce::transport::{hello_destination, MemNet};
 use berth_announce::{Clock, Timing, TokioClock};
 use berth_netlink::fake::{Call, FakeKernel};
 use berth_netlink::{Addresses, Mac};
@@ -44,6 +44,8 @@ struct World {
     nodes: Vec<Node>,
     timing: Timing,
     witness: bool,
+    /// Peers' addresses are not configured: learnt from hellos.
+    learn: bool,
     clock: Arc<TokioClock>,
     /// (virtual ms since start, nodes answering) whenever two answered at once.
     overlaps: Arc<Mutex<Vec<Overlap>>>,
@@ -76,6 +78,7 @@ impl World {
             nodes,
             timing,
             witness,
+            learn: false,
             clock: Arc::new(TokioClock::new()),
             overlaps: Arc::default(),
             start: Instant::now(),
@@ -87,7 +90,7 @@ impl World {
         let peers: BTreeMap<String, SocketAddr> = self
             .nodes
             .iter()
-            .filter(|n| n.name != self.nodes[i].name)
+            .filter(|n| n.name != self.nodes[i].name && !self.learn)
             .map(|n| (n.name.clone(), SocketAddr::new(n.ip, PORT)))
             .collect();
         let node = &mut self.nodes[i];
@@ -105,6 +108,9 @@ impl World {
         let mut e = Election::new(cfg, clock.now()).unwrap();
         e.set_addresses([(vip(), Eligible::All)].into());
         let mut s = Settings::new("eth0", peers);
+        if self.learn {
+            s.discovery = Some(hello_destination(true, PORT, 1));
+        }
         if self.witness {
             s.witness = Some(gateway());
             s.relay_from = Some(SocketAddr::new(node.ip, PORT));
@@ -196,6 +202,18 @@ async fn settled(n: usize, witness: bool) -> (World, usize) {
         t >= Timing::default().rejoin,
         "nothing announced before rejoin ({t:?})"
     );
+    let owner = w.answering()[0].clone();
+    (w, owner_index(&owner))
+}
+
+/// Like [`settled`], with no peer address configured: every node learns them from hellos.
+async fn settled_learning(n: usize) -> (World, usize) {
+    let mut w = World::new(n, Timing::default(), false);
+    w.learn = true;
+    w.start_all().await;
+    w.until(Duration::from_secs(5), |w| w.answering().len() == 1)
+        .await
+        .expect("an announcer within 5 s of start, with the peers' addresses learnt");
     let owner = w.answering()[0].clone();
     (w, owner_index(&owner))
 }
@@ -574,4 +592,63 @@ async fn a_non_announcer_crash_costs_no_outage() {
         }
         w.no_overlaps();
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn peers_learnt_from_hellos_elect_one_announcer_and_fail_over() {
+    let t = Timing::default();
+    let (mut w, o) = settled_learning(3).await;
+    // Every node knows the other two at the addresses their hellos came from.
+    for (i, n) in w.nodes.iter().enumerate() {
+        let st = n.ann.as_ref().unwrap().status().await.unwrap();
+        assert!(st.discovery);
+        let want: BTreeMap<String, SocketAddr> = w
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, m)| (m.name.clone(), SocketAddr::new(m.ip, PORT)))
+            .collect();
+        assert_eq!(st.peer_addresses, want, "{}", n.name);
+        assert!(st.status.quorum, "{} has a majority", n.name);
+    }
+    w.run(Duration::from_millis(777)).await;
+    drop(w.nodes[o].ann.take());
+    let took = w
+        .until(Duration::from_secs(2), |w| {
+            w.answering().iter().any(|n| *n != w.nodes[o].name)
+        })
+        .await
+        .expect("a successor");
+    assert!(took <= t.takeover + t.heartbeat, "took over after {took:?}");
+    w.no_overlaps();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_back_on_another_address_is_learnt_again() {
+    let (mut w, o) = settled_learning(3).await;
+    // Another node than the announcer leaves, and comes back on a new address.
+    let m = (o + 1) % 3;
+    drop(w.nodes[m].ann.take());
+    w.run(Duration::from_secs(1)).await;
+    let old = w.nodes[m].ip;
+    w.nodes[m].ip = "198.18.0.77".parse().unwrap();
+    w.start(m).await;
+    let name = w.nodes[m].name.clone();
+    let new = SocketAddr::new(w.nodes[m].ip, PORT);
+    let ann = w.nodes[o].ann.as_ref().unwrap();
+    let mut learnt = None;
+    for _ in 0..200 {
+        w.run(Duration::from_millis(10)).await;
+        let st = ann.status().await.unwrap();
+        let alive = st.status.peers.iter().any(|p| p.name == name && p.alive);
+        if st.peer_addresses.get(&name) == Some(&new) && alive {
+            learnt = Some(st);
+            break;
+        }
+    }
+    let st = learnt.unwrap_or_else(|| panic!("{name} not relearnt at {new} (was {old})"));
+    assert_eq!(st.peer_addresses.len(), 2);
+    assert_eq!(w.answering(), vec![w.nodes[o].name.clone()], "nothing moved");
+    w.no_overlaps();
 }

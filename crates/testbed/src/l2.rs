@@ -673,6 +673,8 @@ pub struct VipLab {
     pub gateway_port: Option<String>,
     /// The running announcer per node.
     pub daemons: Vec<Option<Daemon>>,
+    /// Berth's configs list the peers by name only (their addresses learnt from hellos).
+    pub learn_peers: bool,
     echoes: Vec<UdpEcho>,
     dir: tempfile::TempDir,
     announcer: Option<Announcer>,
@@ -729,6 +731,7 @@ impl VipLab {
             echoes,
             dir: tempfile::tempdir()?,
             announcer: None,
+            learn_peers: false,
         })
     }
 
@@ -771,7 +774,9 @@ impl VipLab {
             s.push_str("witness = \"198.18.0.1\"\n");
         }
         for j in 0..self.nodes.len() {
-            if j != i {
+            if j != i && self.learn_peers {
+                s.push_str(&format!("[[peer]]\nname = \"n{}\"\n", j + 1));
+            } else if j != i {
                 s.push_str(&format!(
                     "[[peer]]\nname = \"n{}\"\naddress = \"198.18.0.{}\"\n",
                     j + 1,
