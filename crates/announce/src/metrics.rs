@@ -37,6 +37,13 @@ pub struct PeerLabel {
     pub peer: String,
 }
 
+/// Label: one announcing interface (an agent runs one announcer per interface).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IfaceLabel {
+    /// The interface's name.
+    pub interface: String,
+}
+
 /// Every metric of one announcer, registered under `berth_announce_`.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -64,10 +71,10 @@ pub struct Metrics {
     pub heartbeat_send_errors: Counter,
     /// Datagrams ignored: not a heartbeat, another cluster, an unconfigured sender.
     pub heartbeats_ignored: Counter,
-    /// 1 while this node hears a majority.
-    pub quorum: Gauge,
+    /// 1 while this node hears a majority, per announcing interface.
+    pub quorum: Family<IfaceLabel, Gauge>,
     /// 1 while the announcing interface is up.
-    pub link_up: Gauge,
+    pub link_up: Family<IfaceLabel, Gauge>,
     /// 1 while a host that is not a member answers for the address.
     pub conflict: Family<AddrLabel, Gauge>,
     /// Conflicts found by probes.
@@ -111,8 +118,8 @@ impl Metrics {
             peers_learnt: Counter::default(),
             heartbeat_send_errors: Counter::default(),
             heartbeats_ignored: Counter::default(),
-            quorum: Gauge::default(),
-            link_up: Gauge::default(),
+            quorum: Family::default(),
+            link_up: Family::default(),
             conflict: Family::default(),
             conflicts: Family::default(),
             withheld: Counter::default(),
@@ -269,6 +276,13 @@ impl Metrics {
         }
     }
 
+    /// The label of `interface`.
+    pub fn iface(interface: &str) -> IfaceLabel {
+        IfaceLabel {
+            interface: interface.to_string(),
+        }
+    }
+
     /// Counts a heartbeat from `peer`.
     pub fn received(&self, peer: &str) {
         self.heartbeats_received
@@ -277,9 +291,13 @@ impl Metrics {
     }
 
     /// Updates the gauges that come from the status (called at each scrape).
-    pub fn observe(&self, s: &Status) {
-        self.quorum.set(i64::from(s.quorum));
-        self.link_up.set(i64::from(s.link_up));
+    pub fn observe(&self, interface: &str, s: &Status) {
+        self.quorum
+            .get_or_create(&Self::iface(interface))
+            .set(i64::from(s.quorum));
+        self.link_up
+            .get_or_create(&Self::iface(interface))
+            .set(i64::from(s.link_up));
         for p in &s.peers {
             let l = PeerLabel {
                 peer: p.name.clone(),

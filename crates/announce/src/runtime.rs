@@ -200,7 +200,10 @@ impl Announcer {
         let watch = kernel.watch().await?;
         let now = clock.now();
         election.on_link(now, link.is_running());
-        metrics.link_up.set(i64::from(link.is_running()));
+        metrics
+            .link_up
+            .get_or_create(&Metrics::iface(&dev))
+            .set(i64::from(link.is_running()));
 
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
         let (events, _) = broadcast::channel(256);
@@ -483,7 +486,9 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
                 self.by_ip.remove(&old.ip());
                 tracing::warn!(peer = %hb.from, %old, new = %from, "peer's heartbeat address changed (learnt from its hello)");
             }
-            None => tracing::info!(peer = %hb.from, address = %from, "peer's heartbeat address learnt from its hello"),
+            None => {
+                tracing::info!(peer = %hb.from, address = %from, "peer's heartbeat address learnt from its hello")
+            }
         }
         self.by_ip.insert(from.ip(), hb.from);
         self.metrics.peers_learnt.inc();
@@ -495,7 +500,11 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
         let to = self.settings.discovery?;
         let now = tokio::time::Instant::now();
         if self.next_hello.is_none_or(|t| t <= now) {
-            match self.transport.send(to, &self.election.hello().encode()).await {
+            match self
+                .transport
+                .send(to, &self.election.hello().encode())
+                .await
+            {
                 Ok(()) => {
                     self.metrics.hellos_sent.inc();
                 }
@@ -526,7 +535,10 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
             if !up {
                 self.gate.close_all(); // before anything else
             }
-            self.metrics.link_up.set(i64::from(up));
+            self.metrics
+                .link_up
+                .get_or_create(&Metrics::iface(dev))
+                .set(i64::from(up));
             self.election.on_link(self.clock.now(), up);
         }
     }
@@ -534,7 +546,7 @@ impl<K: Kernel, T: Transport> Loop<K, T> {
     fn snapshot(&self) -> Snapshot {
         let now = self.clock.now();
         let status = self.election.status(now);
-        self.metrics.observe(&status);
+        self.metrics.observe(&self.settings.interface, &status);
         let t = self.election.timing();
         Snapshot {
             status,

@@ -215,7 +215,11 @@ impl Transport for MemEndpoint {
         if everyone {
             for (addr, tx) in &g.endpoints {
                 let c = addr.ip();
-                if c != a && addr.port() == to.port() && !g.down.contains(&c) && !g.cut.contains(&(a, c)) {
+                if c != a
+                    && addr.port() == to.port()
+                    && !g.down.contains(&c)
+                    && !g.cut.contains(&(a, c))
+                {
                     let _ = tx.send((buf.to_vec(), self.addr));
                 }
             }

@@ -649,6 +649,10 @@ async fn a_peer_back_on_another_address_is_learnt_again() {
     }
     let st = learnt.unwrap_or_else(|| panic!("{name} not relearnt at {new} (was {old})"));
     assert_eq!(st.peer_addresses.len(), 2);
-    assert_eq!(w.answering(), vec![w.nodes[o].name.clone()], "nothing moved");
+    assert_eq!(
+        w.answering(),
+        vec![w.nodes[o].name.clone()],
+        "nothing moved"
+    );
     w.no_overlaps();
 }

@@ -65,14 +65,18 @@ impl Handler for Endpoints {
                 }
                 if let Some(h) = &self.l2 {
                     let v = h.view().await;
-                    if let Some(a) = &v.announcer {
-                        if !a.status.link_up {
-                            return (
-                                503,
-                                "text/plain",
-                                "not ready: the L2 interface is down\n".into(),
-                            );
-                        }
+                    let down: Vec<&str> = v
+                        .announcers
+                        .iter()
+                        .filter(|a| a.status.as_ref().is_some_and(|s| !s.status.link_up))
+                        .map(|a| a.interface.as_str())
+                        .collect();
+                    if !down.is_empty() {
+                        return (
+                            503,
+                            "text/plain",
+                            format!("not ready: the L2 interface {} is down\n", down.join(", ")),
+                        );
                     }
                 }
                 (200, "text/plain", "ready\n".into())

@@ -1271,6 +1271,242 @@ fn bgp_setup(lab: &Lab, ns: &TestNs, peer_extra: Value, bfd: Option<bool>) -> St
     .unwrap()
 }
 
+/// A second LAN (a "public VLAN") for the L2 test on another interface than the InternalIPs':
+/// bridge `br2` in the fabric, every node plugged in as `eth1` (198.18.48.1N/24) and a client
+/// namespace of the test's own (198.18.48.100). Removed on Drop with the test's pool (the
+/// fabric-side veth ends take the nodes' `eth1` with them).
+struct SecondLan<'a> {
+    lab: &'a Lab,
+    client: berth_lab::Netns,
+    ports: Vec<String>,
+}
+
+const SECOND_LAN_CLIENT: &str = "198.18.48.100";
+
+impl<'a> SecondLan<'a> {
+    fn new(lab: &'a Lab) -> SecondLan<'a> {
+        let fabric = lab.netns("fabric");
+        let _ = fabric.ip(["link", "del", "br2"]);
+        fabric.add_bridge("br2").unwrap();
+        let client = berth_lab::Netns::new("pub").unwrap();
+        client.lo_up().unwrap();
+        let mut lan = SecondLan {
+            lab,
+            client,
+            ports: vec![],
+        };
+        let mut plug = |port: &str, ns: &str, ifname: &str, cidr: &str| {
+            let _ = fabric.ip(["link", "del", port]);
+            fabric
+                .ip([
+                    "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns,
+                ])
+                .unwrap();
+            fabric
+                .ip(["link", "set", port, "master", "br2", "up"])
+                .unwrap();
+            let n = berth_lab::Netns::existing(ns);
+            n.ip(["link", "set", ifname, "up"]).unwrap();
+            n.add_addr(ifname, cidr).unwrap();
+            lan.ports.push(port.to_string());
+        };
+        for n in lab.nodes() {
+            plug(
+                &format!("pub{}", n.index),
+                n.name(),
+                "eth1",
+                &format!("198.18.48.{}/24", 10 + n.index),
+            );
+        }
+        let client_ns = lan.client.name().to_string();
+        plug(
+            "pubc",
+            &client_ns,
+            "eth0",
+            &format!("{SECOND_LAN_CLIENT}/24"),
+        );
+        lan
+    }
+
+    /// The MAC the client has learnt for `addr`.
+    fn client_mac(&self, addr: &str) -> Option<String> {
+        let out = self.client.ip(["-j", "neigh", "show", addr]).ok()?;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v[0]["lladdr"].as_str().map(String::from)
+    }
+}
+
+impl Drop for SecondLan<'_> {
+    fn drop(&mut self) {
+        // The test's pool goes first: no agent is left with a pool naming a gone interface.
+        let _ = self.lab.kubectl(&[
+            "delete",
+            "pool",
+            "public-l2",
+            "--ignore-not-found",
+            "--wait=true",
+        ]);
+        let fabric = self.lab.netns("fabric");
+        for p in &self.ports {
+            let _ = fabric.ip(["link", "del", p]);
+        }
+        let _ = fabric.ip(["link", "del", "br2"]);
+    }
+}
+
+/// `l2.interfaces: [eth1]`: a pool whose LAN is not the one holding the nodes' InternalIPs.
+/// Each agent runs a second announcer on `eth1` whose peers' addresses are learnt from their
+/// hellos there (nothing in the Node objects says them): one node answers ARP on `eth1` for
+/// the Service address, a client on that LAN fetches through it, `/status` shows the
+/// announcer with the learnt addresses, and cutting the announcing node's `eth1` moves the
+/// address to another node while the InternalIPs' LAN stays up.
+#[test]
+fn an_l2_pool_on_a_second_lan_is_announced_there_and_fails_over() {
+    let (_g, lab) = shared();
+    let t = Instant::now();
+    let lan = SecondLan::new(lab);
+    let ns = TestNs::new(lab, "l2-public");
+    let pool = json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Pool",
+        "metadata": {"name": "public-l2"},
+        "spec": {"use": "service", "subnets": [{"cidr": "198.18.48.240/28"}],
+                 "announce": "l2", "l2": {"interfaces": ["eth1"]}},
+    });
+    apply(lab, &pool);
+    apply(
+        lab,
+        &echo_deployment("web", &ns.name, 3, json!({}), json!({})),
+    );
+    wait_ready_pods(lab, &ns.name, "web", 3, Duration::from_secs(120));
+    apply(
+        lab,
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": ns.name,
+                         "annotations": {"berth.dev/pool": "public-l2"}},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        }),
+    );
+    let vip = berth_testbed::wait_for(
+        "an EXTERNAL-IP from the pool on the second LAN",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let s = get(lab, &format!("/api/v1/namespaces/{}/services/web", ns.name));
+            s["status"]["loadBalancer"]["ingress"][0]["ip"]
+                .as_str()
+                .map(String::from)
+        },
+    )
+    .unwrap();
+    assert!(
+        vip.starts_with("198.18.48.24") || vip.starts_with("198.18.48.25"),
+        "{vip}"
+    );
+    let url = format!("http://{vip}/");
+    let t_first = Instant::now();
+    let served = berth_testbed::wait_for(
+        "the address from the second LAN's client",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || curl_json(lan.client.command("curl"), &url),
+    );
+    if let Err(e) = served {
+        panic!("{e:#}\nagents:\n{}", agent_logs(lab));
+    }
+    timing(
+        "second-LAN address reachable after it was assigned",
+        t_first,
+    );
+    let node = berth_testbed::wait_for(
+        "berth announcements naming the announcing node",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || announcer_of(lab, &vip),
+    )
+    .unwrap();
+    let eth1_mac = |n: &berth_lab::LabNode| -> String {
+        let v: Value =
+            serde_json::from_str(&n.exec("ip", &["-j", "link", "show", "eth1"]).unwrap()).unwrap();
+        v[0]["address"].as_str().unwrap().to_string()
+    };
+    let macs: BTreeMap<String, String> = lab
+        .nodes()
+        .iter()
+        .map(|n| (n.name().to_string(), eth1_mac(n)))
+        .collect();
+    assert_eq!(
+        lan.client_mac(&vip).as_deref(),
+        Some(macs[&node].as_str()),
+        "the client's ARP entry for {vip} is {node}'s eth1 MAC"
+    );
+    // Every agent runs an announcer on eth1 that learnt the others' eth1 addresses.
+    for n in lab.nodes() {
+        let st = curl_json(n.command("curl"), "http://127.0.0.1:9473/status").expect("/status");
+        let anns = st["announcers"].as_array().cloned().unwrap_or_default();
+        let a = anns
+            .iter()
+            .find(|a| a["interface"] == "eth1")
+            .unwrap_or_else(|| panic!("{}: no announcer on eth1: {st:#}", n.name()));
+        assert_eq!(a["learn"], true, "{a:#}");
+        assert_eq!(a["address"], format!("198.18.48.{}", 10 + n.index));
+        for m in lab.nodes().iter().filter(|m| m.name() != n.name()) {
+            let learnt = a["status"]["peer_addresses"][m.name()]
+                .as_str()
+                .unwrap_or("");
+            assert!(
+                learnt.starts_with(&format!("198.18.48.{}:", 10 + m.index)),
+                "{} learnt {} at {learnt:?}: {a:#}",
+                n.name(),
+                m.name()
+            );
+        }
+        assert_eq!(a["pools"], json!(["public-l2"]), "{a:#}");
+        // Another test's (unrestricted) L2 pool would run on eth0, and never this pool.
+        assert!(
+            anns.iter()
+                .filter(|x| x["interface"] != "eth1")
+                .all(|x| x["learn"] == false
+                    && x["pools"]
+                        .as_array()
+                        .is_some_and(|p| !p.contains(&json!("public-l2")))),
+            "{st:#}"
+        );
+    }
+    // The announcing node's eth1 goes down: another node takes over on eth1.
+    let cut = lab.nodes().iter().find(|n| n.name() == node).unwrap();
+    cut.exec("ip", &["link", "set", "eth1", "down"]).unwrap();
+    let t_cut = Instant::now();
+    let back = berth_testbed::wait_for(
+        "the second-LAN address served again after the eth1 cut",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || {
+            let mut c = lan.client.command("curl");
+            c.args(["--connect-timeout", "0.3"]);
+            curl_json(c, &url)
+        },
+    );
+    let outage = t_cut.elapsed();
+    let moved_to = announcer_of(lab, &vip);
+    let mac_after = lan.client_mac(&vip);
+    cut.exec("ip", &["link", "set", "eth1", "up"]).unwrap();
+    assert!(
+        back.is_ok(),
+        "not served again within 20 s after cutting {node}'s eth1"
+    );
+    eprintln!("[timing] second-LAN failover after an eth1 cut, as curl sees it: {outage:.1?}");
+    assert!(
+        outage < Duration::from_secs(5),
+        "served again only after {outage:?}"
+    );
+    let moved_to = moved_to.expect("a new announcer");
+    assert_ne!(moved_to, node);
+    assert_eq!(mac_after.as_deref(), Some(macs[&moved_to].as_str()));
+    timing("L2 pool on a second LAN", t);
+}
+
 /// Issue 12 on real nodes: every node peers with BIRD on the lab router (a BGPPeer and the
 /// BGPConfiguration); a LoadBalancer Service of an `announce: bgp` pool is in the router's
 /// kernel table with one next hop per node (ECMP) and the far client reaches it through the

@@ -510,7 +510,10 @@ fn status_and_metrics_show_who_announces_what() {
         )),
         "{m}"
     );
-    assert!(m.contains("berth_announce_quorum 1"), "{m}");
+    assert!(
+        m.contains("berth_announce_quorum{interface=\"eth0\"} 1"),
+        "{m}"
+    );
     let r = lab.nodes[a]
         .exec(
             "curl",

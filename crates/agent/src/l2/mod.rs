@@ -2,6 +2,8 @@
 //!
 //! - [`plan`]: the pure decision (members, addresses, who may announce each), the same on every
 //!   node because it is a function of the watched objects only;
+//! - [`groups`]: on this node, which interface each pool is announced on, and so which
+//!   announcers run (one per interface, each with its own members and heartbeats);
 //! - [`run`]: the loop that follows the watches and drives `berth-announce`'s [`Announcer`]
 //!   (heartbeats between agents on the LAN, fencing, ARP/NDP answers, GARP / unsolicited NA),
 //!   and tells users on their Services;
@@ -9,6 +11,7 @@
 //!
 //! [`Announcer`]: berth_announce::runtime::Announcer
 
+pub mod groups;
 pub mod plan;
 pub mod run;
 
@@ -41,30 +44,25 @@ pub trait Notices: Send + Sync + 'static {
     async fn conflict(&self, svc: &ServiceKey, addr: IpAddr, message: &str);
 }
 
-/// Whether a pool's `l2.interfaces` / `l2.interfaceRegex` admit the interface `dev` (the one
-/// holding this node's InternalIP, where the agents heartbeat and answer).
+/// Whether a pool's `l2.interfaces` / `l2.interfaceRegex` admit the interface `dev`; `Err`
+/// only for a regex that does not compile (the pool is refused with that message).
 ///
-/// Why only that interface: the failure detector and the answers must share a link, or a cut
-/// of the answering link would go unnoticed; a pool that names other interfaces only is
-/// refused on this node, with the reason, rather than announced somewhere unexpected.
-pub fn interface_allowed(l2: &L2Settings, dev: &str) -> Result<(), String> {
+/// Why a pool may name interfaces: the LAN its addresses belong to may be another than the one
+/// holding the nodes' InternalIPs (a public VLAN on `eth1`, a bond); the announcer then runs on
+/// that interface, heartbeats included, so a cut of the answering link is what fails over.
+pub fn admits(l2: &L2Settings, dev: &str) -> Result<bool, String> {
     if l2.interfaces.is_empty() && l2.interface_regex.is_none() {
-        return Ok(());
+        return Ok(true);
     }
     if l2.interfaces.iter().any(|i| i == dev) {
-        return Ok(());
+        return Ok(true);
     }
     if let Some(re) = &l2.interface_regex {
         let r = regex::Regex::new(&format!("^(?:{re})$"))
             .map_err(|e| format!("l2.interfaceRegex {re:?} is not a regular expression: {e}"))?;
-        if r.is_match(dev) {
-            return Ok(());
-        }
+        return Ok(r.is_match(dev));
     }
-    Err(format!(
-        "this node's InternalIP is on {dev}, which l2.interfaces {:?} / l2.interfaceRegex {:?} does not admit; Berth announces only on the interface that holds the InternalIP (where agents heartbeat): add {dev} or remove the restriction",
-        l2.interfaces, l2.interface_regex
-    ))
+    Ok(false)
 }
 
 pub mod kube;
@@ -77,27 +75,25 @@ mod tests {
     #[test]
     fn interface_lists_and_regexes() {
         let any = L2Settings::default();
-        assert!(interface_allowed(&any, "eth0").is_ok());
+        assert_eq!(admits(&any, "eth0"), Ok(true));
         let named = L2Settings {
             interfaces: vec!["bond0".into(), "eth0".into()],
             interface_regex: None,
         };
-        assert!(interface_allowed(&named, "eth0").is_ok());
-        assert!(interface_allowed(&named, "eth1")
-            .unwrap_err()
-            .contains("eth1"));
+        assert_eq!(admits(&named, "eth0"), Ok(true));
+        assert_eq!(admits(&named, "eth1"), Ok(false));
         let re = L2Settings {
             interfaces: vec![],
             interface_regex: Some("eth[0-9]+".into()),
         };
-        assert!(interface_allowed(&re, "eth12").is_ok());
+        assert_eq!(admits(&re, "eth12"), Ok(true));
         // Anchored: a regex matches the whole name.
-        assert!(interface_allowed(&re, "veth3").is_err());
+        assert_eq!(admits(&re, "veth3"), Ok(false));
         let bad = L2Settings {
             interfaces: vec![],
             interface_regex: Some("(".into()),
         };
-        assert!(interface_allowed(&bad, "eth0")
+        assert!(admits(&bad, "eth0")
             .unwrap_err()
             .contains("not a regular expression"));
     }

@@ -1,19 +1,22 @@
-//! The L2 announcer's loop on Kubernetes: follow the watched inputs, keep one
-//! [`Announcer`] running on the interface that holds this node's InternalIP, and tell users
-//! what it does (Events and a condition on their Services, metrics, `/status`).
+//! The L2 announcer's loop on Kubernetes: follow the watched inputs, keep one [`Announcer`]
+//! running per announcing interface (see [`super::groups`]: the InternalIP's, and any other a
+//! pool names), and tell users what they do (Events and a condition on their Services,
+//! metrics, `/status`).
 //!
 //! Membership comes from the API (the Nodes that L2 pools select); the failover path does not:
-//! the announcer heartbeats the other members directly on the LAN, so a dead node, a frozen
-//! agent and a cut link all look the same and none waits on the API server. A change of the
-//! membership (a node joins, leaves or changes its InternalIP) restarts the announcer with a
-//! graceful hand-over; a change of addresses or eligibility is applied in place.
+//! each announcer heartbeats the other members directly on its LAN, so a dead node, a frozen
+//! agent and a cut link all look the same and none waits on the API server. A change of an
+//! announcer's membership (a node joins, leaves or changes its InternalIP; its interface or
+//! address there changes) restarts it with a graceful hand-over; a change of addresses or
+//! eligibility is applied in place.
 
+use super::groups::{groups, Group, Local, LocalLink};
 use super::plan::{plan, Inputs, Plan};
 use super::Notices;
 use berth_announce::election::Config as ElectionConfig;
 use berth_announce::metrics::Metrics;
 use berth_announce::runtime::{Announcer, Hold, Settings, Snapshot as Status};
-use berth_announce::transport::UdpTransport;
+use berth_announce::transport::{hello_destination, UdpTransport};
 use berth_announce::{BootClock, Clock, Election, Event, Reason, Timing};
 use berth_core::{Binding, PoolSpec};
 use berth_k8s::announce::{node_names, NodeFacts, ServiceFacts, ServiceKey};
@@ -58,16 +61,33 @@ pub struct L2Inputs {
 pub struct L2View {
     /// Why this node does not take part, when it does not.
     pub not_member: Option<String>,
-    /// The announcing interface.
-    pub interface: Option<String>,
-    /// Members and their heartbeat addresses.
+    /// Members (nodes some L2 pool selects) and their InternalIPs.
     pub members: BTreeMap<String, IpAddr>,
     /// Addresses planned: pool, Services, eligible nodes, why none may.
     pub addresses: Vec<PlannedView>,
-    /// The announcer's own status (election, peers, leases).
-    pub announcer: Option<Status>,
+    /// This node's announcers, one per interface.
+    pub announcers: Vec<AnnouncerView>,
+    /// Pools that select this node but that it cannot announce, with why.
+    pub refused: BTreeMap<String, String>,
     /// `announce: interface` addresses this node holds, by interface.
     pub interface_addresses: BTreeMap<String, BTreeSet<IpAddr>>,
+}
+
+/// One announcer, for the status view.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AnnouncerView {
+    /// Its interface.
+    pub interface: String,
+    /// Whether its peers' addresses are learnt from hellos (not the InternalIP's interface).
+    pub learn: bool,
+    /// This node's heartbeat address there.
+    pub address: IpAddr,
+    /// The pools it announces.
+    pub pools: BTreeSet<String>,
+    /// Its peers.
+    pub peers: BTreeSet<String>,
+    /// Its live status (election, peers with their addresses, leases).
+    pub status: Option<Status>,
 }
 
 /// One planned address, for the status view.
@@ -89,27 +109,37 @@ pub struct PlannedView {
 #[derive(Clone, Default)]
 pub struct L2Handle {
     view: Arc<Mutex<L2View>>,
-    announcer: Arc<Mutex<Option<Arc<Announcer>>>>,
+    announcers: Arc<Mutex<BTreeMap<String, Arc<Announcer>>>>,
 }
 
 impl L2Handle {
-    /// The current view, with the announcer's live status.
+    /// The current view, with the announcers' live status.
     pub async fn view(&self) -> L2View {
-        let ann = self.announcer.lock().ok().and_then(|a| a.clone());
+        let anns = self
+            .announcers
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
         let mut v = self.view.lock().map(|v| v.clone()).unwrap_or_default();
-        if let Some(a) = ann {
-            v.announcer = tokio::time::timeout(Duration::from_secs(1), a.status())
-                .await
-                .ok()
-                .flatten();
+        for a in v.announcers.iter_mut() {
+            if let Some(ann) = anns.get(&a.interface) {
+                a.status = tokio::time::timeout(Duration::from_secs(1), ann.status())
+                    .await
+                    .ok()
+                    .flatten();
+            }
         }
         v
     }
 
     /// Withdraws everything and hands over (SIGTERM).
     pub async fn leave(&self) {
-        let ann = self.announcer.lock().ok().and_then(|mut a| a.take());
-        if let Some(a) = ann {
+        let anns = self
+            .announcers
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default();
+        for a in anns.into_values() {
             a.leave().await;
         }
     }
@@ -125,8 +155,16 @@ struct Outlets {
 
 struct Running {
     ann: Arc<Announcer>,
-    peers: BTreeMap<String, SocketAddr>,
+    /// The group it was started for: a change of anything but its addresses restarts it.
+    group: Group,
     forward: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn same_members(&self, g: &Group) -> bool {
+        let r = &self.group;
+        (r.learn, r.own, &r.peers, &r.known) == (g.learn, g.own, &g.peers, &g.known)
+    }
 }
 
 impl Drop for Running {
@@ -161,10 +199,14 @@ pub async fn run(
             None
         }
     };
-    let mut running: Option<Running> = None;
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let mut said: Option<String> = None;
     let mut none_said: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut refused_said: BTreeMap<String, String> = BTreeMap::new();
     loop {
+        // Re-evaluate after a while although no input changed: an interface may get its
+        // address, or an announcer that failed to start may start now.
+        let mut retry = false;
         if let Some(inp) = snapshot(&inputs) {
             if let Some(k) = &iface_kernel {
                 let want = super::plan::interface_plan(&inp, &cfg.node);
@@ -179,17 +221,8 @@ pub async fn run(
                 match &planned.why_none {
                     Some(w) if none_said.get(addr) != Some(w) => {
                         none_said.insert(*addr, w.clone());
-                        // Posted on their own, as the announcer's Events are: a retry while
-                        // the API server is away must not hold up the plan.
-                        for s in &planned.services {
-                            let uid = inp.services.get(s).map(|f| f.uid.clone());
-                            let (n, svc) = (notices.clone(), s.clone());
-                            let msg = format!("{addr} is not announced: {w}");
-                            tokio::spawn(async move {
-                                n.notice(&svc, uid.as_deref(), true, "NoAnnouncer", &msg)
-                                    .await
-                            });
-                        }
+                        let msg = format!("{addr} is not announced: {w}");
+                        post(&notices, &inp, &planned.services, "NoAnnouncer", msg);
                     }
                     Some(_) => {}
                     None => {
@@ -207,50 +240,85 @@ pub async fn run(
                         tracing::info!(reason = %w, "not announcing L2 addresses from this node");
                         said = Some(w.clone());
                     }
-                    if let Some(r) = running.take() {
+                    for (_, r) in std::mem::take(&mut running) {
                         r.ann.leave().await;
                     }
-                    set_announcer(&handle, None);
-                    set_view(&handle, &p, Some(w), None);
+                    set_announcers(&handle, &running);
+                    set_view(&handle, &p, Some(w), &running, BTreeMap::new());
                 }
                 None => {
                     said = None;
-                    let peers: BTreeMap<String, SocketAddr> = p
-                        .members
+                    let own = p.members[&cfg.node];
+                    let local = match &iface_kernel {
+                        Some(k) => read_local(k, own).await,
+                        None => Local::default(),
+                    };
+                    let gs = groups(&p, &inp, &cfg.node, &local, own.is_ipv4(), cfg.port);
+                    // Pools this node cannot announce: a Warning on their Services, once per
+                    // reason (other nodes may still announce them).
+                    for (pool, why) in &gs.refused {
+                        if refused_said.get(pool) == Some(why) {
+                            continue;
+                        }
+                        refused_said.insert(pool.clone(), why.clone());
+                        tracing::warn!(pool = %pool, reason = %why, "cannot announce this pool's addresses from this node");
+                        let msg = format!("node {} does not announce pool {pool}: {why}", cfg.node);
+                        for planned in p.addresses.values().filter(|a| a.pool == *pool) {
+                            post(
+                                &notices,
+                                &inp,
+                                &planned.services,
+                                "NotAnnouncedHere",
+                                msg.clone(),
+                            );
+                        }
+                    }
+                    refused_said.retain(|pool, _| gs.refused.contains_key(pool));
+                    retry |= !gs.refused.is_empty();
+                    let stale: Vec<String> = running
                         .iter()
-                        .filter(|(n, _)| **n != cfg.node)
-                        .map(|(n, ip)| (n.clone(), SocketAddr::new(*ip, cfg.port)))
+                        .filter(|(dev, r)| {
+                            gs.announcers.get(*dev).is_none_or(|g| !r.same_members(g))
+                        })
+                        .map(|(dev, _)| dev.clone())
                         .collect();
-                    if running.as_ref().is_some_and(|r| r.peers != peers) {
-                        tracing::info!(peers = ?peers.keys().collect::<Vec<_>>(), "the L2 membership changed: handing over and restarting the announcer");
-                        if let Some(r) = running.take() {
+                    for dev in stale {
+                        if let Some(r) = running.remove(&dev) {
+                            tracing::info!(interface = %dev, "the L2 membership on this interface changed: handing over and restarting its announcer");
                             r.ann.leave().await;
                         }
                     }
-                    if running.is_none() {
-                        let own = p.members[&cfg.node];
-                        match start(&cfg, own, peers, &p, &inp.pools, &outlets).await {
-                            Ok((r, dev)) => {
-                                set_announcer(&handle, Some(r.ann.clone()));
-                                set_view(&handle, &p, None, Some(dev));
-                                running = Some(r);
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot start the L2 announcer; retrying in 5 s");
-                                set_view(&handle, &p, Some(e), None);
-                                tokio::time::sleep(Duration::from_secs(5)).await;
-                                continue;
+                    for (dev, g) in &gs.announcers {
+                        if !running.contains_key(dev) {
+                            match start(&cfg, g, &outlets).await {
+                                Ok(r) => {
+                                    running.insert(dev.clone(), r);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(interface = %dev, error = %e, "cannot start the L2 announcer; retrying in 5 s");
+                                    retry = true;
+                                }
                             }
                         }
-                    } else {
-                        let dev = handle.view.lock().ok().and_then(|v| v.interface.clone());
-                        set_view(&handle, &p, None, dev);
+                        if let Some(r) = running.get(dev) {
+                            r.ann.set_addresses(g.addresses.clone()).await;
+                        }
                     }
-                    if let Some(r) = &running {
-                        r.ann.set_addresses(p.eligibility()).await;
-                    }
+                    set_announcers(&handle, &running);
+                    set_view(&handle, &p, None, &running, gs.refused.clone());
                 }
             }
+        }
+        if retry {
+            tokio::select! {
+                ok = changed(&mut inputs) => if !ok {
+                    tracing::warn!("an L2 input watch ended; the announcer keeps its last plan");
+                    std::future::pending::<()>().await;
+                },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            tokio::time::sleep(COALESCE).await;
+            continue;
         }
         if !changed(&mut inputs).await {
             tracing::warn!("an L2 input watch ended; the announcer keeps its last plan");
@@ -319,13 +387,38 @@ async fn changed(i: &mut L2Inputs) -> bool {
     }
 }
 
-fn set_announcer(h: &L2Handle, a: Option<Arc<Announcer>>) {
-    if let Ok(mut g) = h.announcer.lock() {
-        *g = a;
+fn set_announcers(h: &L2Handle, running: &BTreeMap<String, Running>) {
+    if let Ok(mut g) = h.announcers.lock() {
+        *g = running
+            .iter()
+            .map(|(d, r)| (d.clone(), r.ann.clone()))
+            .collect();
     }
 }
 
-fn set_view(h: &L2Handle, p: &Plan, not_member: Option<String>, interface: Option<String>) {
+/// Posts an Event on each of `services` on its own task: a retry while the API server is
+/// away must not hold up the plan.
+fn post(
+    notices: &Arc<dyn Notices>,
+    inp: &Inputs,
+    services: &[ServiceKey],
+    reason: &'static str,
+    msg: String,
+) {
+    for s in services {
+        let uid = inp.services.get(s).map(|f| f.uid.clone());
+        let (n, svc, msg) = (notices.clone(), s.clone(), msg.clone());
+        tokio::spawn(async move { n.notice(&svc, uid.as_deref(), true, reason, &msg).await });
+    }
+}
+
+fn set_view(
+    h: &L2Handle,
+    p: &Plan,
+    not_member: Option<String>,
+    running: &BTreeMap<String, Running>,
+    refused: BTreeMap<String, String>,
+) {
     let held = h
         .view
         .lock()
@@ -334,7 +427,6 @@ fn set_view(h: &L2Handle, p: &Plan, not_member: Option<String>, interface: Optio
     let v = L2View {
         interface_addresses: held,
         not_member,
-        interface,
         members: p.members.clone(),
         addresses: p
             .addresses
@@ -351,7 +443,18 @@ fn set_view(h: &L2Handle, p: &Plan, not_member: Option<String>, interface: Optio
                 why_none: pl.why_none.clone(),
             })
             .collect(),
-        announcer: None,
+        announcers: running
+            .values()
+            .map(|r| AnnouncerView {
+                interface: r.group.interface.clone(),
+                learn: r.group.learn,
+                address: r.group.own,
+                pools: r.group.pools.clone(),
+                peers: r.group.peers.clone(),
+                status: None,
+            })
+            .collect(),
+        refused,
     };
     if let Ok(mut g) = h.view.lock() {
         *g = v;
@@ -425,69 +528,82 @@ async fn hold_on_interfaces(
     }
 }
 
-/// The interface that holds `own`, and its name checked against the pools' `l2.interfaces` /
-/// `l2.interfaceRegex` of the pools that select this node.
-async fn interface_of(
-    kernel: &berth_netlink::Kernel,
-    own: IpAddr,
-    plan: &Plan,
-    pools: &[PoolSpec],
-) -> Result<String, String> {
-    let links = kernel.links().await.map_err(|e| e.to_string())?;
-    let mut dev = None;
+/// This node's interfaces and addresses, and which holds its InternalIP `own`.
+async fn read_local(kernel: &berth_netlink::Kernel, own: IpAddr) -> Local {
+    let mut out = Local::default();
+    let Ok(links) = kernel.links().await else {
+        return out;
+    };
     for l in links {
-        let addrs = kernel.addresses(&l.name).await.unwrap_or_default();
-        if addrs.iter().any(|a| a.net.addr() == own) {
-            dev = Some(l.name);
-            break;
+        let addrs: Vec<ipnet::IpNet> = kernel
+            .addresses(&l.name)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| a.net)
+            .collect();
+        if addrs.iter().any(|a| a.addr() == own) {
+            out.internal = Some(l.name.clone());
+        }
+        if l.name != "lo" {
+            out.links.push(LocalLink {
+                name: l.name,
+                addrs,
+            });
         }
     }
-    let dev = dev.ok_or_else(|| format!("no interface holds this node's InternalIP {own}"))?;
-    let used: BTreeSet<&str> = plan.addresses.values().map(|p| p.pool.as_str()).collect();
-    for p in pools.iter().filter(|p| used.contains(p.name.as_str())) {
-        if let Some(l2) = &p.announcement.l2 {
-            if let Err(e) = super::interface_allowed(l2, &dev) {
-                return Err(format!("pool {}: {e}", p.name));
-            }
-        }
-    }
-    Ok(dev)
+    out
 }
 
-async fn start(
-    cfg: &L2Config,
-    own: IpAddr,
-    peers: BTreeMap<String, SocketAddr>,
-    plan: &Plan,
-    pools: &[PoolSpec],
-    out: &Outlets,
-) -> Result<(Running, String), String> {
+async fn start(cfg: &L2Config, g: &Group, out: &Outlets) -> Result<Running, String> {
     let Outlets {
         metrics,
         notices,
         plan: shared,
     } = out;
+    let dev = &g.interface;
     let kernel = berth_netlink::Kernel::new().map_err(|e| e.to_string())?;
-    let dev = interface_of(&kernel, own, plan, pools).await?;
-    let link = kernel.link(&dev).await.map_err(|e| e.to_string())?;
-    let transport = UdpTransport::bind(SocketAddr::new(own, cfg.port), &dev)
-        .map_err(|e| format!("heartbeat socket {own}:{} on {dev}: {e}", cfg.port))?;
+    let link = kernel.link(dev).await.map_err(|e| e.to_string())?;
+    // Learning peers needs the wildcard address, where hellos to the whole link arrive.
+    let bind = match (g.learn, g.own.is_ipv4()) {
+        (false, _) => g.own,
+        (true, true) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        (true, false) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    let transport = UdpTransport::bind(SocketAddr::new(bind, cfg.port), dev)
+        .map_err(|e| format!("heartbeat socket {bind}:{} on {dev}: {e}", cfg.port))?;
+    // The witness serves a two-member announcer on the InternalIP's interface, or on another
+    // interface when it is in one of that interface's subnets.
+    let on_link = kernel
+        .addresses(dev)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .any(|a| cfg.witness.is_some_and(|w| a.net.contains(&w)));
+    let witness = cfg
+        .witness
+        .filter(|_| g.peers.len() == 1 && (!g.learn || on_link));
     let clock: Arc<dyn Clock> = Arc::new(BootClock);
     let ecfg = ElectionConfig {
         me: cfg.node.clone(),
-        peers: peers.keys().cloned().collect(),
+        peers: g.peers.iter().cloned().collect(),
         timing: cfg.timing,
-        witness: cfg.witness.is_some() && peers.len() == 1,
+        witness: witness.is_some(),
         incarnation: berth_announce::standalone::incarnation(),
         mac: link.mac.map(|m| m.0),
         probe: true,
     };
     let mut election = Election::new(ecfg, clock.now()).map_err(|e| e.to_string())?;
-    election.set_addresses(plan.eligibility());
-    let mut settings = Settings::new(&dev, peers.clone());
+    election.set_addresses(g.addresses.clone());
+    let mut settings = Settings::new(dev, g.known.clone());
     settings.hold = Hold::Nowhere;
-    settings.witness = if peers.len() == 1 { cfg.witness } else { None };
-    settings.relay_from = cfg.witness_relay.then_some(SocketAddr::new(own, cfg.port));
+    settings.witness = witness;
+    settings.relay_from = cfg
+        .witness_relay
+        .then_some(SocketAddr::new(g.own, cfg.port));
+    settings.discovery = g
+        .learn
+        .then(|| hello_destination(g.own.is_ipv4(), cfg.port, link.index));
     let ann = Announcer::start(
         kernel,
         transport,
@@ -506,17 +622,14 @@ async fn start(
         notices.clone(),
         shared.clone(),
     ));
-    tracing::info!(node = %cfg.node, interface = %dev, address = %own, port = cfg.port,
-        peers = ?peers.keys().collect::<Vec<_>>(), heartbeat = ?cfg.timing.heartbeat,
+    tracing::info!(node = %cfg.node, interface = %dev, address = %g.own, port = cfg.port,
+        learn = g.learn, pools = ?g.pools, peers = ?g.peers, heartbeat = ?cfg.timing.heartbeat,
         fence = ?cfg.timing.fence, takeover = ?cfg.timing.takeover, "L2 announcer running");
-    Ok((
-        Running {
-            ann,
-            peers,
-            forward,
-        },
-        dev,
-    ))
+    Ok(Running {
+        ann,
+        group: g.clone(),
+        forward,
+    })
 }
 
 /// Turns the announcer's events into Events and conditions on the Services concerned.
