@@ -765,6 +765,52 @@ fn announcements(lab: &Lab) -> Vec<Value> {
     berth_json(lab, "announcements")
 }
 
+/// Three echo pods and a LoadBalancer Service `web` over them in `pool`; returns its
+/// EXTERNAL-IP once assigned.
+fn web_service(lab: &Lab, ns: &str, pool: &str) -> String {
+    apply(lab, &echo_deployment("web", ns, 3, json!({}), json!({})));
+    wait_ready_pods(lab, ns, "web", 3, Duration::from_secs(120));
+    apply(
+        lab,
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": ns,
+                         "annotations": {"berth.dev/pool": pool}},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        }),
+    );
+    berth_testbed::wait_for(
+        &format!("an EXTERNAL-IP from pool {pool}"),
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let s = get(lab, &format!("/api/v1/namespaces/{ns}/services/web"));
+            s["status"]["loadBalancer"]["ingress"][0]["ip"]
+                .as_str()
+                .map(String::from)
+        },
+    )
+    .unwrap()
+}
+
+/// Fetches `url` from `client` every 20 ms until it answers (a cut was just made); returns
+/// whether it did within 20 s and how long it took.
+fn served_again(client: &berth_lab::Netns, url: &str) -> (bool, Duration) {
+    let t = Instant::now();
+    let back = berth_testbed::wait_for(
+        "the address served again after the cut",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || {
+            let mut c = client.command("curl");
+            c.args(["--connect-timeout", "0.3"]);
+            curl_json(c, url)
+        },
+    );
+    (back.is_ok(), t.elapsed())
+}
+
 /// The node `berth announcements` names for `addr`, once one does.
 fn announcer_of(lab: &Lab, addr: &str) -> Option<String> {
     announcements(lab)
@@ -851,33 +897,7 @@ fn an_l2_service_address_is_announced_by_one_node_and_fails_over() {
                      "announce": "l2"},
         }),
     );
-    apply(
-        lab,
-        &echo_deployment("web", &ns.name, 3, json!({}), json!({})),
-    );
-    wait_ready_pods(lab, &ns.name, "web", 3, Duration::from_secs(120));
-    apply(
-        lab,
-        &json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "web", "namespace": ns.name,
-                         "annotations": {"berth.dev/pool": "lan-l2"}},
-            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
-                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-        }),
-    );
-    let vip = berth_testbed::wait_for(
-        "an EXTERNAL-IP from the L2 pool",
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || {
-            let s = get(lab, &format!("/api/v1/namespaces/{}/services/web", ns.name));
-            s["status"]["loadBalancer"]["ingress"][0]["ip"]
-                .as_str()
-                .map(String::from)
-        },
-    )
-    .unwrap();
+    let vip = web_service(lab, &ns.name, "lan-l2");
     assert!(
         vip.starts_with("198.18.0.24") || vip.starts_with("198.18.0.25"),
         "{vip}"
@@ -925,23 +945,12 @@ fn an_l2_service_address_is_announced_by_one_node_and_fails_over() {
     let idx = lab.nodes().iter().position(|n| n.name() == node).unwrap();
     let cut = &lab.nodes()[idx];
     cut.set_lan(false).unwrap();
-    let t_cut = Instant::now();
-    let back = berth_testbed::wait_for(
-        "the L2 address served again after the link cut",
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        || {
-            let mut c = outside.command("curl");
-            c.args(["--connect-timeout", "0.3"]);
-            curl_json(c, &url)
-        },
-    );
-    let outage = t_cut.elapsed();
+    let (back, outage) = served_again(&outside, &url);
     let moved_to = announcer_of(lab, &vip);
     let mac_after = outside_mac(lab, &vip);
     cut.set_lan(true).unwrap();
     assert!(
-        back.is_ok(),
+        back,
         "not served again within 20 s after cutting {node}'s link"
     );
     eprintln!("[timing] L2 failover after a link cut, as curl sees it: {outage:.1?}");
@@ -1373,33 +1382,7 @@ fn an_l2_pool_on_a_second_lan_is_announced_there_and_fails_over() {
                  "announce": "l2", "l2": {"interfaces": ["eth1"]}},
     });
     apply(lab, &pool);
-    apply(
-        lab,
-        &echo_deployment("web", &ns.name, 3, json!({}), json!({})),
-    );
-    wait_ready_pods(lab, &ns.name, "web", 3, Duration::from_secs(120));
-    apply(
-        lab,
-        &json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "web", "namespace": ns.name,
-                         "annotations": {"berth.dev/pool": "public-l2"}},
-            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
-                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-        }),
-    );
-    let vip = berth_testbed::wait_for(
-        "an EXTERNAL-IP from the pool on the second LAN",
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || {
-            let s = get(lab, &format!("/api/v1/namespaces/{}/services/web", ns.name));
-            s["status"]["loadBalancer"]["ingress"][0]["ip"]
-                .as_str()
-                .map(String::from)
-        },
-    )
-    .unwrap();
+    let vip = web_service(lab, &ns.name, "public-l2");
     assert!(
         vip.starts_with("198.18.48.24") || vip.starts_with("198.18.48.25"),
         "{vip}"
@@ -1477,23 +1460,12 @@ fn an_l2_pool_on_a_second_lan_is_announced_there_and_fails_over() {
     // The announcing node's eth1 goes down: another node takes over on eth1.
     let cut = lab.nodes().iter().find(|n| n.name() == node).unwrap();
     cut.exec("ip", &["link", "set", "eth1", "down"]).unwrap();
-    let t_cut = Instant::now();
-    let back = berth_testbed::wait_for(
-        "the second-LAN address served again after the eth1 cut",
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        || {
-            let mut c = lan.client.command("curl");
-            c.args(["--connect-timeout", "0.3"]);
-            curl_json(c, &url)
-        },
-    );
-    let outage = t_cut.elapsed();
+    let (back, outage) = served_again(&lan.client, &url);
     let moved_to = announcer_of(lab, &vip);
     let mac_after = lan.client_mac(&vip);
     cut.exec("ip", &["link", "set", "eth1", "up"]).unwrap();
     assert!(
-        back.is_ok(),
+        back,
         "not served again within 20 s after cutting {node}'s eth1"
     );
     eprintln!("[timing] second-LAN failover after an eth1 cut, as curl sees it: {outage:.1?}");

@@ -39,8 +39,14 @@ fn vip() -> std::net::IpAddr {
 
 /// A lab with `n` nodes announcing, the client probing; returns it with the announcer.
 fn lab(n: usize, witness: bool, v6: bool) -> (VipLab, UdpProber, usize) {
+    lab_learning(n, witness, v6, false)
+}
+
+/// [`lab`], with the peers' addresses left out of the configs when `learn` (learnt from hellos).
+fn lab_learning(n: usize, witness: bool, v6: bool, learn: bool) -> (VipLab, UdpProber, usize) {
     setup();
     let mut lab = VipLab::new(n, witness).unwrap();
+    lab.learn_peers = learn;
     lab.start_all(&berth(), v6).unwrap();
     let p = lab.prober(false, PROBE).unwrap();
     lab.wait_announcer(&p, Duration::from_secs(10))
@@ -115,16 +121,7 @@ fn link_down_withdraws_the_announcer_and_fails_over() {
 
 #[test]
 fn peers_named_without_addresses_are_learnt_and_the_announcer_fails_over() {
-    setup();
-    let mut lab = VipLab::new(3, false).unwrap();
-    lab.learn_peers = true;
-    lab.start_all(&berth(), false).unwrap();
-    let p = lab.prober(false, PROBE).unwrap();
-    lab.wait_announcer(&p, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", dump(&lab)));
-    let a = lab
-        .wait_settled(&p, Duration::from_millis(1500))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut lab, p, a) = lab_learning(3, false, false, true);
     // Each node learnt the other two at their addresses on eth0, from their hellos.
     for i in 0..3 {
         let st = lab.berth_status(i, Path::new(BERTH)).unwrap();
